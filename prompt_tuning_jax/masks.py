@@ -1,0 +1,68 @@
+"""Attention masks and the additive biases built from them.
+
+A mask is 1 where a query may attend a key and 0 elsewhere, shaped
+[batch, 1, q_len, k_len] (the 1 broadcasts over heads). Prompt positions are
+not special here: callers mark them valid in the per-position `valid` vectors
+(see `prompts.place_prompt`), which is what makes them visible to encoder
+self-attention and decoder cross-attention.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import jax.numpy as jnp
+
+Array = jnp.ndarray
+
+# Large negative logit for masked positions, as T5X uses (finite, so a fully
+# masked row gives a uniform softmax rather than NaN).
+MASKED_LOGIT = -1e10
+
+
+def make_attention_mask(query_valid: Array, key_valid: Array, dtype=jnp.float32) -> Array:
+  """[batch, q] x [batch, k] validity -> [batch, 1, q, k] mask."""
+  mask = query_valid[:, :, None] & key_valid[:, None, :]
+  return mask[:, None].astype(dtype)
+
+
+def make_causal_mask(length: int, dtype=jnp.float32) -> Array:
+  """[1, 1, length, length] lower-triangular mask (a query sees itself and the past)."""
+  idx = jnp.arange(length)
+  return (idx[None, :] <= idx[:, None])[None, None].astype(dtype)
+
+
+def make_segment_mask(query_segments: Array, key_segments: Array, dtype=jnp.float32) -> Array:
+  """Packed examples attend within their own segment only."""
+  return (query_segments[:, :, None] == key_segments[:, None, :])[:, None].astype(dtype)
+
+
+def combine_masks(*masks: Optional[Array], dtype=jnp.float32) -> Optional[Array]:
+  """Logical AND of the masks that are not None (None if all are None)."""
+  masks = [m for m in masks if m is not None]
+  if not masks:
+    return None
+  out = masks[0].astype(bool)
+  for m in masks[1:]:
+    out = out & m.astype(bool)
+  return out.astype(dtype)
+
+
+def mask_to_bias(mask: Array, dtype=jnp.float32) -> Array:
+  """0 where allowed, MASKED_LOGIT where masked."""
+  return jnp.where(mask > 0, 0.0, MASKED_LOGIT).astype(dtype)
+
+
+def decoder_self_attention_mask(
+    decoder_target_tokens: Array,
+    decoder_segment_ids: Optional[Array] = None,
+    dtype=jnp.float32,
+) -> Array:
+  """Causal mask restricted to non-padding target positions (T5X's decoder mask)."""
+  valid = decoder_target_tokens > 0
+  mask = combine_masks(
+      make_causal_mask(decoder_target_tokens.shape[-1], dtype),
+      make_attention_mask(valid, valid, dtype),
+      None if decoder_segment_ids is None else make_segment_mask(
+          decoder_segment_ids, decoder_segment_ids, dtype),
+      dtype=dtype)
+  return mask

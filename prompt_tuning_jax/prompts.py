@@ -1,0 +1,210 @@
+"""The soft prompt: its parameter, where it goes, and how it is initialised.
+
+Three small pieces, one job each:
+- `Prompt` owns the [P, H] float32 parameter (path `.../prompt/prompt`).
+- `place_prompt` combines a batch of prompts with the embedded input and says
+  which combined positions are valid (prompt positions always are, except the
+  padding of shorter prompts in a mixed batch).
+- `PromptInput` is the encoder's hook (named `prompt` by the encoder, so the
+  parameter path is `encoder/prompt/prompt/prompt`, as in the original
+  implementation): it broadcasts the learned prompt, or takes per-example
+  prompts from the caller, and places them.
+
+Initialisers are closures with flax's initializer signature
+`init(rng, shape, dtype=float32) -> [P, H]`, so they run under `jax.jit`. The
+ones that need the frozen embedding table take it when they are built.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+Array = jnp.ndarray
+Initializer = Callable[..., Array]
+
+PLACEMENTS = ('prefix', 'suffix')
+
+
+# ------------------------------------------------------------ initialisers
+
+
+def random_uniform(low: float = -0.5, high: float = 0.5) -> Initializer:
+  """Uniform in [low, high).
+
+  Defaults to the paper's [-0.5, 0.5] (§3.2). The original code samples
+  [0, 0.5) (`flax.linen.initializers.uniform(0.5)`); pass `low=0.0` for that.
+  """
+  def init(rng, shape, dtype=jnp.float32):
+    return jax.random.uniform(rng, shape, dtype, minval=low, maxval=high)
+  return init
+
+
+def sampled_vocab(embedding: Array, population_size: int = 5000) -> Initializer:
+  """Rows copied from the embedding of the `population_size` most frequent pieces.
+
+  SentencePiece ids are in frequency order, so "most frequent" is ids
+  [0, population_size). Rows are drawn without replacement when the prompt is
+  no longer than the population, with replacement otherwise.
+  """
+  population_size = min(population_size, embedding.shape[0])
+
+  def init(rng, shape, dtype=jnp.float32):
+    _check_width(shape, embedding.shape[-1])
+    ids = jax.random.choice(rng, population_size, (shape[0],),
+                            replace=shape[0] > population_size)
+    return jnp.take(jnp.asarray(embedding), ids, axis=0).astype(dtype)
+  return init
+
+
+def class_labels(embedding: Array, label_token_ids: Sequence[Sequence[int]],
+                 fallback: Optional[Initializer] = None) -> Initializer:
+  """Row i = mean embedding of label i's pieces; remaining rows from `fallback`.
+
+  `label_token_ids` are the labels' token ids WITHOUT the EOS token (see
+  `label_token_ids_from_words`). `fallback` defaults to `sampled_vocab` over
+  the same table, as in the paper.
+  """
+  label_token_ids = [list(ids) for ids in label_token_ids]
+  for i, ids in enumerate(label_token_ids):
+    if not ids:
+      raise ValueError(f'Class label {i} encodes to no tokens.')
+  fallback = fallback or sampled_vocab(embedding)
+
+  def init(rng, shape, dtype=jnp.float32):
+    _check_width(shape, embedding.shape[-1])
+    n = len(label_token_ids)
+    if n > shape[0]:
+      raise ValueError(f'{n} class labels do not fit a prompt of length {shape[0]}.')
+    table = jnp.asarray(embedding)
+    rows = [jnp.mean(jnp.take(table, jnp.asarray(ids), axis=0), axis=0) for ids in label_token_ids]
+    label_rows = jnp.stack(rows).astype(dtype)  # [n, H]
+    if n == shape[0]:
+      return label_rows
+    rest = fallback(rng, (shape[0] - n, shape[1]), dtype)
+    return jnp.concatenate([label_rows, rest], axis=0)
+  return init
+
+
+def label_token_ids_from_words(vocabulary, labels: Sequence[str]) -> list[list[int]]:
+  """Encodes label words with a seqio/sentencepiece vocabulary, without EOS."""
+  return [list(vocabulary.encode(label)) for label in labels]
+
+
+def from_text(embedding: Array, token_ids: Sequence[int]) -> Initializer:
+  """The embedded text, tiled to fill the prompt or truncated to fit."""
+  token_ids = list(token_ids)
+  if not token_ids:
+    raise ValueError('Prompt text encodes to no tokens.')
+
+  def init(rng, shape, dtype=jnp.float32):
+    del rng
+    _check_width(shape, embedding.shape[-1])
+    reps = -(-shape[0] // len(token_ids))
+    ids = jnp.asarray((token_ids * reps)[:shape[0]])
+    return jnp.take(jnp.asarray(embedding), ids, axis=0).astype(dtype)
+  return init
+
+
+def from_array(array: np.ndarray, source: str = 'array') -> Initializer:
+  """A fixed [P, H] array (e.g. a prompt trained on another task: prompt transfer)."""
+  array = np.asarray(array, np.float32)
+  if array.ndim != 2:
+    raise ValueError(f'Prompt from {source} must be 2-D [P, H], got shape {array.shape}.')
+
+  def init(rng, shape, dtype=jnp.float32):
+    del rng
+    if tuple(shape) != array.shape:
+      raise ValueError(f'Prompt from {source} has shape {array.shape}, the model expects '
+                       f'{tuple(shape)} (PROMPT_LENGTH, emb_dim).')
+    return jnp.asarray(array, dtype)
+  return init
+
+
+def from_file(path: str) -> Initializer:
+  """A prompt saved as a [P, H] numpy file (.npy or the original's suffix-less files)."""
+  from prompt_tuning_jax import checkpoints  # local: checkpoints imports are heavier
+  return from_array(checkpoints.load_prompt(path), source=path)
+
+
+def _check_width(shape, width: int) -> None:
+  if len(shape) != 2 or shape[1] != width:
+    raise ValueError(f'Prompt shape {tuple(shape)} does not match the embedding width {width}.')
+
+
+# ------------------------------------------------------------ placement
+
+
+def place_prompt(embedded: Array, valid: Array, prompt: Array, prompt_valid: Array,
+                 placement: str = 'prefix') -> tuple[Array, Array]:
+  """Combines prompts with embedded inputs.
+
+  Args:
+    embedded: [batch, t, H] embedded input tokens.
+    valid: [batch, t] bool, False at padding.
+    prompt: [batch, P, H] prompts.
+    prompt_valid: [batch, P] bool; False only at the left padding of prompts
+      shorter than P (mixed batches). Left padding keeps every real position's
+      relative distance to the input the same as with an unpadded prompt.
+    placement: 'prefix' (prompt then input) or 'suffix' (prompt right after the
+      last real input token, before the padding).
+
+  Returns:
+    combined [batch, P + t, H] and its validity [batch, P + t].
+  """
+  if placement == 'prefix':
+    return (jnp.concatenate([prompt.astype(embedded.dtype), embedded], axis=1),
+            jnp.concatenate([prompt_valid, valid], axis=1))
+  if placement != 'suffix':
+    raise ValueError(f'Unknown prompt placement {placement!r}; expected one of {PLACEMENTS}.')
+  t, p = embedded.shape[1], prompt.shape[1]
+  both = jnp.concatenate([embedded, prompt.astype(embedded.dtype)], axis=1)  # [batch, t+P, H]
+  both_valid = jnp.concatenate([valid, prompt_valid], axis=1)
+  lengths = jnp.sum(valid, axis=1, keepdims=True)  # [batch, 1]
+  j = jnp.arange(t + p)[None, :]  # output position
+  # Output j reads input token j before the length, prompt row j - length
+  # inside the prompt, and the remaining (padding) tokens after it.
+  src = jnp.where(j < lengths, j, jnp.where(j < lengths + p, t + j - lengths, j - p))
+  return (jnp.take_along_axis(both, src[:, :, None], axis=1),
+          jnp.take_along_axis(both_valid, src, axis=1))
+
+
+# ------------------------------------------------------------ modules
+
+
+class Prompt(nn.Module):
+  """Owns the learned prompt, a [length, emb] float32 parameter named `prompt`."""
+  length: int
+  init_fn: Initializer = random_uniform()
+
+  @nn.compact
+  def __call__(self, emb_dim: int) -> Array:
+    return self.param('prompt', self.init_fn, (self.length, emb_dim), jnp.float32)
+
+
+class PromptInput(nn.Module):
+  """The encoder's prompt hook: broadcast the learned prompt (or take given ones) and place it."""
+  length: int
+  init_fn: Initializer = random_uniform()
+  placement: str = 'prefix'
+
+  @nn.compact
+  def __call__(self, embedded: Array, valid: Array, *, prompts: Optional[Array] = None,
+               prompt_mask: Optional[Array] = None) -> tuple[Array, Array]:
+    """embedded [b, t, H], valid [b, t] -> combined [b, P + t, H], valid [b, P + t].
+
+    `prompts` [b, P', H] with `prompt_mask` [b, P'] replace the learned prompt
+    (mixed-task batches); the learned one is still created at init.
+    """
+    b, _, h = embedded.shape
+    if prompts is None:
+      learned = Prompt(self.length, self.init_fn, name='prompt')(h)  # [P, H]
+      prompts = jnp.broadcast_to(learned, (b,) + learned.shape)
+    elif prompts.ndim != 3 or prompts.shape[0] != b or prompts.shape[2] != h:
+      raise ValueError(f'prompts must be [batch={b}, P, emb={h}], got {prompts.shape}.')
+    if prompt_mask is None:
+      prompt_mask = jnp.ones(prompts.shape[:2], bool)
+    return place_prompt(embedded, valid, prompts, prompt_mask.astype(bool), self.placement)
