@@ -186,7 +186,7 @@ def make_train_step(model, tx: optax.GradientTransformation, *, z_loss: float = 
         'target_tokens': stats['tokens'],
         # Norm over the trainable partition only: a norm over every parameter
         # would make XLA compute the frozen weights' gradients after all.
-        'grad_norm': optax.global_norm(grads),
+        'grad_norm': optax.tree.norm(grads),
     }
     if learning_rate_fn is not None:
       metrics['learning_rate'] = learning_rate_fn(state.step)

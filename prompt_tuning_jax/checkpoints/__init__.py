@@ -1,0 +1,35 @@
+"""Checkpoint I/O: T5X and Hugging Face T5 readers, prompt files, merging.
+
+Typical use: read the frozen model, then merge it into the model's initial
+parameters so that a prompt absent from the checkpoint keeps its initial
+value (the original implementation's `fallback_to_scratch`):
+
+  loaded = checkpoints.load_t5x('gs://t5-data/.../checkpoint_1100000')
+  params = checkpoints.merge_params(model_params, loaded)
+"""
+
+from prompt_tuning_jax.checkpoints.hf import hf_config_to_t5
+from prompt_tuning_jax.checkpoints.hf import hf_to_t5x
+from prompt_tuning_jax.checkpoints.hf import load_hf
+from prompt_tuning_jax.checkpoints.prompt_io import load_prompt
+from prompt_tuning_jax.checkpoints.prompt_io import save_prompt
+from prompt_tuning_jax.checkpoints.t5x import load_t5x
+from prompt_tuning_jax.checkpoints.tree import CheckpointError
+from prompt_tuning_jax.checkpoints.tree import DEFAULT_FALLBACK_TO_INIT
+from prompt_tuning_jax.checkpoints.tree import flatten
+from prompt_tuning_jax.checkpoints.tree import merge_params
+from prompt_tuning_jax.checkpoints.tree import unflatten
+
+__all__ = [
+    'CheckpointError',
+    'DEFAULT_FALLBACK_TO_INIT',
+    'flatten',
+    'hf_config_to_t5',
+    'hf_to_t5x',
+    'load_hf',
+    'load_prompt',
+    'load_t5x',
+    'merge_params',
+    'save_prompt',
+    'unflatten',
+]

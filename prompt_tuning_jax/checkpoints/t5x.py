@@ -1,0 +1,167 @@
+"""Reads T5X checkpoints in the legacy format of the released T5 models.
+
+A checkpoint directory (e.g. `.../t5_1_1_lm100k_base/checkpoint_1100000`)
+holds a msgpack file `checkpoint`, written with `flax.serialization`:
+
+  {'version': int,
+   'optimizer': {'target': <parameters>, 'state': <optimiser state>}}
+
+(version 0 has no 'optimizer' level). Each leaf is either an inline array or,
+for arrays T5X wrote with TensorStore, a TensorStore spec dict such as
+
+  {'driver': 'zarr',
+   'kvstore': {'driver': 'gfile', 'path': 'target.encoder.layers_0.mlp.wo.kernel'},
+   'metadata': {'shape': [8, 4], 'dtype': '<f4', 'chunks': ..., 'compressor': ...}}
+
+whose path is relative to the checkpoint directory. The kvstore driver is the
+one the writer used ('file', 'gfile' or 'gcs'; older specs keep the path at
+the top level), so it is re-resolved against where the checkpoint is now: a
+local directory ('file' driver) or `gs://bucket/dir` ('gcs' driver, bucket
+from the path).
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from typing import Any
+
+import numpy as np
+import tensorstore as ts
+from flax import serialization
+
+from prompt_tuning_jax.checkpoints import tree as tree_lib
+from prompt_tuning_jax.checkpoints.tree import CheckpointError
+
+CHECKPOINT_FILE = 'checkpoint'
+_KVSTORE_DRIVERS = ('file', 'gfile', 'gcs')
+
+
+def load_t5x(path: str, *, include_optimizer_state: bool = False
+            ) -> dict[str, Any]:
+  """Reads a legacy T5X checkpoint.
+
+  Args:
+    path: the checkpoint directory (holding `checkpoint`) or the `checkpoint`
+      file itself; local or `gs://bucket/...`.
+    include_optimizer_state: also read the optimiser state.
+
+  Returns:
+    The parameter tree (nested dicts of numpy arrays, T5X paths such as
+    `encoder/layers_0/attention/query/kernel`), arrays in the dtype stored
+    (float32 or bfloat16 for the released models; cast with `merge_params`).
+    With `include_optimizer_state`, `{'target': params, 'state': ...}`.
+
+  Raises:
+    CheckpointError: the file is missing or unreadable, or arrays are missing,
+      unreadable or not of the shape the checkpoint declares (all listed).
+  """
+  ckpt_dir, ckpt_file = _locate(path)
+  data = tree_lib.read_bytes(ckpt_file)
+  try:
+    contents = serialization.msgpack_restore(data)
+  except Exception as e:  # msgpack raises several unrelated types.
+    raise CheckpointError(
+        f'{ckpt_file}: not a T5X msgpack checkpoint: {e}') from e
+  if not isinstance(contents, dict):
+    raise CheckpointError(f'{ckpt_file}: not a T5X msgpack checkpoint')
+  # Since version 1 the train state is under 'optimizer'.
+  state = contents.get('optimizer') if contents.get('version', 0) else contents
+  if not isinstance(state, dict) or 'target' not in state:
+    raise CheckpointError(
+        f'{ckpt_file}: no parameters (`optimizer/target`) in the checkpoint; '
+        f'top-level keys: {sorted(contents)}')
+  if not include_optimizer_state:
+    return _read_arrays(state['target'], ckpt_dir)
+  return _read_arrays(state, ckpt_dir)
+
+
+def _locate(path: str) -> tuple[str, str]:
+  """Returns (checkpoint dir, msgpack file) for a dir or file path."""
+  path = path.rstrip('/')
+  if tree_lib.is_gcs(path):
+    is_file = posixpath.basename(path) == CHECKPOINT_FILE
+  else:
+    if not os.path.exists(path):
+      raise CheckpointError(f'{path}: no such checkpoint directory or file')
+    is_file = not os.path.isdir(path)
+  if is_file:
+    return posixpath.dirname(path), path
+  return path, posixpath.join(path, CHECKPOINT_FILE)
+
+
+def _is_ts_spec(node: Any) -> bool:
+  return isinstance(node, dict) and 'driver' in node and 'kvstore' in node
+
+
+def resolve_spec(spec: dict[str, Any], ckpt_dir: str) -> dict[str, Any]:
+  """Makes a stored (relative) TensorStore spec absolute under `ckpt_dir`.
+
+  Only the driver and the location are kept: TensorStore reads the array's
+  metadata from the store itself, and `_read_arrays` compares its shape with
+  the stored spec's. Missing chunks are an error, never fill values.
+  """
+  kvstore = spec['kvstore']
+  if kvstore.get('driver') not in _KVSTORE_DRIVERS:
+    raise CheckpointError(
+        f'unsupported TensorStore kvstore driver {kvstore.get("driver")!r}; '
+        f'expected one of {_KVSTORE_DRIVERS}')
+  # tensorstore>=0.1.14 writes kvstore.path; older versions a top-level path.
+  relative = '/'.join(
+      p.strip('/') for p in (kvstore.get('path'), spec.get('path')) if p)
+  return {
+      'driver': spec['driver'],
+      'kvstore': tree_lib.kvstore_spec(posixpath.join(ckpt_dir, relative)),
+      'fill_missing_data_reads': False,
+  }
+
+
+def _read_arrays(tree: dict[str, Any], ckpt_dir: str) -> dict[str, Any]:
+  """Replaces every TensorStore spec in `tree` by the array it points to."""
+  flat = tree_lib.flatten(tree, is_leaf=_is_ts_spec)
+  specs = {p: leaf for p, leaf in flat.items() if _is_ts_spec(leaf)}
+  problems = []
+  opened = {}
+  for param, spec in specs.items():
+    try:
+      opened[param] = ts.open(resolve_spec(spec, ckpt_dir), open=True)
+    except (CheckpointError, ValueError) as e:
+      problems.append(f'{param}: {e}')
+  reads = {}
+  for param, future in opened.items():
+    location = _location(specs[param], ckpt_dir)
+    try:
+      store = future.result()
+    except ValueError as e:
+      problems.append(f'{param}: cannot open zarr array {location}: {e}')
+      continue
+    declared = specs[param].get('metadata', {}).get('shape')
+    if declared is not None and tuple(declared) != tuple(store.shape):
+      problems.append(
+          f'{param}: checkpoint declares shape {tree_lib.shape_str(declared)}, '
+          f'zarr array {location} has {tree_lib.shape_str(store.shape)}')
+      continue
+    if store.dtype.numpy_dtype == np.uint16:
+      problems.append(
+          f'{param}: zarr array {location} is stored as uint16 (an old '
+          f'encoding of bfloat16 that T5X no longer reads either)')
+      continue
+    reads[param] = store.read()
+  for param, future in reads.items():
+    try:
+      flat[param] = future.result()
+    except ValueError as e:
+      problems.append(f'{param}: cannot read zarr array '
+                      f'{_location(specs[param], ckpt_dir)}: {e}')
+  if problems:
+    raise CheckpointError(
+        f'{ckpt_dir}: {len(problems)} array(s) could not be read:\n  '
+        + '\n  '.join(problems))
+  return tree_lib.unflatten(flat)
+
+
+def _location(spec: dict[str, Any], ckpt_dir: str) -> str:
+  kvstore = resolve_spec(spec, ckpt_dir)['kvstore']
+  if kvstore['driver'] == 'gcs':
+    return f'gs://{kvstore["bucket"]}/{kvstore["path"]}'
+  return kvstore['path']

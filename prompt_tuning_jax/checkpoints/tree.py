@@ -1,0 +1,168 @@
+"""Shared helpers: the error type, '/'-path trees, merging, local/GCS bytes."""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import tensorstore as ts
+
+# Parameters a checkpoint may lack; the model's initialiser provides them
+# (the original implementation's `fallback_to_scratch`).
+DEFAULT_FALLBACK_TO_INIT = r'.*prompt.*'
+
+
+class CheckpointError(ValueError):
+  """A checkpoint is missing, unreadable, or does not match the model."""
+
+
+def flatten(tree: Mapping[str, Any],
+            is_leaf: Callable[[Any], bool] | None = None) -> dict[str, Any]:
+  """Flattens nested mappings into {'a/b/c': leaf}; empty mappings vanish."""
+  flat = {}
+
+  def visit(node: Any, prefix: str) -> None:
+    if isinstance(node, Mapping) and not (is_leaf and is_leaf(node)):
+      for key, child in node.items():
+        visit(child, f'{prefix}/{key}' if prefix else str(key))
+    else:
+      flat[prefix] = node
+
+  visit(tree, '')
+  return flat
+
+
+def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+  """Inverse of `flatten`: {'a/b': x} -> {'a': {'b': x}}."""
+  tree: dict[str, Any] = {}
+  for path, leaf in flat.items():
+    *parents, name = path.split('/')
+    node = tree
+    for key in parents:
+      node = node.setdefault(key, {})
+    node[name] = leaf
+  return tree
+
+
+def shape_str(shape: tuple[int, ...] | list[int]) -> str:
+  return '[' + ', '.join(str(d) for d in shape) + ']'
+
+
+def merge_params(init_params: Mapping[str, Any],
+                 loaded_params: Mapping[str, Any],
+                 *,
+                 fallback_to_init: str | None = DEFAULT_FALLBACK_TO_INIT,
+                 cast_to_init_dtype: bool = True) -> dict[str, Any]:
+  """Combines loaded parameters with the model's initial ones.
+
+  Every parameter comes from `loaded_params`, except those absent from it
+  whose path fully matches `fallback_to_init`: these keep their initial value.
+
+  Args:
+    init_params: the model's parameter tree (e.g. `model.init(...)['params']`).
+      Leaves need `.shape` and `.dtype`; `jax.ShapeDtypeStruct` leaves are
+      fine wherever the checkpoint provides the value.
+    loaded_params: the tree read from a checkpoint (`load_t5x`, `load_hf`).
+    fallback_to_init: regex (`re.fullmatch` on the '/' path) of parameters
+      that may be missing from the checkpoint; None allows none.
+    cast_to_init_dtype: cast loaded arrays to the dtype of the initial leaf
+      (e.g. bfloat16 checkpoints into float32 params).
+
+  Returns:
+    A nested dict with the structure of `init_params`: numpy arrays for
+    loaded parameters, the initial leaves for the fallbacks.
+
+  Raises:
+    CheckpointError: listing every missing, unexpected or mis-shaped
+      parameter, each with its path and the model's and checkpoint's shapes.
+  """
+  init_flat = flatten(init_params)
+  loaded_flat = flatten(loaded_params)
+  merged = {}
+  problems = []
+  for path, init_leaf in init_flat.items():
+    expected = tuple(init_leaf.shape)
+    if path not in loaded_flat:
+      if fallback_to_init is not None and re.fullmatch(fallback_to_init, path):
+        merged[path] = init_leaf
+      else:
+        problems.append(f'{path}: missing from the checkpoint '
+                        f'(model expects {shape_str(expected)})')
+      continue
+    loaded = np.asarray(loaded_flat[path])
+    if loaded.shape != expected:
+      problems.append(f'{path}: model expects {shape_str(expected)}, '
+                      f'checkpoint has {shape_str(loaded.shape)}')
+      continue
+    if cast_to_init_dtype and loaded.dtype != init_leaf.dtype:
+      loaded = loaded.astype(init_leaf.dtype)
+    merged[path] = loaded
+  for path in sorted(loaded_flat.keys() - init_flat.keys()):
+    problems.append(
+        f'{path}: not in the model (checkpoint has '
+        f'{shape_str(np.shape(loaded_flat[path]))})')
+  if problems:
+    raise CheckpointError(
+        f'Checkpoint does not match the model ({len(problems)} problem'
+        f'{"s" if len(problems) > 1 else ""}):\n  ' + '\n  '.join(problems))
+  return unflatten(merged)
+
+
+def is_gcs(path: str) -> bool:
+  return path.startswith('gs://')
+
+
+def kvstore_spec(path: str) -> dict[str, str]:
+  """TensorStore kvstore spec for a local path or `gs://bucket/path`."""
+  if not is_gcs(path):
+    return {'driver': 'file', 'path': path}
+  bucket, _, key = path[len('gs://'):].partition('/')
+  if not bucket:
+    raise CheckpointError(f'{path}: no bucket in GCS path')
+  return {'driver': 'gcs', 'bucket': bucket, 'path': key}
+
+
+def read_bytes(path: str) -> bytes:
+  """Reads a whole local or `gs://` file."""
+  if not is_gcs(path):
+    try:
+      with open(path, 'rb') as f:
+        return f.read()
+    except OSError as e:
+      raise CheckpointError(f'{path}: cannot read file: {e.strerror}') from e
+  parent, _, name = path.rpartition('/')
+  try:
+    store = ts.KvStore.open(kvstore_spec(parent + '/')).result()
+    result = store.read(name).result()
+  except ValueError as e:
+    raise CheckpointError(f'{path}: cannot read file: {e}') from e
+  if result.state != 'value':
+    raise CheckpointError(f'{path}: file does not exist')
+  return bytes(result.value)
+
+
+def write_bytes(path: str, data: bytes) -> None:
+  """Writes a local (via temp file + rename) or `gs://` file atomically."""
+  if is_gcs(path):
+    parent, _, name = path.rpartition('/')
+    try:
+      store = ts.KvStore.open(kvstore_spec(parent + '/')).result()
+      store.write(name, data).result()
+    except ValueError as e:
+      raise CheckpointError(f'{path}: cannot write file: {e}') from e
+    return
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp_path = tempfile.mkstemp(dir=directory,
+                                  prefix=f'.{os.path.basename(path)}.tmp')
+  try:
+    with os.fdopen(fd, 'wb') as f:
+      f.write(data)
+    os.replace(tmp_path, path)
+  except BaseException:
+    os.unlink(tmp_path)
+    raise
