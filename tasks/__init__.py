@@ -1,0 +1,20 @@
+"""SuperGLUE, FewGLUE and GLUE as seqio tasks (see tasks/README.md).
+
+Importing registers the tasks and mixtures; no data is read and nothing is
+downloaded until a dataset is built.
+"""
+from . import glue
+from . import superglue
+from .registry import add_classification_task
+from .registry import label_words
+from .sources import TaskDataError
+from .sources import local_data_dirs
+from .vocab import get_vocabulary
+
+__all__ = [
+    'TaskDataError',
+    'add_classification_task',
+    'get_vocabulary',
+    'label_words',
+    'local_data_dirs',
+]
