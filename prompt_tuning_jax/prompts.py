@@ -146,9 +146,10 @@ def place_prompt(embedded: Array, valid: Array, prompt: Array, prompt_valid: Arr
     embedded: [batch, t, H] embedded input tokens.
     valid: [batch, t] bool, False at padding.
     prompt: [batch, P, H] prompts.
-    prompt_valid: [batch, P] bool; False only at the left padding of prompts
-      shorter than P (mixed batches). Left padding keeps every real position's
-      relative distance to the input the same as with an unpadded prompt.
+    prompt_valid: [batch, P] bool; False only at the padding of prompts
+      shorter than P (mixed batches: pad on the left). Prefix placement keeps
+      the padding where it is, suffix placement moves it after the real rows,
+      so every real position's distance to the input equals the unpadded case.
     placement: 'prefix' (prompt then input) or 'suffix' (prompt right after the
       last real input token, before the padding).
 
@@ -161,6 +162,11 @@ def place_prompt(embedded: Array, valid: Array, prompt: Array, prompt_valid: Arr
   if placement != 'suffix':
     raise ValueError(f'Unknown prompt placement {placement!r}; expected one of {PLACEMENTS}.')
   t, p = embedded.shape[1], prompt.shape[1]
+  # After the input, a prompt's padding must trail its real rows (the mirror of
+  # prefix placement's left padding), so real rows keep their distances.
+  order = jnp.argsort(~prompt_valid, axis=1, stable=True)  # valid rows first
+  prompt = jnp.take_along_axis(prompt, order[:, :, None], axis=1)
+  prompt_valid = jnp.take_along_axis(prompt_valid, order, axis=1)
   both = jnp.concatenate([embedded, prompt.astype(embedded.dtype)], axis=1)  # [batch, t+P, H]
   both_valid = jnp.concatenate([valid, prompt_valid], axis=1)
   lengths = jnp.sum(valid, axis=1, keepdims=True)  # [batch, 1]

@@ -178,3 +178,21 @@ def test_dropout_changes_outputs_only_when_enabled():
                   rngs={'dropout': jax.random.PRNGKey(1)})
   np.testing.assert_array_equal(a, b)
   assert not np.allclose(a, c)
+
+
+def test_padded_prompt_equals_unpadded_prompt_with_suffix_placement():
+  cfg = small_config()
+  batch = toy_batch()
+  model = PromptedT5(cfg, prompt_length=3, prompt_placement='suffix')
+  params = _init(model, batch)
+  prompt = params['encoder']['prompt']['prompt']['prompt']
+  padded = jnp.broadcast_to(jnp.concatenate([jnp.full((2, cfg.emb_dim), 7.0), prompt]),
+                            (2, 5, cfg.emb_dim))
+  mask = jnp.array([[False, False, True, True, True]] * 2)
+  args = (batch['encoder_input_tokens'], batch['decoder_input_tokens'],
+          batch['decoder_target_tokens'])
+  want = model.apply({'params': params}, *args, enable_dropout=False)
+  got = model.apply({'params': params}, *args, enable_dropout=False, prompts=padded,
+                    prompt_mask=mask)
+  real = np.asarray(batch['decoder_target_tokens'] > 0)  # padded targets attend to nothing real
+  np.testing.assert_allclose(np.asarray(got)[real], np.asarray(want)[real], atol=1e-5)

@@ -1,0 +1,253 @@
+"""Autoregressive decoding with the decoder's key/value cache: greedy and beam search.
+
+Both run the encoder once per example (beam search then repeats the encoded
+inputs per beam), start the decoder from token 0 (T5's BOS is the pad id) and
+advance one position per step through `decode_step`. Shapes are fixed: the
+loops are `lax.while_loop`s over `max_decode_length` that stop early once
+every sequence is finished; positions after a sequence's EOS hold 0.
+
+The model caches self-attention keys/values only: every step recomputes the
+cross-attention keys/values from the encoded inputs (one [L, emb] x
+[emb, heads * head_dim] projection pair per decoder layer and step). That is
+correct, just not the cheapest possible.
+
+Every function takes the flax module as its first argument and the params
+tree (the contents of `variables['params']`) as its second. The plain
+functions trace under any enclosing `jax.jit`/`pjit`; the `jit_*` variants are
+jitted with the module and the sizes (beam size, decode length) static, so
+repeated calls with the same shapes reuse one compilation.
+
+`prompts` [b, P, emb] / `prompt_mask` [b, P] give every example its own prompt
+(mixed-prompt batches, prompt ensembles); see `PromptedT5`.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+Array = jnp.ndarray
+Params = Any
+
+# Log-probability of impossible hypotheses: finite, so sums never become NaN.
+NEG_INF = -1.0e7
+
+
+def _variables(params: Params, **collections) -> dict:
+  if isinstance(params, dict) and 'params' in params:
+    raise ValueError("Pass the params tree itself (variables['params']), not the "
+                     "variables dict that contains it.")
+  return {'params': params, **collections}
+
+
+def encode(model: nn.Module, params: Params, encoder_input_tokens: Array, *,
+           prompts: Optional[Array] = None,
+           prompt_mask: Optional[Array] = None) -> tuple[Array, Array]:
+  """Runs the encoder: tokens [b, t] -> (encoded [b, L, emb], encoder_valid [b, L])."""
+  return model.apply(_variables(params), encoder_input_tokens, method=model.encode,
+                     prompts=prompts, prompt_mask=prompt_mask)
+
+
+def init_cache(model: nn.Module, params: Params, encoded: Array, encoder_valid: Array,
+               max_decode_length: int) -> Any:
+  """An all-zero decoder cache for `encoded.shape[0]` sequences of up to `max_decode_length`."""
+  batch = encoded.shape[0]
+
+  def create(params, encoded, encoder_valid):
+    _, variables = model.apply(
+        _variables(params), encoded, encoder_valid,
+        jnp.zeros((batch, max_decode_length), jnp.int32), decode=True,
+        max_decode_length=max_decode_length, method=model.decode, mutable=['cache'])
+    return variables['cache']
+
+  shapes = jax.eval_shape(create, params, encoded, encoder_valid)
+  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+def decode_step(model: nn.Module, params: Params, cache: Any, encoded: Array,
+                encoder_valid: Array, previous_tokens: Array,
+                max_decode_length: int) -> tuple[Array, Any]:
+  """One cached decoder step: previous_tokens [b] -> (log_probs [b, vocab] float32, cache).
+
+  The position decoded is the cache's index (the number of earlier steps).
+  """
+  logits, mutated = model.apply(
+      _variables(params, cache=cache), encoded, encoder_valid, previous_tokens[:, None],
+      decode=True, max_decode_length=max_decode_length, method=model.decode,
+      mutable=['cache'])
+  return jax.nn.log_softmax(logits[:, 0].astype(jnp.float32), axis=-1), mutated['cache']
+
+
+# ------------------------------------------------------------------ greedy
+
+
+class _GreedyState(NamedTuple):
+  step: Array  # [] position being decoded
+  tokens: Array  # [batch, max_decode_length]
+  scores: Array  # [batch] summed log-probabilities
+  done: Array  # [batch] bool, EOS emitted
+  previous: Array  # [batch] last token fed to the decoder
+  cache: Any
+
+
+def greedy_decode(model: nn.Module, params: Params, encoder_input_tokens: Array, *,
+                  max_decode_length: int, eos_id: int = 1, prompts: Optional[Array] = None,
+                  prompt_mask: Optional[Array] = None) -> tuple[Array, Array]:
+  """Greedy (argmax) decoding.
+
+  Returns:
+    tokens [b, max_decode_length] int32 (0 after EOS) and scores [b] float32:
+    the summed log-probability of the tokens up to and including EOS.
+  """
+  encoded, encoder_valid = encode(model, params, encoder_input_tokens, prompts=prompts,
+                                  prompt_mask=prompt_mask)
+  batch = encoded.shape[0]
+
+  def not_finished(state: _GreedyState) -> Array:
+    return (state.step < max_decode_length) & ~jnp.all(state.done)
+
+  def step(state: _GreedyState) -> _GreedyState:
+    log_probs, cache = decode_step(model, params, state.cache, encoded, encoder_valid,
+                                   state.previous, max_decode_length)  # [batch, vocab]
+    best = jnp.argmax(log_probs, axis=-1).astype(jnp.int32)  # [batch]
+    best_log_prob = jnp.take_along_axis(log_probs, best[:, None], axis=-1)[:, 0]
+    token = jnp.where(state.done, 0, best)
+    scores = state.scores + jnp.where(state.done, 0.0, best_log_prob)
+    tokens = jax.lax.dynamic_update_slice(state.tokens, token[:, None], (0, state.step))
+    return _GreedyState(state.step + 1, tokens, scores, state.done | (token == eos_id),
+                        token, cache)
+
+  initial = _GreedyState(
+      step=jnp.array(0, jnp.int32),
+      tokens=jnp.zeros((batch, max_decode_length), jnp.int32),
+      scores=jnp.zeros((batch,), jnp.float32),
+      done=jnp.zeros((batch,), bool),
+      previous=jnp.zeros((batch,), jnp.int32),
+      cache=init_cache(model, params, encoded, encoder_valid, max_decode_length))
+  final = jax.lax.while_loop(not_finished, step, initial)
+  return final.tokens, final.scores
+
+
+# ------------------------------------------------------------------ beam search
+
+
+def brevity_penalty(length: Array, alpha: float) -> Array:
+  """GNMT/T5X length penalty ((5 + length) / 6) ** alpha; beam scores are log_prob / this."""
+  return ((5.0 + jnp.asarray(length, jnp.float32)) / 6.0) ** alpha
+
+
+class _BeamState(NamedTuple):
+  step: Array  # [] position being decoded
+  # Sequences carry a leading BOS column: [batch, beams, 1 + max_decode_length].
+  live_tokens: Array
+  live_log_probs: Array  # [batch, beams], sorted best first
+  finished_tokens: Array
+  finished_scores: Array  # [batch, beams] length-penalised, sorted best first
+  cache: Any  # batch * beams rows, beam-minor
+
+
+def _gather_beams(x: Array, beam_index: Array) -> Array:
+  """x [batch, n, ...], beam_index [batch, k] -> [batch, k, ...]."""
+  return x[jnp.arange(x.shape[0])[:, None], beam_index]
+
+
+def _gather_cache(cache: Any, beam_index: Array) -> Any:
+  """Reorders a cache of batch * beams rows by beam_index [batch, beams]."""
+  batch, beams = beam_index.shape
+
+  def gather(x):
+    if x.ndim == 0:  # the shared cache index
+      return x
+    per_beam = x.reshape((batch, beams) + x.shape[1:])
+    return _gather_beams(per_beam, beam_index).reshape(x.shape)
+
+  return jax.tree.map(gather, cache)
+
+
+def beam_search(model: nn.Module, params: Params, encoder_input_tokens: Array, *,
+                beam_size: int, max_decode_length: int, alpha: float = 0.6, eos_id: int = 1,
+                prompts: Optional[Array] = None,
+                prompt_mask: Optional[Array] = None) -> tuple[Array, Array]:
+  """Beam search; returns the best finished hypothesis per example.
+
+  A hypothesis finishes when it emits EOS or reaches `max_decode_length`; its
+  score is its summed log-probability divided by `brevity_penalty(length,
+  alpha)`, length counting EOS. Each step expands the `beam_size` live beams,
+  keeps the 2 * beam_size most probable continuations, finishes those among the
+  best `beam_size` that end, and keeps the best `beam_size` that do not end
+  alive. The loop stops once no live beam can still beat the worst kept
+  finished hypothesis. With beam_size=1 and alpha=0 this is greedy decoding.
+
+  Returns:
+    tokens [b, max_decode_length] int32 (0 after EOS) and scores [b] float32.
+  """
+  if beam_size < 1:
+    raise ValueError(f'beam_size must be >= 1, got {beam_size}.')
+  encoded, encoder_valid = encode(model, params, encoder_input_tokens, prompts=prompts,
+                                  prompt_mask=prompt_mask)
+  batch, k, length = encoded.shape[0], beam_size, max_decode_length
+  # Encoded once per example; every beam reads its example's copy.
+  encoded = jnp.repeat(encoded, k, axis=0)  # [batch * beams, L, emb]
+  encoder_valid = jnp.repeat(encoder_valid, k, axis=0)
+  positions = jnp.arange(length + 1)
+
+  def improvable(state: _BeamState) -> Array:
+    # Log-probs only fall as sequences grow, so the best live beam can at most
+    # reach its current log-prob over the largest penalty still ahead.
+    largest_penalty = jnp.maximum(brevity_penalty(state.step + 1, alpha),
+                                  brevity_penalty(length, alpha))
+    best_live = state.live_log_probs[:, 0]
+    bound = best_live / largest_penalty
+    can_improve = (best_live > NEG_INF / 2) & (bound > state.finished_scores[:, -1])
+    return (state.step < length) & jnp.any(can_improve)
+
+  def step(state: _BeamState) -> _BeamState:
+    previous = jax.lax.dynamic_index_in_dim(state.live_tokens, state.step, axis=2,
+                                            keepdims=False)  # [batch, beams]
+    log_probs, cache = decode_step(model, params, state.cache, encoded, encoder_valid,
+                                   previous.reshape(batch * k), length)
+    vocab = log_probs.shape[-1]
+    candidates = state.live_log_probs[:, :, None] + log_probs.reshape(batch, k, vocab)
+    num_top = min(2 * k, k * vocab)
+    top_log_probs, top_index = jax.lax.top_k(candidates.reshape(batch, k * vocab), num_top)
+    parent, token = top_index // vocab, top_index % vocab  # [batch, num_top]
+    sequences = _gather_beams(state.live_tokens, parent)  # [batch, num_top, 1 + length]
+    sequences = jnp.where(positions == state.step + 1, token[:, :, None], sequences)
+    ends = (token == eos_id) | (state.step + 1 == length)
+    possible = top_log_probs > NEG_INF / 2
+
+    # Live: the best beams that go on.
+    live_log_probs, live_pick = jax.lax.top_k(jnp.where(ends, NEG_INF, top_log_probs), k)
+    live_tokens = _gather_beams(sequences, live_pick)
+    cache = _gather_cache(cache, _gather_beams(parent, live_pick))
+
+    # Finished: ending continuations good enough to be among the best k.
+    rank = jnp.arange(num_top)[None, :]
+    new_scores = jnp.where(ends & possible & (rank < k),
+                           top_log_probs / brevity_penalty(state.step + 1, alpha), NEG_INF)
+    all_scores = jnp.concatenate([state.finished_scores, new_scores], axis=1)
+    all_tokens = jnp.concatenate([state.finished_tokens, sequences], axis=1)
+    finished_scores, finished_pick = jax.lax.top_k(all_scores, k)
+    finished_tokens = _gather_beams(all_tokens, finished_pick)
+    return _BeamState(state.step + 1, live_tokens, live_log_probs, finished_tokens,
+                      finished_scores, cache)
+
+  tokens = jnp.zeros((batch, k, length + 1), jnp.int32)
+  # One real beam per example to start with; the others are copies that never win.
+  live_log_probs = jnp.where(jnp.arange(k) == 0, 0.0, NEG_INF) * jnp.ones((batch, 1))
+  initial = _BeamState(
+      step=jnp.array(0, jnp.int32), live_tokens=tokens, live_log_probs=live_log_probs,
+      finished_tokens=tokens, finished_scores=jnp.full((batch, k), NEG_INF, jnp.float32),
+      cache=init_cache(model, params, encoded, encoder_valid, length))
+  final = jax.lax.while_loop(improvable, step, initial)
+  return final.finished_tokens[:, 0, 1:], final.finished_scores[:, 0]
+
+
+# ------------------------------------------------------------------ jitted variants
+
+# `eos_id` and `alpha` are traced: changing them does not recompile.
+jit_greedy_decode = jax.jit(greedy_decode, static_argnames=('model', 'max_decode_length'))
+jit_beam_search = jax.jit(beam_search,
+                          static_argnames=('model', 'beam_size', 'max_decode_length'))

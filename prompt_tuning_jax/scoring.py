@@ -1,0 +1,142 @@
+"""Teacher-forced scoring of targets and rank classification.
+
+`score_targets` sums log p(target token) over the non-padding target
+positions. `rank_classify` scores every candidate label for every example and
+picks the best; it runs the encoder once per example and all
+batch * num_labels decoder rows in a single call (the encoded inputs are
+repeated per label), so its cost is one encoder pass plus one decoder pass.
+
+As in `decoding`, functions take the flax module and the params tree; the
+`jit_*` variants are jitted with the module static. `prompts` [b, P, emb] /
+`prompt_mask` [b, P] give every example its own prompt. A prompt ensemble is a
+thin layer on top: repeat the inputs once per prompt, pass the stacked prompts,
+and average `label_scores` over the prompt axis.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from prompt_tuning_jax import decoding
+
+Array = jnp.ndarray
+
+
+def shift_right(targets: Array) -> Array:
+  """Decoder inputs for teacher forcing: [0, targets[:-1]] per row."""
+  return jnp.pad(targets[:, :-1], ((0, 0), (1, 0)))
+
+
+def token_log_likelihoods(logits: Array, targets: Array) -> Array:
+  """logits [b, d, vocab], targets [b, d] -> log p(target) [b, d] float32, 0 at padding (0)."""
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  picked = jnp.take_along_axis(log_probs, targets[:, :, None].astype(jnp.int32), axis=-1)
+  return jnp.where(targets > 0, picked[:, :, 0], 0.0)
+
+
+def score_targets(model: nn.Module, params, encoder_input_tokens: Array,
+                  decoder_target_tokens: Array, *, prompts: Optional[Array] = None,
+                  prompt_mask: Optional[Array] = None) -> Array:
+  """Summed log-likelihood [b] of decoder_target_tokens [b, d] (0 = padding) given the inputs."""
+  encoded, encoder_valid = decoding.encode(model, params, encoder_input_tokens,
+                                           prompts=prompts, prompt_mask=prompt_mask)
+  return _score_encoded(model, params, encoded, encoder_valid, decoder_target_tokens)
+
+
+def _score_encoded(model: nn.Module, params, encoded: Array, encoder_valid: Array,
+                   targets: Array) -> Array:
+  """Teacher-forced decoder on already encoded inputs -> summed log-likelihood [b]."""
+  logits = model.apply({'params': params}, encoded, encoder_valid, shift_right(targets),
+                       targets, method=model.decode)  # [b, d, vocab]
+  return jnp.sum(token_log_likelihoods(logits, targets), axis=-1)
+
+
+def rank_classify(model: nn.Module, params, encoder_input_tokens: Array,
+                  label_token_ids: Array, *, prompts: Optional[Array] = None,
+                  prompt_mask: Optional[Array] = None,
+                  normalize: bool = False) -> tuple[Array, Array]:
+  """Picks the label whose tokens the model finds most likely for each example.
+
+  Args:
+    label_token_ids: [num_labels, d] label tokens with EOS, zero padded (see
+      `encode_labels`).
+    normalize: divide each label's summed log-likelihood by its token count
+      (EOS included), removing the bias towards short labels. May be traced.
+
+  Returns:
+    label_index [b] int32 and label_scores [b, num_labels] float32 (summed, or
+    with `normalize` mean, log-likelihoods).
+  """
+  _check_labels(label_token_ids)
+  label_token_ids = jnp.asarray(label_token_ids, jnp.int32)
+  num_labels = label_token_ids.shape[0]
+  encoded, encoder_valid = decoding.encode(model, params, encoder_input_tokens,
+                                           prompts=prompts, prompt_mask=prompt_mask)
+  batch = encoded.shape[0]
+  # Row i * num_labels + j pairs example i with label j.
+  encoded = jnp.repeat(encoded, num_labels, axis=0)  # [batch * labels, L, emb]
+  encoder_valid = jnp.repeat(encoder_valid, num_labels, axis=0)
+  targets = jnp.tile(label_token_ids, (batch, 1))  # [batch * labels, d]
+  scores = _score_encoded(model, params, encoded, encoder_valid, targets)
+  scores = scores.reshape(batch, num_labels)
+  lengths = jnp.sum(label_token_ids > 0, axis=-1)  # [labels]
+  scores = jnp.where(normalize, scores / lengths[None, :], scores)
+  return jnp.argmax(scores, axis=-1).astype(jnp.int32), scores
+
+
+def _check_labels(label_token_ids) -> None:
+  """Shape always; all-padding rows (which would score 0, i.e. win) when values are known."""
+  if jnp.ndim(label_token_ids) != 2:
+    raise ValueError(f'label_token_ids must be [num_labels, length], got shape '
+                     f'{jnp.shape(label_token_ids)}.')
+  if isinstance(label_token_ids, jax.core.Tracer):
+    return
+  empty = np.flatnonzero(~(np.asarray(label_token_ids) > 0).any(axis=-1))
+  if empty.size:
+    raise ValueError(f'label_token_ids rows {empty.tolist()} are all padding; every label '
+                     'needs at least its EOS (see encode_labels).')
+
+
+def encode_labels(vocabulary, label_words: Sequence[str],
+                  length: Optional[int] = None) -> np.ndarray:
+  """Label words -> [num_labels, length] int32 token ids with EOS, zero padded.
+
+  `vocabulary` is a seqio vocabulary (anything with `encode(str)` and
+  `eos_id`). `length` defaults to the longest label; a label that does not fit
+  is an error rather than being cut.
+  """
+  encoded = []
+  for word in label_words:
+    ids = list(vocabulary.encode(word))
+    if not ids:
+      raise ValueError(f'Label {word!r} encodes to no tokens.')
+    encoded.append(ids + [vocabulary.eos_id])
+  if not encoded:
+    raise ValueError('No label words given.')
+  longest = max(len(ids) for ids in encoded)
+  length = longest if length is None else length
+  if longest > length:
+    word = label_words[[len(ids) for ids in encoded].index(longest)]
+    raise ValueError(f'Label {word!r} is {longest} tokens with EOS, longer than length={length}.')
+  out = np.zeros((len(encoded), length), np.int32)
+  for i, ids in enumerate(encoded):
+    out[i, :len(ids)] = ids
+  return out
+
+
+jit_score_targets = jax.jit(score_targets, static_argnames=('model',))
+_jit_rank_classify = jax.jit(rank_classify, static_argnames=('model',))
+
+
+def jit_rank_classify(model: nn.Module, params, encoder_input_tokens: Array,
+                      label_token_ids: Array, **kwargs) -> tuple[Array, Array]:
+  """`rank_classify` compiled once per module and shapes (`normalize` is traced).
+
+  The labels are checked here, while their values are still known.
+  """
+  _check_labels(label_token_ids)
+  return _jit_rank_classify(model, params, encoder_input_tokens, label_token_ids, **kwargs)
