@@ -1,0 +1,74 @@
+"""The launch scripts parse (bash -n), pass shellcheck, and check their arguments."""
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import subprocess
+
+import pytest
+
+LAUNCH = pathlib.Path(__file__).resolve().parents[1] / 'launch'
+SCRIPTS = sorted(LAUNCH.glob('*.sh'))
+
+
+def _run(*args: str, env=None) -> subprocess.CompletedProcess:
+  return subprocess.run(list(args), capture_output=True, text=True, timeout=60, env=env)
+
+
+def test_scripts_exist():
+  names = {p.name for p in SCRIPTS}
+  assert {'tpu_vm.sh', 'gpu.sh'} <= names, names
+  assert (LAUNCH / 'README.md').is_file()
+
+
+@pytest.mark.parametrize('script', SCRIPTS, ids=lambda p: p.name)
+def test_bash_syntax(script):
+  result = _run('bash', '-n', str(script))
+  assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.skipif(shutil.which('shellcheck') is None,
+                    reason='shellcheck is not installed (apt-get install shellcheck; .ci/run does)')
+@pytest.mark.parametrize('script', SCRIPTS, ids=lambda p: p.name)
+def test_shellcheck(script):
+  result = _run('shellcheck', str(script))
+  assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize('script', ['tpu_vm.sh', 'gpu.sh'])
+def test_help_and_missing_arguments(script):
+  path = str(LAUNCH / script)
+  result = _run('bash', path, '--help')
+  assert result.returncode == 0 and 'Usage:' in result.stdout
+  env = {k: v for k, v in os.environ.items()
+         if k not in ('MODEL_DIR', 'GIN_FILES', 'TPU_NAME', 'ZONE')}
+  result = _run('bash', path, env=env)
+  assert result.returncode != 0 and 'is required' in result.stderr
+  result = _run('bash', path, '--no_such_flag', env=env)
+  assert result.returncode != 0 and 'unknown argument: --no_such_flag' in result.stderr
+
+
+def test_gpu_multi_node_needs_all_three_settings(tmp_path):
+  # A stand-in `ptj` on PATH so the script reaches its multi-node checks.
+  fake = tmp_path / 'ptj'
+  fake.write_text('#!/bin/sh\necho "ptj $*"\necho "coordinator=$JAX_COORDINATOR_ADDRESS '
+                  'processes=$JAX_NUM_PROCESSES id=$JAX_PROCESS_ID"\n')
+  fake.chmod(0o755)
+  env = dict(os.environ, PATH=f'{tmp_path}:{os.environ["PATH"]}')
+  for k in ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID'):
+    env.pop(k, None)
+  gpu = str(LAUNCH / 'gpu.sh')
+  result = _run('bash', gpu, '--model_dir', str(tmp_path / 'run'), '--gin_file', 'a.gin',
+                '--coordinator', 'node0:1234', env=env)
+  assert result.returncode != 0 and 'together' in result.stderr
+  result = subprocess.run(
+      ['bash', gpu, '--model_dir', str(tmp_path / 'run'), '--gin_file', 'a.gin',
+       '--coordinator', 'node0:1234', '--num_nodes', '2', '--node_rank', '1', '--',
+       '--gin.NUM_PARTITIONS=2'],
+      capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
+  assert result.returncode == 0, result.stderr
+  assert f"ptj train --gin_file=a.gin --gin.MODEL_DIR='{tmp_path / 'run'}' " \
+         '--gin.NUM_PARTITIONS=2' in result.stdout
+  assert 'coordinator=node0:1234 processes=2 id=1' in result.stdout
+  assert list((tmp_path / 'logs').glob('gpu-node1-*.log'))
