@@ -13,6 +13,7 @@ from prompt_tuning_jax.checkpoints.hf import hf_to_t5x
 from prompt_tuning_jax.checkpoints.hf import load_hf
 from prompt_tuning_jax.checkpoints.prompt_io import load_prompt
 from prompt_tuning_jax.checkpoints.prompt_io import save_prompt
+from prompt_tuning_jax.checkpoints.sharded import load_t5x_sharded
 from prompt_tuning_jax.checkpoints.t5x import load_t5x
 from prompt_tuning_jax.checkpoints.tree import CheckpointError
 from prompt_tuning_jax.checkpoints.tree import DEFAULT_FALLBACK_TO_INIT
@@ -29,6 +30,7 @@ __all__ = [
     'load_hf',
     'load_prompt',
     'load_t5x',
+    'load_t5x_sharded',
     'merge_params',
     'save_prompt',
     'unflatten',

@@ -19,7 +19,6 @@ from typing import Any, Mapping, Optional, Union
 import jax
 import numpy as np
 import tensorstore as ts
-from flax import serialization
 
 from prompt_tuning_jax.checkpoints import t5x as t5x_lib
 from prompt_tuning_jax.checkpoints import tree as tree_lib
@@ -84,23 +83,12 @@ def load_t5x_sharded(path: str, target: Mapping[str, Any], *,
 
 def _read_target_tree(path: str) -> tuple[str, dict[str, Any]]:
   """(checkpoint dir, {param path: inline array or TensorStore spec})."""
-  ckpt_dir, ckpt_file = t5x_lib._locate(path)  # pylint: disable=protected-access
-  try:
-    contents = serialization.msgpack_restore(tree_lib.read_bytes(ckpt_file))
-  except CheckpointError:
-    raise
-  except Exception as e:  # msgpack raises several unrelated types.
-    raise CheckpointError(f'{ckpt_file}: not a T5X msgpack checkpoint: {e}') from e
-  if not isinstance(contents, dict):
-    raise CheckpointError(f'{ckpt_file}: not a T5X msgpack checkpoint')
-  state = contents.get('optimizer', {}) if contents.get('version', 0) else contents
-  if not isinstance(state, dict) or 'target' not in state:
-    raise CheckpointError(f'{ckpt_file}: no parameters (`optimizer/target`) in the checkpoint')
-  return ckpt_dir, tree_lib.flatten(state['target'], is_leaf=t5x_lib._is_ts_spec)  # pylint: disable=protected-access
+  ckpt_dir, state = t5x_lib.read_state_specs(path)
+  return ckpt_dir, tree_lib.flatten(state['target'], is_leaf=t5x_lib.is_ts_spec)
 
 
 def _stored_shape(leaf: Any) -> Optional[tuple[int, ...]]:
-  if t5x_lib._is_ts_spec(leaf):  # pylint: disable=protected-access
+  if t5x_lib.is_ts_spec(leaf):
     shape = leaf.get('metadata', {}).get('shape')
     return None if shape is None else tuple(shape)
   return tuple(np.shape(leaf))
@@ -164,20 +152,15 @@ def _start_read(param: str, leaf: Any, target: Target, ckpt_dir: str) -> _Pendin
     sharding, dtype = target.sharding, np.dtype(target.dtype)
   else:
     sharding, dtype = target, None
-  if t5x_lib._is_ts_spec(leaf):  # pylint: disable=protected-access
-    location = t5x_lib._location(leaf, ckpt_dir)  # pylint: disable=protected-access
+  if t5x_lib.is_ts_spec(leaf):
+    location = t5x_lib.zarr_location(leaf, ckpt_dir)
     try:
       store = ts.open(t5x_lib.resolve_spec(leaf, ckpt_dir), open=True).result()
     except ValueError as e:
       raise CheckpointError(f'{param}: cannot open zarr array {location}: {e}') from e
-    declared = leaf.get('metadata', {}).get('shape')
-    if declared is not None and tuple(declared) != tuple(store.shape):
-      raise CheckpointError(
-          f'{param}: checkpoint declares shape {tree_lib.shape_str(declared)}, '
-          f'zarr array {location} has {tree_lib.shape_str(store.shape)}')
-    if store.dtype.numpy_dtype == np.uint16:
-      raise CheckpointError(f'{param}: zarr array {location} is stored as uint16 (an old '
-                            f'encoding of bfloat16 that is not supported)')
+    problem = t5x_lib.store_problem(param, leaf, store, ckpt_dir)
+    if problem:
+      raise CheckpointError(problem)
     shape, itemsize = tuple(store.shape), store.dtype.numpy_dtype.itemsize
     read = lambda index: store[index].read()
   else:

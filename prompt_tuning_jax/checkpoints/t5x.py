@@ -56,6 +56,16 @@ def load_t5x(path: str, *, include_optimizer_state: bool = False
     CheckpointError: the file is missing or unreadable, or arrays are missing,
       unreadable or not of the shape the checkpoint declares (all listed).
   """
+  ckpt_dir, state = read_state_specs(path)
+  return _read_arrays(state if include_optimizer_state else state['target'], ckpt_dir)
+
+
+def read_state_specs(path: str) -> tuple[str, dict[str, Any]]:
+  """Reads only the msgpack file: (checkpoint dir, {'target': ..., 'state': ...}).
+
+  Leaves are inline arrays or stored TensorStore specs (`is_ts_spec`); nothing
+  is read from the zarr arrays, so sharded readers can pick their slices.
+  """
   ckpt_dir, ckpt_file = _locate(path)
   data = tree_lib.read_bytes(ckpt_file)
   try:
@@ -71,9 +81,7 @@ def load_t5x(path: str, *, include_optimizer_state: bool = False
     raise CheckpointError(
         f'{ckpt_file}: no parameters (`optimizer/target`) in the checkpoint; '
         f'top-level keys: {sorted(contents)}')
-  if not include_optimizer_state:
-    return _read_arrays(state['target'], ckpt_dir)
-  return _read_arrays(state, ckpt_dir)
+  return ckpt_dir, state
 
 
 def _locate(path: str) -> tuple[str, str]:
@@ -90,7 +98,7 @@ def _locate(path: str) -> tuple[str, str]:
   return path, posixpath.join(path, CHECKPOINT_FILE)
 
 
-def _is_ts_spec(node: Any) -> bool:
+def is_ts_spec(node: Any) -> bool:
   return isinstance(node, dict) and 'driver' in node and 'kvstore' in node
 
 
@@ -118,8 +126,8 @@ def resolve_spec(spec: dict[str, Any], ckpt_dir: str) -> dict[str, Any]:
 
 def _read_arrays(tree: dict[str, Any], ckpt_dir: str) -> dict[str, Any]:
   """Replaces every TensorStore spec in `tree` by the array it points to."""
-  flat = tree_lib.flatten(tree, is_leaf=_is_ts_spec)
-  specs = {p: leaf for p, leaf in flat.items() if _is_ts_spec(leaf)}
+  flat = tree_lib.flatten(tree, is_leaf=is_ts_spec)
+  specs = {p: leaf for p, leaf in flat.items() if is_ts_spec(leaf)}
   problems = []
   opened = {}
   for param, spec in specs.items():
@@ -129,22 +137,15 @@ def _read_arrays(tree: dict[str, Any], ckpt_dir: str) -> dict[str, Any]:
       problems.append(f'{param}: {e}')
   reads = {}
   for param, future in opened.items():
-    location = _location(specs[param], ckpt_dir)
     try:
       store = future.result()
     except ValueError as e:
-      problems.append(f'{param}: cannot open zarr array {location}: {e}')
+      problems.append(f'{param}: cannot open zarr array '
+                      f'{zarr_location(specs[param], ckpt_dir)}: {e}')
       continue
-    declared = specs[param].get('metadata', {}).get('shape')
-    if declared is not None and tuple(declared) != tuple(store.shape):
-      problems.append(
-          f'{param}: checkpoint declares shape {tree_lib.shape_str(declared)}, '
-          f'zarr array {location} has {tree_lib.shape_str(store.shape)}')
-      continue
-    if store.dtype.numpy_dtype == np.uint16:
-      problems.append(
-          f'{param}: zarr array {location} is stored as uint16 (an old '
-          f'encoding of bfloat16 that T5X no longer reads either)')
+    problem = store_problem(param, specs[param], store, ckpt_dir)
+    if problem:
+      problems.append(problem)
       continue
     reads[param] = store.read()
   for param, future in reads.items():
@@ -152,7 +153,7 @@ def _read_arrays(tree: dict[str, Any], ckpt_dir: str) -> dict[str, Any]:
       flat[param] = future.result()
     except ValueError as e:
       problems.append(f'{param}: cannot read zarr array '
-                      f'{_location(specs[param], ckpt_dir)}: {e}')
+                      f'{zarr_location(specs[param], ckpt_dir)}: {e}')
   if problems:
     raise CheckpointError(
         f'{ckpt_dir}: {len(problems)} array(s) could not be read:\n  '
@@ -160,8 +161,22 @@ def _read_arrays(tree: dict[str, Any], ckpt_dir: str) -> dict[str, Any]:
   return tree_lib.unflatten(flat)
 
 
-def _location(spec: dict[str, Any], ckpt_dir: str) -> str:
+def zarr_location(spec: dict[str, Any], ckpt_dir: str) -> str:
   kvstore = resolve_spec(spec, ckpt_dir)['kvstore']
   if kvstore['driver'] == 'gcs':
     return f'gs://{kvstore["bucket"]}/{kvstore["path"]}'
   return kvstore['path']
+
+
+def store_problem(param: str, spec: dict[str, Any], store: ts.TensorStore,
+                  ckpt_dir: str) -> str | None:
+  """Why an opened zarr array does not match its stored spec (None if it does)."""
+  declared = spec.get('metadata', {}).get('shape')
+  if declared is not None and tuple(declared) != tuple(store.shape):
+    return (f'{param}: checkpoint declares shape {tree_lib.shape_str(declared)}, '
+            f'zarr array {zarr_location(spec, ckpt_dir)} has '
+            f'{tree_lib.shape_str(store.shape)}')
+  if store.dtype.numpy_dtype == np.uint16:
+    return (f'{param}: zarr array {zarr_location(spec, ckpt_dir)} is stored as uint16 '
+            f'(an old encoding of bfloat16 that T5X no longer reads either)')
+  return None

@@ -1,0 +1,188 @@
+"""The train state on disk: orbax checkpoints plus numpy exports of the prompt.
+
+Layout under MODEL_DIR:
+
+  checkpoints/<step>/state   the TrainState (step, trainable params, optimiser
+                             state); the frozen weights are not written: they
+                             come from INITIAL_CHECKPOINT_PATH on every start.
+  checkpoints/<step>/meta    JSON: the data position and the eval metrics.
+  numpy_checkpoints/checkpoint_<step>/encoder.prompt.prompt.prompt
+                             the prompt as a float32 .npy array (the original
+                             implementation's layout), for every save.
+
+Atomicity: orbax writes each step into a temporary directory and renames it
+when complete, and lists only complete steps; a run killed mid-write leaves a
+temporary directory that is ignored, so a
+restore always finds the last complete checkpoint.
+
+Retention: the latest `keep` steps, plus the best step by `best_metric`
+(when given) among those saved with eval metrics.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any, Mapping, Optional
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
+
+from prompt_tuning_jax import optim
+from prompt_tuning_jax.checkpoints import prompt_io
+from prompt_tuning_jax.checkpoints import tree as tree_lib
+
+STATE, META = 'state', 'meta'
+CHECKPOINT_SUBDIR = 'checkpoints'
+NUMPY_SUBDIR = 'numpy_checkpoints'
+# Trainable parameters exported as numpy files (paths matched with re.search).
+EXPORT_PATTERN = 'prompt'
+
+
+def numpy_checkpoint_dir(model_dir: str, step: int) -> str:
+  return os.path.join(model_dir, NUMPY_SUBDIR, f'checkpoint_{step}')
+
+
+def prompt_file(model_dir: str, step: int, path: str = 'encoder/prompt/prompt/prompt') -> str:
+  """Where the numpy export of the parameter `path` at `step` lives."""
+  return os.path.join(numpy_checkpoint_dir(model_dir, step), path.replace('/', '.'))
+
+
+class TrainStateCheckpointer:
+  """Saves and restores `optim.TrainState`s under `model_dir`."""
+
+  def __init__(self, model_dir: str, *, keep: int = 3, best_metric: Optional[str] = None,
+               best_mode: str = 'max', read_only: bool = False):
+    if best_mode not in ('max', 'min'):
+      raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
+    if keep < 1:
+      raise ValueError(f'KEEP_CHECKPOINTS must be at least 1, got {keep}.')
+    self.model_dir = model_dir
+    self.best_metric = best_metric
+    self.best_mode = best_mode
+    kept = [policies.LatestN(n=keep)]
+    if best_metric:
+      kept.append(policies.BestN(
+          get_metric_fn=self._metric_value, reverse=best_mode == 'min', n=1,
+          keep_checkpoints_without_metrics=False))
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=policies.AnyPreservationPolicy(kept),
+        enable_async_checkpointing=False, cleanup_tmp_directories=not read_only,
+        create=not read_only, read_only=read_only)
+    self._manager = ocp.CheckpointManager(
+        os.path.join(os.path.abspath(model_dir), CHECKPOINT_SUBDIR), options=options,
+        item_names=(STATE, META))
+
+  def _metric_value(self, metrics: Mapping[str, Any]) -> float:
+    value = metrics.get(self.best_metric)
+    if value is None:  # Saved with metrics, but not this one: never the best.
+      return float('inf') if self.best_mode == 'min' else float('-inf')
+    return float(value)
+
+  # ---------------------------------------------------------------- queries
+
+  def latest_step(self) -> Optional[int]:
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def best_step(self) -> Optional[int]:
+    """The kept step with the best `best_metric`, or None."""
+    if not self.best_metric:
+      return None
+    scored = [(self._metric_value(m), s) for s in self.all_steps()
+              if (m := self.metrics(s)) and self.best_metric in m]
+    if not scored:
+      return None
+    pick = min if self.best_mode == 'min' else max
+    return pick(scored)[1]
+
+  def metrics(self, step: int) -> Optional[dict[str, float]]:
+    """The eval metrics saved with `step` (None when it was saved without)."""
+    return self.meta(step).get('metrics')
+
+  def meta(self, step: int) -> dict[str, Any]:
+    restored = self._manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))
+    return dict(restored[META])
+
+  # ---------------------------------------------------------------- save / restore
+
+  def save(self, state: optim.TrainState, *, data_position: Mapping[str, Any],
+           metrics: Optional[Mapping[str, float]] = None) -> int:
+    """Writes `state` (atomically) and its numpy prompt export; returns the step."""
+    step = int(jax.device_get(state.step))
+    meta = {'step': step, 'data_position': dict(data_position)}
+    if metrics is not None:
+      meta['metrics'] = {k: float(v) for k, v in metrics.items()}
+    self._manager.save(
+        step, args=ocp.args.Composite(**{
+            STATE: ocp.args.StandardSave(state._asdict()),
+            META: ocp.args.JsonSave(meta)}),
+        metrics=meta.get('metrics'), force=True)
+    self._manager.wait_until_finished()
+    self.export_numpy(step, state.trainable)
+    return step
+
+  def export_numpy(self, step: int, trainable: Mapping[str, Any]) -> list[str]:
+    """Writes every trainable prompt parameter as a float32 .npy file."""
+    written = []
+    for path, value in tree_lib.flatten(trainable).items():
+      if EXPORT_PATTERN in path:
+        target = prompt_file(self.model_dir, step, path)
+        prompt_io.save_prompt(target, jax.device_get(value))
+        written.append(target)
+    return written
+
+  def restore(self, abstract_state: optim.TrainState, step: Optional[int] = None
+              ) -> tuple[optim.TrainState, dict[str, Any]]:
+    """Restores `step` (default: the latest) into the structure/shardings of `abstract_state`.
+
+    `abstract_state` holds arrays or `jax.ShapeDtypeStruct`s (with shardings).
+    Returns (state, meta).
+    """
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f'No checkpoint in {self._manager.directory}.')
+    target = jax.tree.map(_abstract, abstract_state._asdict())
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(**{
+          STATE: ocp.args.StandardRestore(target), META: ocp.args.JsonRestore()}))
+    except (ValueError, KeyError, TypeError) as e:
+      raise tree_lib.CheckpointError(
+          f'{self._manager.directory}/{step}: the saved train state does not match this '
+          f'run (different model, prompt length or optimiser?): {e}') from e
+    state = optim.TrainState(**restored[STATE])
+    logging.info('Restored the train state of step %d from %s.', step, self._manager.directory)
+    return state, dict(restored[META])
+
+  def restore_trainable(self, step: Optional[int] = None) -> tuple[dict[str, Any], int]:
+    """The trainable params of `step` (default: the latest), without needing the optimiser.
+
+    Returns (trainable params as nested dicts of arrays, step).
+    """
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f'No checkpoint in {self._manager.directory}.')
+    if step not in self.all_steps():
+      raise FileNotFoundError(f'No checkpoint of step {step} in {self._manager.directory}; '
+                              f'kept steps: {self.all_steps()}.')
+    restored = self._manager.restore(step, args=ocp.args.Composite(**{
+        STATE: ocp.args.StandardRestore()}))
+    return dict(restored[STATE]['trainable']), step
+
+  def close(self) -> None:
+    self._manager.close()
+
+
+def _abstract(x):
+  if isinstance(x, jax.ShapeDtypeStruct):
+    return x
+  sharding = getattr(x, 'sharding', None)
+  return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+
+
+def write_json(path: str, value: Mapping[str, Any]) -> None:
+  """Writes a small JSON file atomically."""
+  tree_lib.write_bytes(path, (json.dumps(value, indent=2, sort_keys=True) + '\n').encode())
