@@ -5,8 +5,8 @@ download (seqio's `ByteVocabulary`, text generated from word lists with a
 fixed seed) and is small enough to train on two CPU cores in a minute.
 
 Each input is a short review whose sentiment is carried by one or two
-adjectives, e.g. `review: the soup was awful and the staff were rude` ->
-`negative`. Every split is generated from its own seed, so the splits are
+adjectives, e.g. `review: the soup was awful and the staff were rude` -> `-`
+(negative) or `+` (positive). Every split is generated from its own seed, so the splits are
 disjoint in their random draws and identical on every machine.
 """
 from __future__ import annotations
@@ -19,7 +19,9 @@ import seqio
 import tensorflow as tf
 
 TASK_NAME = 'smoke_sentiment'
-LABELS = ('negative', 'positive')
+# One byte each: a frozen model with random weights can learn to emit a one-token
+# label through the prompt within a few hundred steps; longer words it cannot.
+LABELS = ('-', '+')
 # The label words of the tasks defined here (see `label_words`).
 LABEL_WORDS: dict[str, Sequence[str]] = {}
 SPLIT_SIZES = {'train': 2000, 'validation': 200, 'test': 200}

@@ -1,0 +1,99 @@
+"""Tests for prompt_tuning_jax.data: seqio -> fixed-shape, deterministic, resumable batches."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from prompt_tuning_jax import data
+from prompt_tuning_jax.tasks import smoke
+
+LENGTHS = {'inputs': 64, 'targets': 12}
+
+
+def batches(n, start_step=0, **overrides):
+  cfg = data.DataConfig(smoke.TASK_NAME, overrides.pop('lengths', LENGTHS),
+                        overrides.pop('batch_size', 4), **overrides)
+  return list(itertools.islice(data.iterate(data.get_dataset(cfg, start_step)), n))
+
+
+def test_batches_have_fixed_shapes_and_t5x_features():
+  batch = batches(1)[0]
+  assert set(batch) == {*data.MODEL_FEATURES, data.TRUNCATED}
+  assert batch['encoder_input_tokens'].shape == (4, 64)
+  for key in ('decoder_input_tokens', 'decoder_target_tokens', 'decoder_loss_weights'):
+    assert batch[key].shape == (4, 12) and batch[key].dtype == np.int32
+  assert batch[data.TRUNCATED].shape == (4, 2)
+  # Decoder inputs are the targets shifted right (BOS = 0); weights mark real targets.
+  np.testing.assert_array_equal(batch['decoder_input_tokens'][:, 1:],
+                                batch['decoder_target_tokens'][:, :-1])
+  np.testing.assert_array_equal(batch['decoder_loss_weights'],
+                                batch['decoder_target_tokens'] > 0)
+  vocab = smoke.VOCABULARY
+  assert {vocab.decode(row.tolist()) for row in batch['decoder_target_tokens']} <= set(smoke.LABELS)
+
+
+def test_same_seed_same_batches_other_seed_other_order():
+  first, again, other = batches(3), batches(3), batches(3, seed=1)
+  for a, b in zip(first, again):
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
+  assert not all(np.array_equal(a['encoder_input_tokens'], b['encoder_input_tokens'])
+                 for a, b in zip(first, other))
+
+
+def test_start_step_skips_exactly_the_batches_already_seen():
+  straight = batches(5)
+  resumed = batches(2, start_step=3)
+  for a, b in zip(straight[3:], resumed):
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_repeats_past_one_epoch():
+  # 2000 training examples / 500 per batch: the 5th batch comes from the second pass.
+  assert len(batches(5, batch_size=500)) == 5
+
+
+def test_truncation_is_flagged_and_keeps_eos():
+  short = {'inputs': 16, 'targets': 1}
+  batch = batches(1, lengths=short, batch_size=8)[0]
+  counter = data.TruncationCounter(short)
+  popped = counter.pop(batch)
+  assert data.TRUNCATED not in popped
+  # Every smoke input is longer than 16 bytes; every label (1 byte + EOS) than 1.
+  assert counter.metrics() == {'truncated_inputs': 8.0, 'truncated_targets': 8.0}
+  assert (popped['encoder_input_tokens'][:, -1] == 1).all()  # EOS kept at the end
+  assert (popped['decoder_target_tokens'][:, -1] == 1).all()
+
+
+def test_nothing_flagged_when_examples_fit():
+  counter = data.TruncationCounter(LENGTHS)
+  for batch in batches(3):
+    counter.pop(batch)
+  assert counter.examples == 12 and counter.metrics()['truncated_inputs'] == 0
+
+
+def test_unknown_task_suggests_close_names():
+  with pytest.raises(data.UnknownTaskError, match="Did you mean: smoke_sentiment"):
+    data.get_mixture_or_task('smoke_sentimnt')
+
+
+def test_lengths_and_sharding_are_checked():
+  with pytest.raises(ValueError, match='TASK_FEATURE_LENGTHS needs'):
+    data.get_dataset(data.DataConfig(smoke.TASK_NAME, {'inputs': 8}, 4))
+  with pytest.raises(ValueError, match='not divisible by the 3 data shards'):
+    data.get_dataset(data.DataConfig(smoke.TASK_NAME, LENGTHS, 4, num_shards=3))
+
+
+def test_shards_split_the_batch_rows():
+  one = batches(1, batch_size=4, num_shards=2, shard_index=0)[0]
+  two = batches(1, batch_size=4, num_shards=2, shard_index=1)[0]
+  assert one['encoder_input_tokens'].shape == (2, 64)
+  assert not np.array_equal(one['encoder_input_tokens'], two['encoder_input_tokens'])
+
+
+def test_missing_task_module_is_a_clear_error():
+  with pytest.raises(ImportError, match="task module 'no_such_tasks_module'"):
+    data.import_task_modules('no_such_tasks_module')

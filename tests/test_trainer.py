@@ -1,0 +1,175 @@
+"""Tests for the training loop, resume, checkpoints and the early errors (tiny model, smoke task)."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import small_config
+
+from prompt_tuning_jax import cli
+from prompt_tuning_jax import logging_utils
+from prompt_tuning_jax import optim
+from prompt_tuning_jax import trainer
+from prompt_tuning_jax.checkpoints import prompt_io
+from prompt_tuning_jax.checkpoints import train_state as train_state_lib
+from prompt_tuning_jax.checkpoints.tree import CheckpointError
+from prompt_tuning_jax.data import UnknownTaskError
+from prompt_tuning_jax.models import PromptedT5
+from prompt_tuning_jax.tasks import smoke
+
+PROMPT_LENGTH, EMB = 3, 16
+# Compiling dominates these runs; identical programs are compiled once.
+cli.enable_compilation_cache(os.path.join(tempfile.gettempdir(), 'ptj_test_xla_cache'))
+
+
+def model(**overrides):
+  config = small_config(vocab_size=384, dropout_rate=0.1, **overrides)
+  return PromptedT5(config, prompt_length=PROMPT_LENGTH)
+
+
+def run(model_dir, steps, **overrides):
+  kwargs = dict(model_dir=str(model_dir), model=model(), mixture_or_task_name=smoke.TASK_NAME,
+                task_feature_lengths={'inputs': 64, 'targets': 4}, batch_size=4,
+                train_steps=steps, initial_checkpoint_path=None, checkpoint_period=3,
+                log_period=2, eval_period=None, seed=3)
+  kwargs.update(overrides)
+  return trainer.train(**kwargs)
+
+
+def exported_prompt(model_dir, step):
+  return prompt_io.load_prompt(train_state_lib.prompt_file(str(model_dir), step))
+
+
+def test_resumed_run_ends_with_exactly_the_uninterrupted_prompt(tmp_path):
+  straight = run(tmp_path / 'straight', 6)
+  assert straight['final_step'] == 6
+  run(tmp_path / 'resumed', 3)
+  # A save that was killed mid-write leaves a temporary directory: ignored.
+  os.makedirs(tmp_path / 'resumed' / 'checkpoints' / '5.orbax-checkpoint-tmp-17' / 'state')
+  resumed = run(tmp_path / 'resumed', 6)
+  assert resumed['start_step'] == 3 and resumed['final_step'] == 6
+  a, b = exported_prompt(tmp_path / 'straight', 6), exported_prompt(tmp_path / 'resumed', 6)
+  assert a.shape == (PROMPT_LENGTH, EMB) and a.dtype == np.float32
+  np.testing.assert_array_equal(a, b)  # bit-identical, dropout included
+  assert not np.array_equal(exported_prompt(tmp_path / 'resumed', 3), b)  # it did train
+
+  records = logging_utils.read_metrics(str(tmp_path / 'straight'))
+  assert [r['step'] for r in records] == [2, 4, 6]
+  for r in records:
+    assert r['split'] == 'train' and r['loss'] > 0 and 0 <= r['accuracy'] <= 1
+    assert r['learning_rate'] == pytest.approx(0.3)
+    assert r['examples_per_second'] > 0 and r['tokens_per_second'] > 0
+  assert os.listdir(tmp_path / 'straight' / 'tensorboard' / 'train')
+  # A finished run started again has nothing to do.
+  assert run(tmp_path / 'straight', 6)['start_step'] == 6
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+  # From the 5th update on the learning rate is NaN: the prompt becomes NaN.
+  lr = lambda step: jnp.where(step >= 4, jnp.nan, 0.3)
+  with pytest.raises(trainer.DivergedError, match='last good checkpoint is step 3'):
+    run(tmp_path, 9, learning_rate=lr, checkpoint_period=3)
+  ckpt = train_state_lib.TrainStateCheckpointer(str(tmp_path), read_only=True)
+  assert ckpt.latest_step() == 3
+  assert np.isfinite(exported_prompt(tmp_path, 3)).all()
+
+
+@pytest.mark.parametrize('overrides, error, message', [
+    (dict(mixture_or_task_name='smoke_sentimant'), UnknownTaskError, 'Did you mean'),
+    (dict(model=PromptedT5(small_config(vocab_size=64), prompt_length=3)), ValueError,
+     'more than the 64 rows'),
+    (dict(initial_checkpoint_path='/no/such/checkpoint'), CheckpointError, 'does not exist'),
+    (dict(task_feature_lengths={'inputs': 8}), ValueError, "exactly 'inputs' and 'targets'"),
+    (dict(accumulation_steps=3), ValueError, 'ACCUMULATION_STEPS=3'),
+])
+def test_user_errors_are_clear(tmp_path, overrides, error, message):
+  with pytest.raises(error, match=message):
+    run(tmp_path, 2, **overrides)
+  assert not os.path.exists(tmp_path / 'checkpoints')
+
+
+def test_prompt_file_of_the_wrong_shape_is_refused(tmp_path):
+  path = str(tmp_path / 'prompt.npy')
+  prompt_io.save_prompt(path, np.zeros((PROMPT_LENGTH, EMB + 1), np.float32))
+  with pytest.raises(CheckpointError, match=r'\(PROMPT_LENGTH, emb dim\) = \(3, 16\)'):
+    run(tmp_path / 'run', 2, prompt=trainer.PromptSettings(file=path))
+
+
+def test_prompt_file_sets_the_initial_prompt(tmp_path):
+  path = str(tmp_path / 'prompt.npy')
+  prompt = np.arange(PROMPT_LENGTH * EMB, dtype=np.float32).reshape(PROMPT_LENGTH, EMB) / 100
+  prompt_io.save_prompt(path, prompt)
+  s = trainer.setup(model(), smoke.TASK_NAME, {'inputs': 64, 'targets': 4})
+  params = trainer.build_params(s, None, trainer.PromptSettings(file=path))
+  np.testing.assert_array_equal(params['encoder']['prompt']['prompt']['prompt'], prompt)
+
+
+def test_class_label_init_uses_the_task_labels():
+  s = trainer.setup(model(), smoke.TASK_NAME, {'inputs': 64, 'targets': 4})
+  params = trainer.build_params(s, None, trainer.PromptSettings(init='class_labels'))
+  embedding = params['token_embedder']['embedding']
+  prompt = params['encoder']['prompt']['prompt']['prompt']
+  for row, label in enumerate(smoke.LABELS):
+    ids = smoke.VOCABULARY.encode(label)
+    np.testing.assert_allclose(prompt[row], embedding[ids].mean(0), rtol=1e-6)
+
+
+def test_batch_size_must_divide_over_the_data_parallel_devices(tmp_path, monkeypatch):
+  fake_mesh = types.SimpleNamespace(shape={'data': 2, 'model': 1})
+  monkeypatch.setattr(trainer.partitioning, 'make_mesh', lambda num_partitions: fake_mesh)
+  with pytest.raises(ValueError, match='BATCH_SIZE=5 is not divisible by the 2 data-parallel'):
+    run(tmp_path, 2, batch_size=5)
+
+
+def test_checkpointer_keeps_latest_and_best_and_exports_the_prompt(tmp_path):
+  trainable = {'encoder': {'prompt': {'prompt': {'prompt': jnp.ones((2, 4))}}}}
+  frozen = {'decoder': {'w': jnp.zeros((4,))}}
+  tx = optim.partitioned_optimizer(optim.merge(trainable, frozen), optim.adafactor())
+  state = optim.init_train_state(trainable, frozen, tx)
+  ckpt = train_state_lib.TrainStateCheckpointer(str(tmp_path), keep=2, best_metric='accuracy')
+  for step, accuracy in zip(range(1, 6), [10.0, 90.0, 20.0, 30.0, 40.0]):
+    state = state._replace(step=jnp.asarray(step, jnp.int32))
+    ckpt.save(state, data_position={'step': step}, metrics={'accuracy': accuracy})
+  assert ckpt.all_steps() == [2, 4, 5] and ckpt.best_step() == 2
+  restored, meta = ckpt.restore(jax.eval_shape(lambda: state))
+  assert int(restored.step) == 5 and meta['metrics'] == {'accuracy': 40.0}
+  trainable_only, step = ckpt.restore_trainable(2)
+  assert step == 2 and 'decoder' not in trainable_only  # frozen weights are never written
+  np.testing.assert_array_equal(exported_prompt(tmp_path, 5), np.ones((2, 4), np.float32))
+  assert sorted(os.listdir(tmp_path / 'numpy_checkpoints')) == [
+      f'checkpoint_{s}' for s in range(1, 6)]
+
+
+def test_train_log_line_and_metrics_writer(tmp_path):
+  line = logging_utils.format_train_line(
+      120, 300, {'loss': 2.31, 'accuracy': 0.41, 'learning_rate': 0.3,
+                 'examples_per_second': 85.2, 'tokens_per_second': 10900.0}, 62)
+  assert line == 'step 120/300 | loss 2.31 | acc 0.410 | lr 0.3 | 85.2 ex/s | 10.9k tok/s | eta 0:01:02'
+  writer = logging_utils.MetricsWriter(str(tmp_path))
+  writer.write(5, 'eval/smoke_sentiment', {'accuracy': 50.0})
+  writer.close()
+  with open(tmp_path / 'metrics.jsonl') as f:
+    assert json.loads(f.read()) == {'step': 5, 'split': 'eval/smoke_sentiment', 'accuracy': 50.0}
+  assert os.listdir(tmp_path / 'tensorboard' / 'eval')
+
+
+def test_model_tuning_trains_every_weight_and_reloads(tmp_path):
+  from prompt_tuning_jax.models import T5  # pylint: disable=g-import-not-at-top
+  t5 = T5(small_config(vocab_size=384))
+  result = run(tmp_path, 2, model=t5, trainable_rules=optim.MODEL_TUNING_RULES,
+               checkpoint_period=2, learning_rate=1e-3)
+  assert result['final_step'] == 2 and result['prompt_file'] is None
+  assert not os.path.exists(tmp_path / 'numpy_checkpoints' / 'checkpoint_2')
+  s = trainer.setup(t5, smoke.TASK_NAME, {'inputs': 64, 'targets': 4}, seed=3)
+  initial = trainer.build_params(s, None, trainer.PromptSettings())
+  trained, step = trainer.trained_params(s, str(tmp_path), None, trainer.PromptSettings())
+  assert step == 2
+  before = initial['encoder']['layers_0']['mlp']['wo']['kernel']
+  after = np.asarray(trained['encoder']['layers_0']['mlp']['wo']['kernel'])
+  assert before.shape == after.shape and not np.array_equal(before, after)
