@@ -71,6 +71,13 @@ COMMANDS = {
     'infer': 'write jsonl predictions for a task split or a jsonl file of inputs',
 }
 
+# Subcommands with their own parsers (prompt_tuning_jax/analysis/commands.py).
+ANALYSIS_COMMANDS = {
+    'infer_mixed': 'one frozen model, many prompts: each jsonl line names its prompt',
+    'ensemble': 'score K prompts and their ensemble (majority vote / mean scores) in one pass',
+    'neighbors': "nearest vocabulary pieces of each prompt vector (text report + PNG)",
+}
+
 
 class UsageError(ValueError):
   """A command-line or configuration mistake, reported without a traceback."""
@@ -90,7 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
       description='Soft-prompt tuning of frozen T5 models (JAX/Flax), configured with gin.',
       epilog=_macro_help() + '\n\nsmoke run: ptj train --gin_file=runs/smoke.gin '
       '--gin.MODEL_DIR=/tmp/ptj_smoke')
-  sub = parser.add_subparsers(dest='command', metavar='{train,eval,infer}')
+  sub = parser.add_subparsers(dest='command',
+                              metavar='{' + ','.join([*COMMANDS, *ANALYSIS_COMMANDS]) + '}')
+  for name, text in ANALYSIS_COMMANDS.items():
+    sub.add_parser(name, help=f'{text} (ptj {name} --help)', add_help=False)
   for name, text in COMMANDS.items():
     p = sub.add_parser(name, help=text, description=text, epilog=_macro_help(),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -106,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     if name == 'train':
       p.add_argument('--override_model_dir_config', action='store_true',
                      help='resume even though MODEL_DIR holds a run with another configuration')
+      p.add_argument('--dry_run', action='store_true',
+                     help='print the mesh, every parameter\'s sharding and the memory per '
+                     'device, then exit without allocating the model')
+      p.add_argument('--topology', default=None,
+                     help="dry run on a declared topology instead of the visible devices, "
+                     "e.g. v3-32, 8xA100-80GB (see partitioning.declared_topology)")
   return parser
 
 
@@ -310,6 +326,9 @@ def main(argv: Optional[Sequence[str]] = None, command: Optional[str] = None) ->
   argv = list(sys.argv[1:] if argv is None else argv)
   if command is not None:
     argv = [command] + argv
+  if argv and argv[0] in ANALYSIS_COMMANDS:
+    from prompt_tuning_jax.analysis import commands  # pylint: disable=g-import-not-at-top
+    return getattr(commands, f'{argv[0]}_main')(argv[1:])
   parser = build_parser()
   try:
     rest, bindings = split_bindings(argv)
@@ -330,6 +349,8 @@ def main(argv: Optional[Sequence[str]] = None, command: Optional[str] = None) ->
     if args.print_config:
       print(config_text)
       return 0
+    if getattr(args, 'dry_run', False):
+      return _dry_run(args.topology)
     from prompt_tuning_jax import config  # pylint: disable=g-import-not-at-top
     from prompt_tuning_jax import distributed  # pylint: disable=g-import-not-at-top
     distributed.initialize()
@@ -349,6 +370,24 @@ def main(argv: Optional[Sequence[str]] = None, command: Optional[str] = None) ->
     return 1
   _report(args.command, result)
   return 0
+
+
+def _dry_run(topology: Optional[str]) -> int:
+  """`ptj train --dry_run`: plan shardings and memory from the parsed gin config."""
+  import gin  # pylint: disable=g-import-not-at-top
+  from prompt_tuning_jax import config, dry_run  # pylint: disable=g-import-not-at-top
+  from prompt_tuning_jax import optim  # pylint: disable=g-import-not-at-top
+  report = dry_run.dry_run(
+      model_config=gin.query_parameter('models.get_config.name'),
+      prompt_length=config.query_macro('PROMPT_LENGTH', 0) or 0,
+      batch_size=config.query_macro('BATCH_SIZE'),
+      feature_lengths=config.query_macro('TASK_FEATURE_LENGTHS'),
+      num_partitions=config.query_macro('NUM_PARTITIONS', 1),
+      topology=topology,
+      trainable_rules=config.query_macro('TRAINABLE_RULES', optim.PROMPT_TUNING_RULES),
+      accumulation_steps=config.query_macro('ACCUMULATION_STEPS', 1))
+  print(report, flush=True)
+  return 0 if report.fits else 1
 
 
 def _is_user_error(e: Exception) -> bool:

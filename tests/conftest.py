@@ -1,16 +1,24 @@
 """Shared fixtures: tiny models and the location of ../shared."""
 from __future__ import annotations
 
+import os
 import pathlib
+import tempfile
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from prompt_tuning_jax import cli
 from prompt_tuning_jax.models import T5Config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / 'shared'
+
+# One persistent XLA compilation cache for the test session (and subprocesses
+# given PTJ_COMPILATION_CACHE_DIR): later compiles of the same programs are reads.
+XLA_CACHE = os.path.join(tempfile.gettempdir(), 'ptj_test_xla_cache')
+cli.enable_compilation_cache(XLA_CACHE)
 
 
 def shared_path(*parts: str) -> pathlib.Path:

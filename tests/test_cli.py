@@ -128,3 +128,21 @@ def test_print_config(tmp_path, capsys):
   assert cli.main(['train', '--gin_file=runs/smoke.gin', f'--gin.MODEL_DIR={tmp_path}',
                    '--print_config']) == 0
   assert 'TRAIN_STEPS = 300' in capsys.readouterr().out
+
+
+def test_dry_run_plans_without_allocating(capsys):
+  from prompt_tuning_jax import cli
+  status = cli.main(['train', '--gin_file=models/t5_1_1_xl.gin', '--gin_file=runs/prompt_finetune.gin',
+                     '--gin.MIXTURE_OR_TASK_NAME=super_glue_rte_v102', '--gin.MODEL_DIR=/tmp/unused',
+                     '--dry_run', '--topology=8xA100-80GB'])
+  out = capsys.readouterr().out
+  assert status == 0, out
+  assert 'encoder/prompt/prompt/prompt' in out and 'Verdict: FITS' in out
+
+
+def test_analysis_subcommands_are_dispatched(capsys):
+  from prompt_tuning_jax import cli
+  with pytest.raises(SystemExit) as e:
+    cli.main(['neighbors', '--help'])
+  assert e.value.code == 0
+  assert '--prompt' in capsys.readouterr().out

@@ -11,22 +11,19 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 import gin
 import numpy as np
 import pytest
-from conftest import shared_path
+from conftest import XLA_CACHE, shared_path
 
 from prompt_tuning_jax import cli
 from prompt_tuning_jax import logging_utils
 from prompt_tuning_jax.checkpoints import prompt_io
 from prompt_tuning_jax.checkpoints import train_state as train_state_lib
 
-CACHE = os.path.join(tempfile.gettempdir(), 'ptj_test_xla_cache')
 pytestmark = pytest.mark.slow  # ~1-2 min; .ci/run runs the whole suite, these included
-cli.enable_compilation_cache(CACHE)
 
 
 @pytest.fixture(autouse=True)
@@ -50,7 +47,7 @@ def read_jsonl(path):
 
 def start_and_kill_after_first_checkpoint(args, model_dir, cwd):
   """Runs `python -m prompt_tuning_jax.train` and SIGKILLs it once a checkpoint is complete."""
-  env = dict(os.environ, PTJ_COMPILATION_CACHE_DIR=CACHE)
+  env = dict(os.environ, PTJ_COMPILATION_CACHE_DIR=XLA_CACHE)
   proc = subprocess.Popen([sys.executable, '-m', 'prompt_tuning_jax.train', *args], cwd=cwd,
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   first = os.path.join(model_dir, 'checkpoints', '10')

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import types
 
 import jax
@@ -12,7 +11,6 @@ import numpy as np
 import pytest
 from conftest import small_config
 
-from prompt_tuning_jax import cli
 from prompt_tuning_jax import logging_utils
 from prompt_tuning_jax import optim
 from prompt_tuning_jax import trainer
@@ -25,7 +23,6 @@ from prompt_tuning_jax.tasks import smoke
 
 PROMPT_LENGTH, EMB = 3, 16
 # Compiling dominates these runs; identical programs are compiled once.
-cli.enable_compilation_cache(os.path.join(tempfile.gettempdir(), 'ptj_test_xla_cache'))
 
 
 def model(**overrides):

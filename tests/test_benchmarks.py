@@ -1,0 +1,108 @@
+"""The benchmarks run end to end on a tiny configuration (fields only; no timing assertions).
+
+Workers run in-process here (`common.run_worker` is replaced by a direct call)
+so the test stays fast; one test checks the real subprocess path.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import pathlib
+import sys
+
+import pytest
+
+# `benchmarks/` is not an installed package: import it from the repository root.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from benchmarks import common  # pylint: disable=g-import-not-at-top
+from benchmarks import eval as eval_bench  # pylint: disable=g-import-not-at-top
+from benchmarks import train_step  # pylint: disable=g-import-not-at-top
+
+TINY = ['--sizes', 'tiny', '--batch', '3', '--input_len', '6', '--prompt_len', '4',
+        '--warmup', '0', '--steps', '1']
+
+
+@pytest.fixture
+def in_process_workers(monkeypatch):
+  """Runs each worker's measurement in this process instead of a fresh Python."""
+  def run_worker(module, payload, timeout_s=None, xla_flags=''):
+    del timeout_s, xla_flags
+    result = importlib.import_module(module)._measure(payload)  # pylint: disable=protected-access
+    return json.loads(json.dumps(result))  # what a worker could write
+  monkeypatch.setattr(common, 'run_worker', run_worker)
+
+
+def test_random_batch_is_shifted_and_unpadded():
+  batch = common.random_batch(common.Workload(2, 5, 3, 4), vocab_size=50, seed=0)
+  assert batch['encoder_input_tokens'].shape == (2, 5)
+  assert (batch['encoder_input_tokens'] >= 2).all() and (batch['decoder_target_tokens'] >= 2).all()
+  assert (batch['decoder_input_tokens'][:, 0] == 0).all()
+  assert (batch['decoder_input_tokens'][:, 1:] == batch['decoder_target_tokens'][:, :-1]).all()
+
+
+def test_train_step_tiny_with_peer(in_process_workers, capsys, tmp_path):
+  del in_process_workers
+  pytest.importorskip('peft', reason='the PEFT peer needs the bench extra (torch, peft)')
+  out = tmp_path / 'train.json'
+  train_step.main(TINY + ['--target_len', '2', '--matmul_n', '64', '--peer', '--peer_flops',
+                          '--variants', 'bf16_weights', '--json', str(out)])
+  report = json.loads(out.read_text())
+  rows = {(r['impl'], r['tuning'], r['variant']): r for r in report['rows']}
+  assert set(rows) == {('ours', 'prompt', 'float32'), ('ours', 'prompt', 'bf16_weights'),
+                       ('ours', 'full', 'float32'), ('peft', 'prompt', 'float32')}
+  ours = rows['ours', 'prompt', 'float32']
+  for key in ('median_s', 'examples_per_s', 'tokens_per_s', 'flops_per_step', 'flops_per_s',
+              'mfu', 'compile_s', 'peak_rss_mib'):
+    assert ours[key] > 0, key
+  assert 'median_s' not in rows['ours', 'full', 'float32']  # compiled for FLOPs only
+  peer = rows['peft', 'prompt', 'float32']
+  assert peer['median_s'] > 0 and peer['flops_per_step'] > 0 and peer['torch_threads'] >= 1
+  (comparison,) = report['comparisons']
+  for key in ('speedup_vs_peft', 'speedup_vs_peft_fastest_step', 'peak_rss_ours_over_peft',
+              'flops_ours_over_peft'):
+    assert comparison[key] > 0, key
+  # No weight gradients: the prompt-only step needs fewer FLOPs than full fine-tuning.
+  assert 0 < comparison['prompt_over_full_flops'] < 1
+  assert set(report['matmul_limit']) == {'float32', 'torch_float32'}
+  assert report['machine']['cpu_count'] >= 1
+  assert '| tiny | ours | prompt | float32 |' in capsys.readouterr().out
+
+
+def test_eval_tiny(in_process_workers, tmp_path):
+  del in_process_workers
+  out = tmp_path / 'eval.json'
+  eval_bench.main(TINY + ['--batch', '4', '--tasks', '2', '--num_labels', '2',
+                          '--decode_lens', '2', '--json', str(out)])
+  (row,) = json.loads(out.read_text())['rows']
+  for key in ('rank_examples_per_s', 'rank_packed_examples_per_s', 'greedy2_examples_per_s',
+              'rank_over_greedy2', 'rank_packed_over_greedy2',
+              'mixed_examples_per_s', 'per_prompt_full_examples_per_s',
+              'per_prompt_small_examples_per_s', 'mixed_over_per_prompt_full'):
+    assert row[key] > 0, key
+  assert row['raw']['label_tokens_with_eos'] == 2
+  # The packed-labels proposal scores exactly what scoring.rank_classify scores.
+  assert row['raw']['rank_packed']['max_abs_score_diff'] < 1e-3
+
+
+def test_worker_runs_in_a_fresh_process():
+  result = common.run_worker(train_step.MODULE, {'kind': 'matmul', 'n': 32, 'dtype': 'float32'})
+  assert result['flops_per_s'] > 0 and result['n'] == 32
+
+
+def test_worker_failure_names_the_module():
+  with pytest.raises(common.WorkerError, match='benchmarks.train_step worker failed'):
+    common.run_worker(train_step.MODULE, {'kind': 'nonsense'})
+
+
+def test_unknown_variant_is_refused():
+  with pytest.raises(ValueError, match='Unknown variant'):
+    train_step.run(train_step.parse_args(['--variants', 'warp_drive']))
+
+
+def test_rounds_keep_the_fastest_with_every_median():
+  slow = {'median_s': 2.0, 'size': 's', 'impl': 'ours', 'tuning': 'prompt', 'variant': 'v',
+          'peak_rss_mib': 1.0, 'profile': {'wall_s_per_call': 2.0}}
+  fast = dict(slow, median_s=1.0, profile=None)
+  kept = train_step._fastest(train_step._fastest(None, slow), fast)  # pylint: disable=protected-access
+  assert kept['median_s'] == 1.0 and kept['round_medians_s'] == [2.0, 1.0]
+  assert kept['profile'] == {'wall_s_per_call': 2.0}  # the first round's profile is kept
