@@ -36,7 +36,7 @@ from prompt_tuning_jax import partitioning
 from prompt_tuning_jax import prompts as prompts_lib
 from prompt_tuning_jax.checkpoints import hf as hf_lib
 from prompt_tuning_jax.checkpoints import prompt_io
-from prompt_tuning_jax.checkpoints import t5x as t5x_lib
+from prompt_tuning_jax.checkpoints import sharded as sharded_lib
 from prompt_tuning_jax.checkpoints import train_state as train_state_lib
 from prompt_tuning_jax.checkpoints import tree as tree_lib
 
@@ -144,8 +144,17 @@ def load_frozen(s: Setup, checkpoint_path: Optional[str]) -> dict:
           for f in ('model.safetensors', 'model.safetensors.index.json')))
   logger.info('Reading the frozen model from %s (%s format).', checkpoint_path,
               'Hugging Face' if is_hf else 'T5X')
-  loaded = hf_lib.load_hf(checkpoint_path)[0] if is_hf else t5x_lib.load_t5x(checkpoint_path)
-  return tree_lib.merge_params(s.abstract, loaded)
+  if is_hf:
+    return tree_lib.merge_params(s.abstract, hf_lib.load_hf(checkpoint_path)[0])
+  # T5X: each process reads only its devices' slices, straight into their shards.
+  shardings = partitioning.param_shardings(s.abstract, s.mesh)
+  target = jax.tree.map(lambda a, sharding: jax.ShapeDtypeStruct(a.shape, a.dtype,
+                                                                 sharding=sharding),
+                        s.abstract, shardings)
+  flat = tree_lib.flatten(sharded_lib.load_t5x_sharded(checkpoint_path, target))
+  for path, leaf in tree_lib.flatten(s.abstract).items():
+    flat.setdefault(path, leaf)  # The prompt, when the checkpoint has none.
+  return tree_lib.unflatten(flat)
 
 
 def initial_prompt(s: Setup, params: Mapping[str, Any], settings: PromptSettings) -> np.ndarray:
