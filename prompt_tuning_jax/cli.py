@@ -68,7 +68,9 @@ RESUMABLE = re.compile(
 COMMANDS = {
     'train': 'train (or resume) a prompt in MODEL_DIR',
     'eval': "evaluate MODEL_DIR's checkpoint (or PROMPT_FILE) on the task",
-    'infer': 'write jsonl predictions for a task split or a jsonl file of inputs',
+    'infer': 'write jsonl predictions for a task split or a jsonl file of inputs; with '
+             '--prompt NAME=FILE (repeatable) and --input, each line names its prompt '
+             '(= ptj infer_mixed)',
 }
 
 # Subcommands with their own parsers (prompt_tuning_jax/analysis/commands.py).
@@ -326,6 +328,8 @@ def main(argv: Optional[Sequence[str]] = None, command: Optional[str] = None) ->
   argv = list(sys.argv[1:] if argv is None else argv)
   if command is not None:
     argv = [command] + argv
+  if argv and argv[0] == 'infer' and any(a.split('=')[0] == '--prompt' for a in argv):
+    argv[0] = 'infer_mixed'  # `ptj infer --prompt NAME=FILE ...`: a bank of prompts.
   if argv and argv[0] in ANALYSIS_COMMANDS:
     from prompt_tuning_jax.analysis import commands  # pylint: disable=g-import-not-at-top
     return getattr(commands, f'{argv[0]}_main')(argv[1:])

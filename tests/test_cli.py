@@ -146,3 +146,12 @@ def test_analysis_subcommands_are_dispatched(capsys):
     cli.main(['neighbors', '--help'])
   assert e.value.code == 0
   assert '--prompt' in capsys.readouterr().out
+
+
+def test_infer_with_prompts_is_mixed_task_inference(monkeypatch):
+  from prompt_tuning_jax import cli
+  from prompt_tuning_jax.analysis import commands
+  seen = []
+  monkeypatch.setattr(commands, 'infer_mixed_main', lambda argv: seen.append(argv) or 0)
+  assert cli.main(['infer', '--prompt', 'a=a.npy', '--input', 'x.jsonl']) == 0
+  assert seen == [['--prompt', 'a=a.npy', '--input', 'x.jsonl']]
