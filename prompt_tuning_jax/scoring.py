@@ -73,16 +73,21 @@ def rank_classify(model: nn.Module, params, encoder_input_tokens: Array,
   """
   _check_labels(label_token_ids)
   label_token_ids = jnp.asarray(label_token_ids, jnp.int32)
-  num_labels = label_token_ids.shape[0]
+  num_labels, d = label_token_ids.shape
   encoded, encoder_valid = decoding.encode(model, params, encoder_input_tokens,
                                            prompts=prompts, prompt_mask=prompt_mask)
   batch = encoded.shape[0]
-  # Row i * num_labels + j pairs example i with label j.
-  encoded = jnp.repeat(encoded, num_labels, axis=0)  # [batch * labels, L, emb]
-  encoder_valid = jnp.repeat(encoder_valid, num_labels, axis=0)
-  targets = jnp.tile(label_token_ids, (batch, 1))  # [batch * labels, d]
-  scores = _score_encoded(model, params, encoded, encoder_valid, targets)
-  scores = scores.reshape(batch, num_labels)
+  # All labels share ONE decoder row per example, one segment each: the
+  # cross-attention keys/values of the encoded input are computed once per
+  # example, not once per label. Segment masking keeps the labels apart, and
+  # T5's relative positions make their offsets in the row irrelevant.
+  packed = lambda x: jnp.broadcast_to(x.reshape(1, num_labels * d), (batch, num_labels * d))
+  targets = packed(label_token_ids)  # [batch, labels * d]
+  segments = packed(jnp.repeat(jnp.arange(1, num_labels + 1, dtype=jnp.int32)[:, None], d, axis=1))
+  logits = model.apply({'params': params}, encoded, encoder_valid,
+                       packed(shift_right(label_token_ids)), targets,
+                       decoder_segment_ids=segments, method=model.decode)  # [batch, labels*d, V]
+  scores = token_log_likelihoods(logits, targets).reshape(batch, num_labels, d).sum(-1)
   lengths = jnp.sum(label_token_ids > 0, axis=-1)  # [labels]
   scores = jnp.where(normalize, scores / lengths[None, :], scores)
   return jnp.argmax(scores, axis=-1).astype(jnp.int32), scores
