@@ -1,10 +1,12 @@
 """Shared fixtures: tiny models and the location of ../shared."""
 from __future__ import annotations
 
+import logging
 import os
 import pathlib
 import tempfile
 
+import gin
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -19,6 +21,16 @@ SHARED = REPO.parent / 'shared'
 # given PTJ_COMPILATION_CACHE_DIR): later compiles of the same programs are reads.
 XLA_CACHE = os.path.join(tempfile.gettempdir(), 'ptj_test_xla_cache')
 cli.enable_compilation_cache(XLA_CACHE)
+
+
+@pytest.fixture
+def restore_ptj_global_state():
+  """`ptj` configures gin and the root logger for the process; undo it after a test."""
+  root = logging.getLogger()
+  handlers, level = list(root.handlers), root.level
+  yield
+  gin.clear_config()
+  root.handlers, root.level = handlers, level
 
 
 def shared_path(*parts: str) -> pathlib.Path:

@@ -1,25 +1,15 @@
 """Tests for `ptj`: argument parsing, gin configuration, MODEL_DIR config checks, clear errors."""
 from __future__ import annotations
 
-import logging
 import os
 import subprocess
 import sys
 
-import gin
 import pytest
 
 from prompt_tuning_jax import cli
 
-
-@pytest.fixture(autouse=True)
-def restore_global_state():
-  """`ptj` configures gin and the root logger for the process; undo it for other tests."""
-  root = logging.getLogger()
-  handlers, level = list(root.handlers), root.level
-  yield
-  gin.clear_config()
-  root.handlers, root.level = handlers, level
+pytestmark = pytest.mark.usefixtures('restore_ptj_global_state')
 
 
 def smoke_config(model_dir, *bindings, command='train'):

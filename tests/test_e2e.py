@@ -6,14 +6,12 @@ from ../shared/data with the real tiny T5X checkpoint and T5 vocabulary.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import subprocess
 import sys
 import time
 
-import gin
 import numpy as np
 import pytest
 from conftest import XLA_CACHE, shared_path
@@ -23,17 +21,8 @@ from prompt_tuning_jax import logging_utils
 from prompt_tuning_jax.checkpoints import prompt_io
 from prompt_tuning_jax.checkpoints import train_state as train_state_lib
 
-pytestmark = pytest.mark.slow  # ~1-2 min; .ci/run runs the whole suite, these included
-
-
-@pytest.fixture(autouse=True)
-def restore_global_state():
-  """`ptj` configures gin and the root logger for the process; undo it for other tests."""
-  root = logging.getLogger()
-  handlers, level = list(root.handlers), root.level
-  yield
-  gin.clear_config()
-  root.handlers, root.level = handlers, level
+# ~1-2 min; .ci/run runs the whole suite, these included.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures('restore_ptj_global_state')]
 
 
 def records(model_dir, split):
