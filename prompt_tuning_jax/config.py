@@ -4,6 +4,7 @@ Library modules stay free of gin. The gin files under `gin/` refer to:
 
   models.PromptedT5 / models.T5 / models.get_config     the model
   optim.adafactor, optax.adamw, optax.adam               optimisers (called with learning_rate)
+  optim.inverse_sqrt_schedule                           T5's pre-training learning rate
   optax.constant_schedule / linear_schedule / warmup_cosine_decay_schedule
   trainer.train / trainer.evaluate / trainer.infer       the three runs
   trainer.PromptSettings, evaluation.EvalSettings        grouped settings
@@ -55,6 +56,7 @@ gin.external_configurable(prompted_t5, 'PromptedT5', module='models')
 gin.external_configurable(t5, 'T5', module='models')
 
 gin.external_configurable(optim.adafactor, 'adafactor', module='optim')
+gin.external_configurable(optim.inverse_sqrt_schedule, 'inverse_sqrt_schedule', module='optim')
 for _fn in (optax.adamw, optax.adam, optax.sgd, optax.constant_schedule, optax.linear_schedule,
             optax.warmup_cosine_decay_schedule, optax.cosine_decay_schedule):
   gin.external_configurable(_fn, _fn.__name__, module='optax')

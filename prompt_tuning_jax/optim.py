@@ -80,6 +80,15 @@ def adafactor(learning_rate: float | optax.Schedule = 0.3, decay_rate: float = 0
                          weight_decay_rate=weight_decay_rate)
 
 
+def inverse_sqrt_schedule(warmup_steps: int = 10_000, scale: float = 1.0) -> optax.Schedule:
+  """T5's pre-training rate: scale / sqrt(max(step, warmup_steps)).
+
+  Constant (scale / sqrt(warmup_steps), 0.01 by default) for the first
+  `warmup_steps` steps, then decaying as 1/sqrt(step).
+  """
+  return lambda step: scale * jax.lax.rsqrt(jnp.maximum(step, warmup_steps).astype(jnp.float32))
+
+
 def partitioned_optimizer(params: Params, tx: optax.GradientTransformation,
                           rules: Sequence[str] = PROMPT_TUNING_RULES) -> optax.GradientTransformation:
   """`tx` on trainable leaves, `set_to_zero` (no state) on frozen ones."""

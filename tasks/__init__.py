@@ -1,15 +1,18 @@
-"""SuperGLUE, FewGLUE and GLUE as seqio tasks (see tasks/README.md).
+"""SuperGLUE, FewGLUE and GLUE as seqio tasks (see tasks/README.md), and the
+pre-training objectives over local text (`pretraining.py`).
 
 Importing registers the tasks and mixtures; no data is read and nothing is
 downloaded until a dataset is built.
 """
 from . import glue
+from . import pretraining
 from . import superglue
 from .registry import add_classification_task
 from .registry import label_words
 from .sources import TaskDataError
 from .sources import local_data_dirs
 from .vocab import get_vocabulary
+from .vocab import train_vocabulary
 
 __all__ = [
     'TaskDataError',
@@ -17,4 +20,5 @@ __all__ = [
     'get_vocabulary',
     'label_words',
     'local_data_dirs',
+    'train_vocabulary',
 ]

@@ -1,4 +1,4 @@
-"""Checkpoint I/O: T5X and Hugging Face T5 readers, prompt files, merging.
+"""Checkpoint I/O: T5X reader and writer, Hugging Face T5 reader, prompt files, merging.
 
 Typical use: read the frozen model, then merge it into the model's initial
 parameters so that a prompt absent from the checkpoint keeps its initial
@@ -15,6 +15,7 @@ from prompt_tuning_jax.checkpoints.prompt_io import load_prompt
 from prompt_tuning_jax.checkpoints.prompt_io import save_prompt
 from prompt_tuning_jax.checkpoints.sharded import load_t5x_sharded
 from prompt_tuning_jax.checkpoints.t5x import load_t5x
+from prompt_tuning_jax.checkpoints.t5x import save_t5x
 from prompt_tuning_jax.checkpoints.tree import CheckpointError
 from prompt_tuning_jax.checkpoints.tree import DEFAULT_FALLBACK_TO_INIT
 from prompt_tuning_jax.checkpoints.tree import flatten
@@ -33,5 +34,6 @@ __all__ = [
     'load_t5x_sharded',
     'merge_params',
     'save_prompt',
+    'save_t5x',
     'unflatten',
 ]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import shutil
 from typing import Any
 
 import numpy as np
@@ -180,3 +181,58 @@ def store_problem(param: str, spec: dict[str, Any], store: ts.TensorStore,
     return (f'{param}: zarr array {zarr_location(spec, ckpt_dir)} is stored as uint16 '
             f'(an old encoding of bfloat16 that T5X no longer reads either)')
   return None
+
+
+# ------------------------------------------------------------------ writing
+
+T5X_CHECKPOINT_VERSION = 3
+_ZARR_COMPRESSOR = {'id': 'gzip', 'level': 1}
+
+
+def save_t5x(params: dict[str, Any], path: str, *, step: int = 0,
+             dtype: str | np.dtype | None = None) -> str:
+  """Writes `params` as a legacy T5X checkpoint directory that `load_t5x` reads.
+
+  The layout of the released checkpoints: `path/checkpoint` (msgpack,
+  `{'version', 'optimizer': {'target': <TensorStore specs>, 'state': {'step',
+  'param_states'}}}`) and one zarr array per parameter, `target.<dotted
+  path>`, gzip-compressed, one chunk each. No optimiser state is written
+  (`param_states` is empty), as for a checkpoint exported for inference.
+  `dtype` (e.g. 'bfloat16') casts every array; by default each keeps its
+  own. `path` must not exist: nothing is overwritten. Local or gs://.
+  """
+  path = path.rstrip('/')
+  if not tree_lib.is_gcs(path) and os.path.exists(path):
+    raise CheckpointError(f'{path} already exists; save_t5x writes a new directory only.')
+  flat = {p: np.asarray(v) for p, v in tree_lib.flatten(params).items()}
+  if dtype is not None:
+    flat = {p: v.astype(dtype) for p, v in flat.items()}
+  tmp = path if tree_lib.is_gcs(path) else path + '.tmp'
+  if tmp != path and os.path.exists(tmp):
+    shutil.rmtree(tmp)  # Left by an interrupted save.
+  specs = {}
+  writes = []
+  for param, value in flat.items():
+    name = 'target.' + param.replace('/', '.')
+    spec = {'driver': 'zarr',
+            'kvstore': {'driver': 'file', 'path': name},
+            'metadata': {'shape': list(value.shape), 'chunks': list(value.shape) or [1],
+                         'dtype': _zarr_dtype(value.dtype), 'compressor': _ZARR_COMPRESSOR}}
+    store = ts.open({**spec, 'kvstore': tree_lib.kvstore_spec(posixpath.join(tmp, name))},
+                    create=True, delete_existing=True).result()
+    writes.append(store.write(value))
+    specs[param] = spec
+  for write in writes:
+    write.result()
+  contents = {'version': T5X_CHECKPOINT_VERSION,
+              'optimizer': {'target': tree_lib.unflatten(specs),
+                            'state': {'step': np.int32(step), 'param_states': {}}}}
+  tree_lib.write_bytes(posixpath.join(tmp, CHECKPOINT_FILE), serialization.msgpack_serialize(
+      contents))
+  if tmp != path:
+    os.replace(tmp, path)
+  return path
+
+
+def _zarr_dtype(dtype: np.dtype) -> str:
+  return 'bfloat16' if dtype.name == 'bfloat16' else np.dtype(dtype).str

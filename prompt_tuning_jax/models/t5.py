@@ -79,6 +79,12 @@ PRESETS: dict[str, T5Config] = {
     # mT5: T5.1.1 architecture with the 250k multilingual vocabulary.
     'mt5_small': _t5_1_1(512, 6, 1024, 8, vocab_size=250112),
     'mt5_base': _t5_1_1(768, 12, 2048, 12, vocab_size=250112),
+    # The project's own pre-trained mini model (prompt_tuning_jax/pretrained/t5_mini):
+    # gated GELU as T5.1.1, logits tied to the embedding, an 8k SentencePiece vocabulary
+    # (8,000 pieces + 100 extra ids, padded to 8,192 rows).
+    't5_mini': T5Config(vocab_size=8192, emb_dim=128, num_heads=4, head_dim=32, mlp_dim=512,
+                        num_encoder_layers=4, num_decoder_layers=4, logits_via_embedding=True,
+                        dtype=jnp.float32),
     # The shape of ../shared/checkpoints/t5x_t5_1_1_tiny (a real T5X test checkpoint).
     't5_1_1_tiny': T5Config(emb_dim=4, num_heads=2, head_dim=2, mlp_dim=8,
                             num_encoder_layers=2, num_decoder_layers=2,
