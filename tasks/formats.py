@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping, Optional, Sequence
 
+import numpy as np
+
 UNLABELED = '<unk>'
 
 Example = Mapping[str, Any]
@@ -57,12 +59,18 @@ def multirc(ex: Example, prefix: Optional[str], *,
 
 
 def stsb(ex: Example, prefix: Optional[str]) -> Formatted:
-  """'stsb sentence1: A sentence2: B' -> score rounded to 0.2, e.g. '3.8'."""
-  label = float(ex['label'])
+  """'stsb sentence1: A sentence2: B' -> score rounded to 0.2, e.g. '3.8'.
+
+  Rounded as T5 does (`tf.round(label * 5) / 5` on the float32 label): in
+  float32, halves to even, so a score halfway between two steps (0.1, 0.7,
+  2.5, ...) gets T5's target.
+  """
+  label = np.float32(ex['label'])
+  rounded = np.round(label * np.float32(5)) / np.float32(5)
   return {
       'inputs': join_fields(prefix, [('sentence1', ex['sentence1']),
                                      ('sentence2', ex['sentence2'])]),
-      'targets': f'{round(label * 5) / 5:.1f}' if label >= 0 else UNLABELED,
+      'targets': f'{rounded:.1f}' if label >= 0 else UNLABELED,
   }
 
 

@@ -31,7 +31,7 @@ ENV_VARS = {
 
 Row = dict[str, Any]
 Example = dict[str, Any]
-RowReader = Callable[[Path], Iterator[tuple[int, Row]]]
+RowReader = Callable[[Path], Iterator[tuple[int, Optional[Row]]]]  # None: a dropped row.
 Converter = Callable[[Row, int], list[Example]]
 Signature = Mapping[str, Any]  # field -> tf.TensorSpec, or a nested Signature
 
@@ -98,13 +98,16 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, Row]]:
 
 def read_tsv(path: Path,
              fieldnames: Optional[Sequence[str]] = None,
-             skip_short_rows: bool = False) -> Iterator[tuple[int, Row]]:
+             skip_short_rows: bool = False
+             ) -> Iterator[tuple[int, Optional[Row]]]:
   """(line number, {column: value}) for each data row of a tab-separated file.
 
   Columns are named by the header row, or by `fieldnames` for a headerless
   file. No quoting (as GLUE's files and TFDS's reader). A row with another
   number of fields is an error, except that `skip_short_rows` drops rows with
-  too few (TFDS drops the few truncated QQP rows).
+  too few (TFDS drops the few truncated QQP rows): such a row is yielded as
+  None, so that it keeps its place in the row positions (TFDS's `idx` counts
+  it).
   """
   with _open(path) as f:
     lines = (line.rstrip('\r\n') for line in f)
@@ -117,6 +120,7 @@ def read_tsv(path: Path,
         continue
       values = line.split('\t')
       if len(values) < len(fieldnames) and skip_short_rows:
+        yield lineno, None
         continue
       if len(values) != len(fieldnames):
         raise TaskDataError(
@@ -134,9 +138,15 @@ def read_rows(path: Path) -> Iterator[tuple[int, Row]]:
 
 def load_examples(path: Path, reader: RowReader,
                   convert: Converter) -> list[Example]:
-  """All examples of one file; a row that fails to convert names file:line."""
+  """All examples of one file; a row that fails to convert names file:line.
+
+  `convert` gets each row with its position among the file's rows; a row the
+  reader gives as None (dropped) is skipped but counted in the positions.
+  """
   examples = []
   for position, (lineno, row) in enumerate(reader(path)):
+    if row is None:
+      continue
     try:
       examples.extend(convert(row, position))
     except KeyError as err:

@@ -265,11 +265,12 @@ def test_merge_params_lists_every_problem():
 @needs_shared
 @pytest.mark.parametrize('task', ['sst2', 'rte', 'mrpc'])
 def test_released_prompts(task):
-  prompt = checkpoints.load_prompt(str(PROMPTS / 'original_release' /
-                                       f'{task}.npy'),
-                                   expected_shape=(100, 768))
+  path = PROMPTS / 'original_release' / f'{task}.npy'
+  prompt = checkpoints.load_prompt(str(path), expected_shape=(100, 768))
   assert prompt.shape == (100, 768) and prompt.dtype == np.float32
-  assert np.isfinite(prompt).all()
+  stored = np.load(path)  # The file's own float32 array, bit for bit.
+  assert stored.dtype == np.float32
+  np.testing.assert_array_equal(prompt, stored)
 
 
 @needs_shared

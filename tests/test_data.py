@@ -87,11 +87,29 @@ def test_lengths_and_sharding_are_checked():
     data.get_dataset(data.DataConfig(smoke.TASK_NAME, LENGTHS, 4, num_shards=3))
 
 
-def test_shards_split_the_batch_rows():
-  one = batches(1, batch_size=4, num_shards=2, shard_index=0)[0]
-  two = batches(1, batch_size=4, num_shards=2, shard_index=1)[0]
-  assert one['encoder_input_tokens'].shape == (2, 64)
-  assert not np.array_equal(one['encoder_input_tokens'], two['encoder_input_tokens'])
+def _rows(*batches_) -> list[tuple]:
+  """The rows of batches as sorted (encoder input, decoder target) tuples."""
+  return sorted((tuple(row), tuple(target)) for batch in batches_
+                for row, target in zip(batch['encoder_input_tokens'],
+                                       batch['decoder_target_tokens']))
+
+
+def test_shards_together_are_exactly_the_global_batch():
+  """Unshuffled, the shards' batches of each step hold exactly the rows of the one
+  process's batch; shuffled, over an epoch, the shards split the examples
+  between them (disjoint, none lost)."""
+  kwargs = dict(batch_size=4, shuffle=False, split='validation')
+  single = batches(3, **kwargs)
+  shards = [batches(3, num_shards=2, shard_index=i, **kwargs) for i in range(2)]
+  for step in range(3):
+    assert shards[0][step]['encoder_input_tokens'].shape == (2, 64)
+    assert _rows(shards[0][step], shards[1][step]) == _rows(single[step])
+  # Shuffled, one pass over the 200 validation examples.
+  epoch = dict(batch_size=8, split='validation', num_epochs=1)
+  everything = _rows(*batches(100, **epoch))
+  halves = [_rows(*batches(100, num_shards=2, shard_index=i, **epoch)) for i in range(2)]
+  assert len(everything) == 200 and [len(h) for h in halves] == [100, 100]
+  assert sorted(halves[0] + halves[1]) == everything
 
 
 def test_missing_task_module_is_a_clear_error():

@@ -92,7 +92,7 @@ def test_dtypes_and_shapes_under_jit():
   np.testing.assert_array_equal(valid[:, 5:], batch['encoder_input_tokens'] > 0)
 
 
-def test_prompt_reaches_encoder_and_cross_attention_but_decoder_stays_causal():
+def test_prompt_reaches_the_encoder_and_decoder_stays_causal():
   cfg = small_config()
   model = PromptedT5(cfg, prompt_length=4)
   batch = toy_batch()
@@ -101,12 +101,49 @@ def test_prompt_reaches_encoder_and_cross_attention_but_decoder_stays_causal():
                                  b['decoder_input_tokens'], b['decoder_target_tokens'],
                                  enable_dropout=False)
   base = run(params, batch)
+  # Encoder self-attention: the outputs at the input tokens' positions depend on the prompt.
+  encode = lambda p: model.apply({'params': p}, batch['encoder_input_tokens'],
+                                 method=model.encode)[0][:, 4:]
   moved = jax.tree_util.tree_map_with_path(
       lambda path, x: x + 1.0 if 'prompt' in jax.tree_util.keystr(path) else x, params)
-  assert not np.allclose(run(moved, batch), base, atol=1e-4)
+  assert np.abs(encode(moved) - encode(params)).max() > 1e-2
   # Decoder self-attention: logits at position i ignore decoder inputs after i.
   later = dict(batch, decoder_input_tokens=batch['decoder_input_tokens'].at[:, 3].set(9))
   np.testing.assert_allclose(run(params, later)[:, :3], base[:, :3], atol=1e-6)
+
+
+@pytest.mark.parametrize('placement', ['prefix', 'suffix'])
+def test_decoder_cross_attends_to_prompt_positions(placement):
+  """Only the encoder outputs at the prompt positions are changed: the decoder's
+  logits change, and cross-attention is their only path; with the prompt
+  positions masked out of cross-attention, the same change is invisible."""
+  cfg, length = small_config(), 4
+  model = PromptedT5(cfg, prompt_length=length, prompt_placement=placement)
+  batch = toy_batch()
+  params = _init(model, batch)
+  tokens = batch['encoder_input_tokens']
+  decoder_args = (batch['decoder_input_tokens'], batch['decoder_target_tokens'])
+  encoded, valid = model.apply({'params': params}, tokens, method=model.encode)
+  decode = lambda e, v: np.asarray(model.apply({'params': params}, e, v, *decoder_args,
+                                               method=model.decode))
+  # The model's forward pass is this encode + decode.
+  np.testing.assert_array_equal(
+      decode(encoded, valid),
+      model.apply({'params': params}, tokens, *decoder_args, enable_dropout=False))
+  # Prompt positions: the first `length` (prefix) or right after each row's last token.
+  n = np.asarray((tokens > 0).sum(axis=1))
+  start = np.zeros_like(n) if placement == 'prefix' else n
+  positions = np.arange(encoded.shape[1])
+  is_prompt = (positions >= start[:, None]) & (positions < start[:, None] + length)
+  np.testing.assert_array_equal(np.asarray(valid)[is_prompt], True)
+  noise = jax.random.normal(jax.random.PRNGKey(1), encoded.shape)
+  perturbed = encoded + jnp.where(is_prompt[..., None], noise, 0.0)
+  real = np.asarray(batch['decoder_target_tokens'] > 0)
+  change = np.abs(decode(perturbed, valid) - decode(encoded, valid)).max(axis=-1)
+  assert change[real].min() > 1e-2  # every real target position reads the prompt (>= 0.29)
+  # Padding queries attend to nothing real (a uniform average): compared at real targets.
+  hidden = valid & ~is_prompt
+  np.testing.assert_array_equal(decode(perturbed, hidden)[real], decode(encoded, hidden)[real])
 
 
 def test_left_padded_prompt_equals_unpadded_prompt():

@@ -28,7 +28,8 @@ def test_random_uniform_range_shape_dtype():
   assert x.shape == (100, H) and x.dtype == jnp.float32
   assert float(x.min()) >= -0.5 and float(x.max()) < 0.5 and float(x.min()) < -0.4
   y = _jit_init(prompts.random_uniform(low=0.0), (100, H))  # the original code's [0, 0.5)
-  assert float(y.min()) >= 0.0
+  assert float(y.min()) >= 0.0 and float(y.max()) < 0.5
+  assert float(y.min()) < 0.05 and float(y.max()) > 0.45  # fills [0, 0.5), not a sub-range
 
 
 def test_sampled_vocab_rows_come_from_the_top_n(table):
