@@ -1,4 +1,5 @@
-"""Checkpoint I/O: T5X reader and writer, Hugging Face T5 reader, prompt files, merging.
+"""Checkpoint I/O: T5X and Hugging Face T5 readers and writers, prompt files (.npy and
+PEFT prompt-tuning adapters), merging.
 
 Typical use: read the frozen model, then merge it into the model's initial
 parameters so that a prompt absent from the checkpoint keeps its initial
@@ -11,6 +12,11 @@ value (the original implementation's `fallback_to_scratch`):
 from prompt_tuning_jax.checkpoints.hf import hf_config_to_t5
 from prompt_tuning_jax.checkpoints.hf import hf_to_t5x
 from prompt_tuning_jax.checkpoints.hf import load_hf
+from prompt_tuning_jax.checkpoints.hf import save_hf
+from prompt_tuning_jax.checkpoints.hf import t5_to_hf_config
+from prompt_tuning_jax.checkpoints.hf import t5x_to_hf
+from prompt_tuning_jax.checkpoints.peft import load_peft_prompt
+from prompt_tuning_jax.checkpoints.peft import save_peft_prompt
 from prompt_tuning_jax.checkpoints.prompt_io import load_prompt
 from prompt_tuning_jax.checkpoints.prompt_io import save_prompt
 from prompt_tuning_jax.checkpoints.sharded import load_t5x_sharded
@@ -29,11 +35,16 @@ __all__ = [
     'hf_config_to_t5',
     'hf_to_t5x',
     'load_hf',
+    'load_peft_prompt',
     'load_prompt',
     'load_t5x',
     'load_t5x_sharded',
     'merge_params',
+    'save_hf',
+    'save_peft_prompt',
     'save_prompt',
     'save_t5x',
+    't5_to_hf_config',
+    't5x_to_hf',
     'unflatten',
 ]

@@ -1,4 +1,7 @@
-"""Reads Hugging Face T5 / mT5 checkpoints (safetensors) into the T5X tree.
+"""Hugging Face T5 / mT5 checkpoints (safetensors) <-> the T5X tree.
+
+`load_hf` reads one into the T5X tree; `save_hf` writes a T5X tree as a
+directory that `transformers.T5ForConditionalGeneration.from_pretrained` loads.
 
 Names follow `T5ForConditionalGeneration`'s state dict. torch `Linear`
 weights are [out, in], so kernels are transposed; so is the relative position
@@ -10,6 +13,19 @@ bias ([buckets, heads] -> [heads, buckets]). Layer sub-blocks map as
 each with its pre-norm (`layer_norm` -> `pre_*_layer_norm/scale`). Only
 safetensors files are read (never pickles): a single `model.safetensors` or
 shards listed by `model.safetensors.index.json`.
+
+One set of tables below serves both directions: `_t5x_path` (HF name -> T5X
+path) reads them, `_hf_name` (T5X path -> HF name) reads them inverted, and
+the writer checks that every name it writes maps back to its path.
+
+Tying and logit scaling. T5X's `logits_via_embedding` means both "no
+`logits_dense`: logits through the embedding" and "divide the decoder output
+by sqrt(d_model) first" (T5 1.0, and the project's t5_mini with gated GELU).
+transformers < 5 expressed both with `tie_word_embeddings`; transformers >= 5
+always ties T5's `lm_head` to `shared` unless the checkpoint holds a different
+`lm_head.weight` (it then unties, with a warning) and records the scaling as
+`scale_decoder_outputs`. `save_hf` writes both flags, equal, so either
+version reads the same model; `load_hf` prefers `scale_decoder_outputs`.
 """
 
 from __future__ import annotations
@@ -17,10 +33,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import tempfile
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import safetensors.numpy
 from safetensors import safe_open
 
 from prompt_tuning_jax.checkpoints import tree as tree_lib
@@ -55,11 +74,19 @@ _SUBLAYERS = {
     },
 }
 _PROJECTIONS = {'q': 'query', 'k': 'key', 'v': 'value', 'o': 'out'}
+_MLP_KERNELS = ('wi', 'wi_0', 'wi_1', 'wo')
 _BLOCK_KEY = re.compile(r'(encoder|decoder)\.block\.(\d+)\.layer\.(\d+)\.(.+)')
 _FINAL_NORM_KEY = re.compile(r'(encoder|decoder)\.final_layer_norm\.weight')
+# Only the first block's self-attention holds the (shared) bias table.
+_RELPOS_REST = 'SelfAttention.relative_attention_bias.weight'
 _EMBEDDING_KEYS = ('shared.weight', 'encoder.embed_tokens.weight',
                    'decoder.embed_tokens.weight')
 _LM_HEAD_KEY = 'lm_head.weight'
+# The T5X paths of the two tensors outside the encoder/decoder blocks.
+_EMBEDDING_PATH = 'token_embedder/embedding'
+_LOGITS_PATH = 'decoder/logits_dense/kernel'
+# Written into a saved model's safetensors header; transformers expects it.
+_SAFETENSORS_METADATA = {'format': 'pt'}
 
 
 def load_hf(path: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -208,7 +235,7 @@ def hf_to_t5x(state: Mapping[str, np.ndarray], *,
   if embedding_key is None:
     raise CheckpointError(f'no token embedding (one of {_EMBEDDING_KEYS})')
   embedding = state[embedding_key]
-  flat['token_embedder/embedding'] = embedding
+  flat[_EMBEDDING_PATH] = embedding
   lm_head = state.get(_LM_HEAD_KEY)
   if tie_word_embeddings is None:
     tie_word_embeddings = lm_head is None or np.array_equal(lm_head, embedding)
@@ -216,7 +243,7 @@ def hf_to_t5x(state: Mapping[str, np.ndarray], *,
     if lm_head is None:
       raise CheckpointError(
           f'tie_word_embeddings is false but {_LM_HEAD_KEY} is missing')
-    flat['decoder/logits_dense/kernel'] = _transposed(lm_head)
+    flat[_LOGITS_PATH] = _transposed(lm_head)
   return tree_lib.unflatten(flat)
 
 
@@ -238,15 +265,48 @@ def _t5x_path(name: str) -> str | None:
   if rest == 'layer_norm.weight':
     return f'{layer}/{norm}/scale'
   if attention is None:
-    match = re.fullmatch(r'DenseReluDense\.(wi|wi_0|wi_1|wo)\.weight', rest)
-    return f'{layer}/mlp/{match.group(1)}/kernel' if match else None
+    match = re.fullmatch(r'DenseReluDense\.(\w+)\.weight', rest)
+    return (f'{layer}/{module}/{match.group(1)}/kernel'
+            if match and match.group(1) in _MLP_KERNELS else None)
   match = re.fullmatch(rf'{attention}\.([qkvo])\.weight', rest)
   if match:
     return f'{layer}/{module}/{_PROJECTIONS[match.group(1)]}/kernel'
-  # Only the first block's self-attention holds the (shared) bias table.
-  if (rest == 'SelfAttention.relative_attention_bias.weight' and
-      block == '0' and attention == 'SelfAttention'):
+  if rest == _RELPOS_REST and block == '0' and attention == 'SelfAttention':
     return f'{stack}/relpos_bias/rel_embedding'
+  return None
+
+
+def _hf_name(param: str) -> str | None:
+  """The HF tensor name of a T5X path (the inverse of `_t5x_path`), or None."""
+  if param == _EMBEDDING_PATH:
+    return _EMBEDDING_KEYS[0]
+  if param == _LOGITS_PATH:
+    return _LM_HEAD_KEY
+  match = re.fullmatch(r'(encoder|decoder)/([^/]+)/(.+)', param)
+  if not match:
+    return None
+  stack, first, rest = match.groups()
+  if first == f'{stack}_norm' and rest == 'scale':
+    return f'{stack}.final_layer_norm.weight'
+  if first == 'relpos_bias' and rest == 'rel_embedding':
+    return f'{stack}.block.0.layer.0.{_RELPOS_REST}'
+  match = re.fullmatch(r'layers_(\d+)', first)
+  if not match:
+    return None
+  block = match.group(1)
+  for sublayer, (module, norm, attention) in _SUBLAYERS[stack].items():
+    prefix = f'{stack}.block.{block}.layer.{sublayer}'
+    if rest == f'{norm}/scale':
+      return f'{prefix}.layer_norm.weight'
+    owner, _, kernel = rest.partition('/')
+    if owner != module or not kernel.endswith('/kernel'):
+      continue
+    kernel = kernel[:-len('/kernel')]
+    if attention is None and kernel in _MLP_KERNELS:
+      return f'{prefix}.DenseReluDense.{kernel}.weight'
+    projection = {v: k for k, v in _PROJECTIONS.items()}.get(kernel)
+    if attention is not None and projection is not None:
+      return f'{prefix}.{attention}.{projection}.weight'
   return None
 
 
@@ -256,3 +316,154 @@ def _is_transposed(param: str) -> bool:
 
 def _transposed(value: np.ndarray) -> np.ndarray:
   return np.ascontiguousarray(value.T)
+
+
+def t5_to_hf_config(config) -> dict[str, Any]:
+  """A `T5Config` as a transformers `config.json` dict (the inverse of `hf_config_to_t5`).
+
+  `tie_word_embeddings` and `scale_decoder_outputs` both carry
+  `logits_via_embedding` (see the module docstring).
+  """
+  activations = tuple(config.mlp_activations)
+  proj = next((k for k, v in _MLP_ACTIVATIONS.items() if v == activations), None)
+  if proj is None:
+    raise CheckpointError(
+        f'mlp_activations {activations} have no Hugging Face feed_forward_proj; '
+        f'supported: {sorted(_MLP_ACTIVATIONS.values())}')
+  tied = bool(config.logits_via_embedding)
+  return {
+      'architectures': ['T5ForConditionalGeneration'],
+      'model_type': 't5',
+      'vocab_size': config.vocab_size,
+      'd_model': config.emb_dim,
+      'd_kv': config.head_dim,
+      'd_ff': config.mlp_dim,
+      'num_layers': config.num_encoder_layers,
+      'num_decoder_layers': config.num_decoder_layers,
+      'num_heads': config.num_heads,
+      'relative_attention_num_buckets': config.relative_attention_num_buckets,
+      'relative_attention_max_distance': config.relative_attention_max_distance,
+      'dropout_rate': config.dropout_rate,
+      'layer_norm_epsilon': 1e-6,
+      'initializer_factor': 1.0,
+      'feed_forward_proj': proj,
+      'is_encoder_decoder': True,
+      'use_cache': True,
+      'pad_token_id': 0,
+      'eos_token_id': 1,
+      'decoder_start_token_id': 0,
+      'tie_word_embeddings': tied,
+      'scale_decoder_outputs': tied,
+  }
+
+
+def t5x_to_hf(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """Maps a T5X parameter tree to an HF T5 state dict (numpy arrays).
+
+  The inverse of `hf_to_t5x`: kernels and the relative position biases are
+  transposed; the embedding is `shared.weight` (transformers ties the encoder's
+  and decoder's `embed_tokens` to it); `decoder/logits_dense/kernel`, when
+  present, is `lm_head.weight`.
+
+  Raises:
+    CheckpointError: listing every path that has no HF T5 name.
+  """
+  state: dict[str, np.ndarray] = {}
+  unknown = []
+  for param, value in tree_lib.flatten(params).items():
+    value = np.asarray(value)
+    name = _hf_name(param)
+    if name is None:
+      unknown.append(f'{param} {tree_lib.shape_str(value.shape)}')
+      continue
+    if name not in (_EMBEDDING_KEYS[0], _LM_HEAD_KEY) and _t5x_path(name) != param:
+      raise AssertionError(f'hf.py tables disagree: {param} -> {name} -> {_t5x_path(name)}')
+    state[name] = _transposed(value) if _is_transposed(param) else value
+  if unknown:
+    raise CheckpointError(
+        'no Hugging Face T5 name for:\n  ' + '\n  '.join(unknown))
+  return state
+
+
+def save_hf(params: Mapping[str, Any], config, directory: str, *,
+            drop_prompt: bool = False, dtype: str | np.dtype = 'float32') -> str:
+  """Writes a T5X tree as a transformers T5 directory: `model.safetensors` + `config.json`.
+
+  `T5ForConditionalGeneration.from_pretrained(directory)` loads it offline
+  (T5.1.1 gated-GELU untied, T5 1.0 ReLU tied, gated-GELU tied as t5_mini),
+  and `load_hf(directory)` gives back `params` bit for bit (and `config`'s
+  fields). transformers >= 5 warns, loading an untied model, that `lm_head`
+  and `shared` differ "so we will NOT tie them": that is the intended result.
+
+  Args:
+    params: the T5X tree of `T5(config)` (numpy or jax arrays).
+    config: the `T5Config` the params belong to; every parameter's path and
+      shape is checked against it.
+    directory: a local directory that does not exist or is empty. The files
+      are written into a temporary sibling that is renamed at the end, so an
+      interrupted save leaves nothing at `directory`.
+    drop_prompt: a prompt (`encoder/prompt/...`, e.g. PromptedT5's params) is
+      not part of a Hugging Face T5 model and is refused unless this is True,
+      when it is left out. Export it with `save_peft_prompt`.
+    dtype: 'float32' (default; bfloat16 parameters are widened exactly) or
+      'float16'.
+
+  Returns:
+    `directory`.
+
+  Raises:
+    CheckpointError: a prompt without `drop_prompt`, parameters that do not
+      match `config` (all listed), an unsupported dtype or activation, a
+      `gs://` path, or an existing non-empty `directory`.
+  """
+  from prompt_tuning_jax.models import t5 as t5_lib  # local: models import flax
+  import jax  # pylint: disable=g-import-not-at-top
+
+  if tree_lib.is_gcs(directory):
+    raise CheckpointError(f'{directory}: save_hf writes local directories only')
+  directory = directory.rstrip('/') or '/'
+  if os.path.exists(directory) and (not os.path.isdir(directory) or os.listdir(directory)):
+    raise CheckpointError(
+        f'{directory} already exists and is not an empty directory; save_hf '
+        'overwrites nothing: choose a new directory')
+  if np.dtype(dtype) not in (np.float32, np.float16):
+    raise CheckpointError(f'dtype {dtype}: save_hf writes float32 or float16')
+  hf_config = t5_to_hf_config(config)
+  flat = tree_lib.flatten(params)
+  prompts = sorted(p for p in flat if re.fullmatch(tree_lib.DEFAULT_FALLBACK_TO_INIT, p))
+  if prompts and not drop_prompt:
+    raise CheckpointError(
+        'params hold a prompt (' + ', '.join(
+            f'{p} {tree_lib.shape_str(np.shape(flat[p]))}' for p in prompts) +
+        '), which is not part of a Hugging Face T5 model: pass drop_prompt=True to '
+        'leave it out, and export it with save_peft_prompt')
+  flat = {p: v for p, v in flat.items() if p not in prompts}
+  model = t5_lib.T5(config.replace(dtype=np.float32))
+  dummy = np.ones((1, 1), np.int32)
+  shapes = jax.eval_shape(
+      lambda: model.init(jax.random.PRNGKey(0), dummy, dummy, dummy,
+                         enable_dropout=False))['params']
+  try:
+    tree_lib.merge_params(shapes, tree_lib.unflatten(flat), fallback_to_init=None,
+                          cast_to_init_dtype=False)
+  except CheckpointError as e:
+    raise CheckpointError(f'params do not match the T5Config given to save_hf: {e}') from e
+  state = {name: np.ascontiguousarray(np.asarray(value).astype(dtype))
+           for name, value in t5x_to_hf(tree_lib.unflatten(flat)).items()}
+  hf_config['dtype'] = np.dtype(dtype).name
+
+  parent = os.path.dirname(os.path.abspath(directory))
+  os.makedirs(parent, exist_ok=True)
+  staging = tempfile.mkdtemp(dir=parent, prefix=f'.{os.path.basename(directory)}.tmp')
+  try:
+    safetensors.numpy.save_file(state, os.path.join(staging, SAFETENSORS_FILE),
+                                metadata=_SAFETENSORS_METADATA)
+    with open(os.path.join(staging, CONFIG_FILE), 'w') as f:
+      json.dump(hf_config, f, indent=2, sort_keys=True)
+      f.write('\n')
+    os.chmod(staging, 0o755)
+    os.rename(staging, directory)  # fails if `directory` appeared meanwhile, non-empty
+  except BaseException:
+    shutil.rmtree(staging, ignore_errors=True)
+    raise
+  return directory

@@ -4,11 +4,13 @@
 are `np.save` output named after the parameter, without the suffix
 (`numpy_checkpoints/checkpoint_1100/encoder.prompt.prompt.prompt`).
 Paths may be local or `gs://bucket/...` (through TensorStore's GCS driver).
+`load_prompt` also reads a PEFT prompt-tuning adapter directory (`peft.py`).
 """
 
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,10 +28,7 @@ def save_prompt(path: str, prompt: Any) -> None:
   missing local parent directories are created.
   """
   array = np.asarray(prompt)
-  if array.ndim != 2 or not _is_float(array.dtype):
-    raise CheckpointError(
-        f'{path}: a prompt is a 2-D float array [P, H], got '
-        f'{tree_lib.shape_str(array.shape)} {array.dtype}')
+  check_prompt_array(path, array)
   buffer = io.BytesIO()
   np.save(buffer, array.astype(np.float32), allow_pickle=False)
   tree_lib.write_bytes(path, buffer.getvalue())
@@ -42,13 +41,24 @@ def load_prompt(path: str, *,
 
   Args:
     path: a .npy file, or an extension-less one from the original
-      implementation; local or `gs://`.
+      implementation; local or `gs://`. Or a local PEFT prompt-tuning adapter
+      directory (or its `adapter_config.json`): see `load_peft_prompt`.
     expected_shape: (P, H) to check; None entries match any size.
 
   Raises:
     CheckpointError: the file is missing or not a .npy array, the array is
-      not 2-D floats, or its shape differs from `expected_shape`.
+      not 2-D floats, or its shape differs from `expected_shape`; a directory
+      that is not a PEFT prompt-tuning adapter.
   """
+  from prompt_tuning_jax.checkpoints import peft  # local: peft imports this module
+  if os.path.basename(path) == peft.ADAPTER_CONFIG_FILE:
+    path = os.path.dirname(path) or '.'
+  if not tree_lib.is_gcs(path) and os.path.isdir(path):
+    if not peft.is_peft_adapter(path):
+      raise CheckpointError(
+          f'{path} is a directory without {peft.ADAPTER_CONFIG_FILE}: neither a prompt '
+          'file nor a PEFT adapter')
+    return peft.load_peft_prompt(path, expected_shape=expected_shape)
   data = tree_lib.read_bytes(path)
   try:
     array = np.load(io.BytesIO(data), allow_pickle=False)
@@ -56,18 +66,25 @@ def load_prompt(path: str, *,
     raise CheckpointError(f'{path}: not a numpy .npy file: {e}') from e
   if not isinstance(array, np.ndarray):
     raise CheckpointError(f'{path}: holds several arrays, not one prompt')
+  check_prompt_array(path, array, expected_shape)
+  return array.astype(np.float32)
+
+
+def check_prompt_array(source: str, array: np.ndarray,
+                       expected_shape: Sequence[int | None] | None = None) -> None:
+  """Raises CheckpointError, naming `source`, unless `array` is a 2-D float
+  [P, H] array of `expected_shape` (None entries match any size)."""
   if array.ndim != 2 or not _is_float(array.dtype):
     raise CheckpointError(
-        f'{path}: a prompt is a 2-D float array [P, H], got '
+        f'{source}: a prompt is a 2-D float array [P, H], got '
         f'{tree_lib.shape_str(array.shape)} {array.dtype}')
   if expected_shape is not None and (
       len(expected_shape) != 2 or
       any(e is not None and e != a
           for e, a in zip(expected_shape, array.shape))):
     raise CheckpointError(
-        f'{path}: expected prompt shape {tree_lib.shape_str(expected_shape)}'
+        f'{source}: expected prompt shape {tree_lib.shape_str(expected_shape)}'
         f', got {tree_lib.shape_str(array.shape)}')
-  return array.astype(np.float32)
 
 
 def _is_float(dtype: np.dtype) -> bool:
