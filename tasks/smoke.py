@@ -18,7 +18,11 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from . import vocab
+
 TASK_NAME = 'smoke_sentiment'
+WORDS_TASK_NAME = 'smoke_sentiment_words'
+WORD_LABELS = ('negative', 'positive')
 # One byte each: a frozen model with random weights can learn to emit a one-token
 # label through the prompt within a few hundred steps; longer words it cannot.
 LABELS = ('-', '+')
@@ -74,7 +78,8 @@ def _decode_text(text, example=None, is_target=False) -> str:
   return text.decode('utf-8') if isinstance(text, bytes) else text
 
 
-def register(name: str = TASK_NAME, labels: Sequence[str] = LABELS) -> None:
+def register(name: str = TASK_NAME, labels: Sequence[str] = LABELS,
+             vocabulary: seqio.Vocabulary = VOCABULARY) -> None:
   """Registers a smoke task with seqio (once per name)."""
   if name in seqio.TaskRegistry.names():
     return
@@ -86,8 +91,8 @@ def register(name: str = TASK_NAME, labels: Sequence[str] = LABELS) -> None:
       preprocessors=[seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder(),
                      seqio.preprocessors.append_eos_after_trim],
       output_features={
-          'inputs': seqio.Feature(VOCABULARY, add_eos=True),
-          'targets': seqio.Feature(VOCABULARY, add_eos=True),
+          'inputs': seqio.Feature(vocabulary, add_eos=True),
+          'targets': seqio.Feature(vocabulary, add_eos=True),
       },
       postprocess_fn=_decode_text,
       metric_fns=[accuracy])
@@ -95,3 +100,6 @@ def register(name: str = TASK_NAME, labels: Sequence[str] = LABELS) -> None:
 
 
 register()
+# The same reviews with word labels, in the vocabulary the model file names
+# (`get_vocabulary`): the smoke task of a pre-trained model such as t5_mini.
+register(WORDS_TASK_NAME, WORD_LABELS, vocab.TASK_VOCABULARY)
