@@ -18,12 +18,12 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from . import registry
+
 TASK_NAME = 'smoke_sentiment'
 # One byte each: a frozen model with random weights can learn to emit a one-token
 # label through the prompt within a few hundred steps; longer words it cannot.
 LABELS = ('-', '+')
-# The label words of the tasks defined here (see `label_words`).
-LABEL_WORDS: dict[str, Sequence[str]] = {}
 SPLIT_SIZES = {'train': 2000, 'validation': 200, 'test': 200}
 _SPLIT_SEEDS = {'train': 1, 'validation': 2, 'test': 3}
 
@@ -91,7 +91,7 @@ def register(name: str = TASK_NAME, labels: Sequence[str] = LABELS) -> None:
       },
       postprocess_fn=_decode_text,
       metric_fns=[accuracy])
-  LABEL_WORDS[name] = tuple(labels)
+  registry.record_task(registry.TaskInfo(name, tuple(labels), _decode_text, None, False))
 
 
 register()
