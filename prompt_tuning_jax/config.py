@@ -338,7 +338,9 @@ def configured_values(*roots: str, skip: Sequence[str] = ()) -> dict[str, Any]:
   return values
 
 
-def _compared_values() -> dict[str, Any]:
+def _compared_values(text: str) -> dict[str, Any]:
+  """The values of a configuration's text that a resumed run may not change."""
+  _parse([], [text])
   return configured_values(_RUN_SETTINGS, _VOCABULARY, skip=settings_lib.RESUMABLE_FIELDS)
 
 
@@ -352,11 +354,9 @@ def check_model_dir(configuration: Configuration, *, override: bool) -> None:
   saved_path = config_file(model_dir)
   if not os.path.isfile(saved_path):
     return
-  current = _compared_values()
   with open(saved_path) as f:
-    _parse([], [f.read()])  # Raises UsageError naming what no longer parses.
-  saved = _compared_values()
-  _parse([], [configuration.text])
+    saved = _compared_values(f.read())
+  current = _compared_values(configuration.text)  # Last: gin holds the run's configuration.
   diffs = [f'  {name}: {saved.get(name, _UNSET)!r} -> {current.get(name, _UNSET)!r}'
            for name in sorted(saved.keys() | current.keys())
            if saved.get(name, _UNSET) != current.get(name, _UNSET)]
