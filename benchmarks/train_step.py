@@ -337,7 +337,7 @@ def _format_profile(row: dict) -> str:
   profile = row['profile']
   shares = ', '.join(f'{k} {v:.0%}' for k, v in profile['share'].items()
                      if not k.startswith('part/') and v >= 0.005)
-  parts = ', '.join(f"{k[5:]} {v:.0%}" for k, v in profile['share'].items()
+  parts = ', '.join(f'{k[5:]} {v:.0%}' for k, v in profile['share'].items()
                     if k.startswith('part/') and v >= 0.02)
   top = [{'op': o['op'], 'kind': o['kind'], 'ms': 1e3 * o['s'], 'share': o['share'],
           'source': o['source']} for o in profile['top_ops']]

@@ -1,4 +1,4 @@
-"""`ptj`: one command for the runs and the many-prompt tools; `ptj <command>` is its module's `main`.
+"""`ptj`: one command for the runs and the many-prompt tools; each command is its module's `main`.
 
   ptj train --gin_file=models/t5_1_1_base.gin --gin_file=runs/prompt_finetune.gin \\
       --gin.MIXTURE_OR_TASK_NAME=super_glue_rte_v102 --gin.MODEL_DIR=/tmp/rte

@@ -220,6 +220,7 @@ def config_file(directory: str) -> str:
   return os.path.join(directory, CONFIG_FILE)
 
 
+@functools.cache
 def _quiet_gin_path_errors() -> None:
   """gin logs 'Path not found' for each search path it tries before finding a file."""
   class _Filter(logging.Filter):
@@ -250,31 +251,36 @@ def configure(command: str, files: Sequence[str], bindings: Sequence[str],
   files = [_resolve_file(f, paths) for f in files]
   if not files and command != 'train':
     _parse([], bindings)
-    model_dir = gin.get_bindings('MODEL_DIR/gin.macro', resolve_references=False).get('value')
+    model_dir = _bindings('MODEL_DIR/gin.macro').get('value')
     if not isinstance(model_dir, str):
       raise errors.UsageError(f'ptj {command} needs --gin.MODEL_DIR=DIR of a training run, '
                               'or --gin_file=... files (see runs/eval.gin).')
     files = [config_file(model_dir)]
     if not os.path.isfile(files[0]):
       raise errors.UsageError(f'{files[0]} does not exist: MODEL_DIR holds no training run. '
-                              'Pass the run\'s files instead, e.g. --gin_file=runs/eval.gin.')
+                              "Pass the run's files instead, e.g. --gin_file=runs/eval.gin.")
   _parse(files, bindings)
   _check_complete()
   run = gin.get_configurable(_RUN_SETTINGS)()
   return Configuration(run, gin.config_str())
 
 
+def _bindings(selector: str) -> dict[str, Any]:
+  """The parameters bound to `selector` as parsed: references are not evaluated."""
+  return gin.get_bindings(selector, resolve_references=False)
+
+
 def _check_complete() -> None:
   """The run file, the model file and every required value are there, before anything is built."""
-  if not gin.get_bindings(_RUN_SETTINGS):
+  if not _bindings(_RUN_SETTINGS):
     raise errors.UsageError('No run file: add e.g. --gin_file=runs/prompt_finetune.gin.')
   values = configured_values(_RUN_SETTINGS)
   unset = [name for name, value in values.items() if value is _UNSET]
-  if unset and 'name' not in gin.get_bindings(_MODEL_CONFIG):
+  if unset and 'name' not in _bindings(_MODEL_CONFIG):
     raise errors.UsageError(_NO_MODEL)
   for cls in _SETTINGS:
     selector = f'settings.{cls.__name__}'
-    bound = gin.get_bindings(selector)
+    bound = _bindings(selector)
     for field in dataclasses.fields(cls):
       if field.default is dataclasses.MISSING and field.name not in bound:
         raise errors.UsageError(f'{selector}.{field.name} is not bound: the run file binds it '
@@ -315,7 +321,7 @@ def configured_values(*roots: str, skip: Sequence[str] = ()) -> dict[str, Any]:
   values: dict[str, Any] = {}
 
   def visit_configurable(selector: str, skipped: Sequence[str] = ()) -> None:
-    for param, value in gin.get_bindings(selector, resolve_references=False).items():
+    for param, value in _bindings(selector).items():
       if param not in skipped:
         visit(f'{selector}.{param}', value)
 
@@ -325,8 +331,7 @@ def configured_values(*roots: str, skip: Sequence[str] = ()) -> dict[str, Any]:
     elif value.selector == 'gin.macro':
       macro = '/'.join(value.scopes)
       if macro not in values:
-        bound = gin.get_bindings(f'{macro}/gin.macro', resolve_references=False)
-        visit(macro, bound.get('value', _UNSET))
+        visit(macro, _bindings(f'{macro}/gin.macro').get('value', _UNSET))
     elif value.selector == 'gin.constant':
       values[name] = copy.deepcopy(value)  # Evaluates it, e.g. gin.REQUIRED.
     elif name not in values:

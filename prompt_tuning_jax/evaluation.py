@@ -126,7 +126,10 @@ class Evaluator:
   # ---------------------------------------------------------------- evaluate
 
   def evaluate(self, params, step: int) -> dict[str, float]:
-    """Flat metrics {'<task>/<metric>': value} (rank classification under `rank_classification/`)."""
+    """Flat metrics {'<task>/<metric>': value}.
+
+    Rank classification's are `<task>/rank_classification/<metric>`.
+    """
     results: dict[str, float] = {}
     if self._main is not None:
       metrics, _ = self._main.evaluate(compute_metrics=True, step=step,

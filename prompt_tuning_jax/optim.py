@@ -80,7 +80,8 @@ def adafactor(learning_rate: float | optax.Schedule = 0.3, decay_rate: float = 0
 
 
 def partitioned_optimizer(params: Params, tx: optax.GradientTransformation,
-                          rules: Sequence[str] = PROMPT_TUNING_RULES) -> optax.GradientTransformation:
+                          rules: Sequence[str] = PROMPT_TUNING_RULES
+                          ) -> optax.GradientTransformation:
   """`tx` on trainable leaves, `set_to_zero` (no state) on frozen ones."""
   return optax.multi_transform({TRAINABLE: tx, FROZEN: optax.set_to_zero()},
                                param_labels(params, rules))

@@ -81,7 +81,7 @@ def setup(run: RunSettings, *, batch_size: Optional[int] = None) -> Setup:
   for feature, vocab in vocabularies.items():
     if vocab.vocab_size > rows:
       raise UsageError(f'The {feature!r} vocabulary of {task_name!r} has {vocab.vocab_size} '
-                       f'tokens, more than the {rows} rows of the model\'s embedding table: '
+                       f"tokens, more than the {rows} rows of the model's embedding table: "
                        'wrong model size file or vocabulary?')
   return Setup(run, mesh, abstract, vocabularies)
 

@@ -79,7 +79,7 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
     saved = meta.get('data_position', {})
     changed = {k: (saved.get(k), v) for k, v in data_position.items() if saved.get(k) != v}
     if changed:
-      logger.warning('The data differ from the checkpoint\'s (saved, now): %s; the resumed run '
+      logger.warning("The data differ from the checkpoint's (saved, now): %s; the resumed run "
                      'will not see the batches an uninterrupted one would.', changed)
   else:
     state = jax.jit(lambda t, f: train_step.init_train_state(t, f, tx),
@@ -110,7 +110,8 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
 
   def next_batch():
     host = counter.pop(next(batches))
-    tokens = int((host['encoder_input_tokens'] > 0).sum() + (host['decoder_target_tokens'] > 0).sum())
+    tokens = int((host['encoder_input_tokens'] > 0).sum()
+                 + (host['decoder_target_tokens'] > 0).sum())
     return partitioning.global_batch(host, s.mesh), tokens * num_shards
 
   batch, tokens = next_batch()
@@ -221,7 +222,7 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
     lines.append(f'  truncated:   {truncated} examples (longer than TASK_FEATURE_LENGTHS)')
   return lines + [f"  metrics:     {result['metrics_file']}",
                   f"  TensorBoard: tensorboard --logdir {result['tensorboard_dir']}",
-                  f"  config:      {config.config_file(model_dir)}"]
+                  f'  config:      {config.config_file(model_dir)}']
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -47,7 +47,8 @@ class TrainState(NamedTuple):
   opt_state: optax.OptState
 
 
-def init_train_state(trainable: Params, frozen: Params, tx: optax.GradientTransformation) -> TrainState:
+def init_train_state(trainable: Params, frozen: Params,
+                     tx: optax.GradientTransformation) -> TrainState:
   """`tx` is a `partitioned_optimizer`; it is initialised over the whole tree."""
   return TrainState(jnp.zeros((), jnp.int32), trainable, tx.init(optim.merge(trainable, frozen)))
 
@@ -94,8 +95,8 @@ def make_train_step(model, tx: optax.GradientTransformation, *, z_loss: float = 
       def body(carry, xs):
         i, mb = xs
         r = None if rng is None else jax.random.fold_in(rng, i)
-        (l, s), g = grad_fn(state.trainable, frozen, mb, r)
-        return jax.tree.map(jnp.add, carry, (l, s, g)), None
+        (micro_loss_sum, micro_stats), micro_grads = grad_fn(state.trainable, frozen, mb, r)
+        return jax.tree.map(jnp.add, carry, (micro_loss_sum, micro_stats, micro_grads)), None
 
       zeros = (jnp.zeros(()), {k: jnp.zeros(()) for k in ('z_loss', 'correct', 'tokens')},
                jax.tree.map(jnp.zeros_like, state.trainable))
@@ -108,7 +109,8 @@ def make_train_step(model, tx: optax.GradientTransformation, *, z_loss: float = 
 
     # Frozen leaves get zero "gradients" that set_to_zero discards; XLA drops them.
     full_grads = optim.merge(grads, jax.tree.map(jnp.zeros_like, frozen))
-    updates, opt_state = tx.update(full_grads, state.opt_state, optim.merge(state.trainable, frozen))
+    updates, opt_state = tx.update(full_grads, state.opt_state,
+                                   optim.merge(state.trainable, frozen))
     trainable_updates = {k: v for k, v in _flat(updates).items() if k in _flat(grads)}
     new_trainable = optax.apply_updates(
         state.trainable, traverse_util.unflatten_dict(trainable_updates, sep='/'))

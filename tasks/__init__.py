@@ -3,8 +3,8 @@
 Importing registers the tasks and mixtures; no data is read and nothing is
 downloaded until a dataset is built.
 """
-from . import glue
-from . import superglue
+from . import glue  # noqa: F401  (registers the GLUE tasks)
+from . import superglue  # noqa: F401  (registers the SuperGLUE tasks)
 from .registry import add_classification_task
 from .registry import label_words
 from .sources import TaskDataError

@@ -84,14 +84,14 @@ def test_resume_compares_values_not_text(tmp_path):
 
 
 @pytest.mark.parametrize('make, message', [
-    (lambda: settings.PromptSettings('from_text', None, None), "needs the text"),
+    (lambda: settings.PromptSettings('from_text', None, None), 'needs the text'),
     (lambda: settings.PromptSettings('class_labels', None, 'positive'), 'CLASS_LABELS must'),
     (lambda: settings.OptimizerSettings(optim.adafactor, 0.3, ('(',), 1), 'TRAINABLE_RULES'),
     (lambda: settings.OptimizerSettings(optim.adafactor, -1.0, ('.*',), 1), 'LEARNING_RATE'),
     (lambda: settings.CheckpointSettings(100, 0, 'latest'), 'KEEP_CHECKPOINTS'),
     (lambda: settings.CheckpointSettings(100, 3, 'last'), 'CHECKPOINT_STEP'),
     (lambda: settings.EvalSettings('validation', ('decode', 'score'), 'greedy', 4, 32, None,
-                                   'accuracy'), "Unknown eval method"),
+                                   'accuracy'), 'Unknown eval method'),
     (lambda: settings.InferSettings(None, 'test', None, 'beam', None), 'INFER_METHOD'),
 ])
 def test_settings_are_checked_when_built(make, message):

@@ -78,7 +78,7 @@ def test_nothing_flagged_when_examples_fit():
 
 
 def test_unknown_task_suggests_close_names():
-  with pytest.raises(data.UnknownTaskError, match="Did you mean: smoke_sentiment"):
+  with pytest.raises(data.UnknownTaskError, match='Did you mean: smoke_sentiment'):
     data.get_mixture_or_task('smoke_sentimnt')
 
 

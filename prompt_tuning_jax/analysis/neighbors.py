@@ -10,13 +10,15 @@ in context:
   paper's observation that class labels persist, notably after class-label
   initialisation).
 
-`analyze` computes, `format_report` / `plot_report` / `write_report` present.
+`analyze` computes, `format_report` / `plot_report` / `write_report` present;
+`main` is `ptj neighbors`.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import functools
+import io
 import json
 import os
 import sys
@@ -299,7 +301,8 @@ def analyze(prompt: np.ndarray, embedding: np.ndarray, *,
       random_sims=random_sims, random_ids=random_ids,
       random_pieces=[[decode(int(i)) for i in row] for row in random_ids],
       label_ids=label_ids,
-      label_pieces={label: [decode(i) for i in v] for label, v in label_ids.items()}, hits=label_hits(ids, label_ids),
+      label_pieces={label: [decode(i) for i in v] for label, v in label_ids.items()},
+      hits=label_hits(ids, label_ids),
       random_hits=label_hits(random_ids, label_ids),
       embedding_norms=(float(table_norms.mean()), float(table_norms.std())), source=source)
 
@@ -451,7 +454,7 @@ def load_embedding(*, checkpoint: Optional[str] = None, embedding_npy: Optional[
   if hf_checkpoint:
     params, _ = checkpoints.load_hf(hf_checkpoint)
     return np.asarray(params[EMBEDDING_PATH[0]][EMBEDDING_PATH[1]], np.float32), hf_checkpoint
-  array = np.load(embedding_npy, allow_pickle=False)
+  array = np.load(io.BytesIO(tree.read_bytes(embedding_npy)), allow_pickle=False)
   if array.ndim != 2:
     raise CheckpointError(f'{embedding_npy}: an embedding table is [vocab, emb], got '
                           f'{array.shape}.')
@@ -459,7 +462,7 @@ def load_embedding(*, checkpoint: Optional[str] = None, embedding_npy: Optional[
 
 
 def run_embedding(model_dir: str) -> np.ndarray:
-  """The frozen embedding table [V, H] of the run saved in MODEL_DIR, built as `ptj eval` builds it."""
+  """The frozen embedding table [V, H] of the run in MODEL_DIR, built as `ptj eval` builds it."""
   configuration = config.configure('neighbors', [], [f'MODEL_DIR = {model_dir!r}'])
   s = run_setup.setup(configuration.settings)
   params = run_setup.frozen_params_without_prompt(s)

@@ -108,7 +108,8 @@ class TrainStateCheckpointer:
     return self.meta(step).get('metrics')
 
   def meta(self, step: int) -> dict[str, Any]:
-    restored = self._manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))
+    restored = self._manager.restore(
+        step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))
     return dict(restored[META])
 
   # ---------------------------------------------------------------- save / restore
