@@ -63,7 +63,7 @@ def _get_config(name: Optional[str] = None, **overrides):
   if name is None:
     raise errors.UsageError(_NO_MODEL)
   if isinstance(overrides.get('dtype'), str):
-    overrides['dtype'] = jnp.dtype(overrides['dtype'])
+    overrides['dtype'] = getattr(jnp, overrides['dtype'])  # e.g. jnp.bfloat16
   if 'mlp_activations' in overrides:
     overrides['mlp_activations'] = tuple(overrides['mlp_activations'])
   return models.get_config(name, **overrides)
@@ -360,7 +360,10 @@ def check_model_dir(configuration: Configuration, *, override: bool) -> None:
   if not os.path.isfile(saved_path):
     return
   with open(saved_path) as f:
-    saved = _compared_values(f.read())
+    try:
+      saved = _compared_values(f.read())
+    except errors.UsageError as e:
+      raise errors.UsageError(f'{saved_path} does not parse ({e}): use another MODEL_DIR.') from e
   current = _compared_values(configuration.text)  # Last: gin holds the run's configuration.
   diffs = [f'  {name}: {saved.get(name, _UNSET)!r} -> {current.get(name, _UNSET)!r}'
            for name in sorted(saved.keys() | current.keys())

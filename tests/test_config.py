@@ -99,15 +99,19 @@ def test_settings_are_checked_when_built(make, message):
     make()
 
 
-def test_gin_dir_does_not_shadow_gin_config(tmp_path):
+def test_gin_and_tasks_dirs_do_not_shadow_installed_packages(tmp_path):
   assert not os.path.exists(REPO / 'gin' / '__init__.py')
-  # The checkout's root first on sys.path, as with `python -m` from it.
+  # The checkout's root first on sys.path, as with `python -m` from it: `gin` is still
+  # gin-config, and the tasks are imported as prompt_tuning_jax.tasks only.
   code = ('import sys; sys.path.insert(0, sys.argv[1]); import gin, prompt_tuning_jax.config as c; '
-          'print(gin.__file__, hasattr(gin, "parse_config"), c.gin_dir())')
+          'import prompt_tuning_jax.tasks as t; '
+          'print(gin.__file__, hasattr(gin, "parse_config"), c.gin_dir(), t.__file__, '
+          '"tasks" in sys.modules)')
   out = subprocess.run([sys.executable, '-c', code, str(REPO)], cwd=tmp_path,
                        capture_output=True, text=True, check=True).stdout.split()
   assert not out[0].startswith(str(REPO / 'gin')) and out[1] == 'True'
   assert os.path.isfile(os.path.join(out[2], config.RUN_FILE))
+  assert out[3] == str(REPO / 'tasks' / '__init__.py') and out[4] == 'False'
 
 
 @pytest.mark.slow
