@@ -59,7 +59,7 @@ MODULE = 'benchmarks.train_step'
 class RematModel:
   """Wraps a flax module so that `apply` runs under `jax.checkpoint(policy=...)`.
 
-  Only `apply` is used by `optim.make_train_step`. With
+  Only `apply` is used by `train_step.make_train_step`. With
   'dots_with_no_batch_dims_saveable' the backward pass keeps the projection and
   MLP matmul outputs and recomputes attention scores, softmax and elementwise
   work; 'nothing_saveable' recomputes the whole forward. This measures remat
@@ -92,6 +92,7 @@ def _measure_train(payload: dict) -> dict:
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
   from prompt_tuning_jax import optim  # pylint: disable=g-import-not-at-top
+  from prompt_tuning_jax import train_step as train_step_lib  # pylint: disable=g-import-not-at-top
   from prompt_tuning_jax.models import PromptedT5, T5Config  # pylint: disable=g-import-not-at-top
 
   rss_after_import = common.current_rss_mib()
@@ -113,9 +114,9 @@ def _measure_train(payload: dict) -> dict:
     frozen = jax.tree.map(lambda x: x.astype(payload['weights_dtype']), frozen)
   tx = optim.partitioned_optimizer(optim.merge(trainable, frozen),
                                    optax.adamw(payload['learning_rate']), rules)
-  state = optim.init_train_state(trainable, frozen, tx)
+  state = train_step_lib.init_train_state(trainable, frozen, tx)
   stepped_model = RematModel(model, payload['remat']) if payload.get('remat') else model
-  step = jax.jit(optim.make_train_step(stepped_model, tx, loss_normalization='mean'),
+  step = jax.jit(train_step_lib.make_train_step(stepped_model, tx, loss_normalization='mean'),
                  donate_argnums=(0,) if payload['donate'] else ())
 
   start = time.perf_counter()
@@ -336,7 +337,7 @@ def _format_profile(row: dict) -> str:
   profile = row['profile']
   shares = ', '.join(f'{k} {v:.0%}' for k, v in profile['share'].items()
                      if not k.startswith('part/') and v >= 0.005)
-  parts = ', '.join(f"{k[5:]} {v:.0%}" for k, v in profile['share'].items()
+  parts = ', '.join(f'{k[5:]} {v:.0%}' for k, v in profile['share'].items()
                     if k.startswith('part/') and v >= 0.02)
   top = [{'op': o['op'], 'kind': o['kind'], 'ms': 1e3 * o['s'], 'share': o['share'],
           'source': o['source']} for o in profile['top_ops']]

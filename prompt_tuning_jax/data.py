@@ -1,4 +1,4 @@
-"""seqio task/mixture -> fixed-shape numpy batches for training.
+"""seqio tasks for a run: finding them, their label words, and fixed-shape training batches.
 
 The pipeline is `Task.get_dataset` (untrimmed, shuffled with `seed`, repeated)
 -> a truncation flag per example -> `EncDecFeatureConverter(pack=False)`
@@ -14,7 +14,6 @@ skipped examples, which costs seconds for the SuperGLUE-sized tasks.
 """
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import importlib
 import inspect
@@ -25,6 +24,10 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from prompt_tuning_jax import tasks
+from prompt_tuning_jax.errors import UsageError
+from prompt_tuning_jax.settings import DataSettings
+
 # Per-example [inputs_truncated, targets_truncated] (0/1), passed through the
 # feature converter; removed from the batches by `TruncationCounter.pop`.
 TRUNCATED = 'truncated'
@@ -32,7 +35,7 @@ MODEL_FEATURES = ('encoder_input_tokens', 'decoder_input_tokens', 'decoder_targe
                   'decoder_loss_weights')
 
 
-class UnknownTaskError(ValueError):
+class UnknownTaskError(UsageError):
   """A task or mixture name seqio does not know."""
 
 
@@ -50,8 +53,8 @@ def import_task_modules(modules: Sequence[str] | str | None = ()) -> None:
     try:
       importlib.import_module(name)
     except ImportError as e:
-      raise ImportError(f'Cannot import the task module {name!r} '
-                        f'(MIXTURE_OR_TASK_MODULE): {e}') from e
+      raise UsageError(f'Cannot import the task module {name!r} '
+                       f'(MIXTURE_OR_TASK_MODULE): {e}') from e
 
 
 def get_mixture_or_task(name: str) -> seqio.Task | seqio.Mixture:
@@ -77,23 +80,21 @@ def sub_tasks(name: str) -> list[seqio.Task]:
   return list(provider.tasks) if isinstance(provider, seqio.Mixture) else [provider]
 
 
+def label_words(task_name: str, class_labels: Optional[Sequence[str]] = None
+                ) -> Optional[list[str]]:
+  """The label words of a task: `class_labels` (CLASS_LABELS) when set, else the task's own.
+
+  None for a task without label words, or a name that is no task of this package.
+  """
+  if class_labels:
+    return list(class_labels)
+  try:
+    return tasks.label_words(task_name)
+  except KeyError:
+    return None
+
+
 # ------------------------------------------------------------ batches
-
-
-@dataclasses.dataclass(frozen=True)
-class DataConfig:
-  """Which examples, in which shapes and order."""
-  mixture_or_task_name: str
-  task_feature_lengths: Mapping[str, int]
-  batch_size: int
-  split: str = 'train'
-  seed: int = 0
-  shuffle: bool = True
-  # Number of passes; None repeats forever (training).
-  num_epochs: Optional[int] = None
-  # The slice of the data this process reads (multi-host); None reads all.
-  shard_index: int = 0
-  num_shards: int = 1
 
 
 def _needs_lengths(provider: seqio.Task | seqio.Mixture) -> bool:
@@ -134,36 +135,36 @@ def _flag_and_trim(lengths: Mapping[str, int], features: Mapping[str, seqio.Feat
   return fn
 
 
-def get_dataset(cfg: DataConfig, start_step: int = 0) -> tf.data.Dataset:
-  """Batches of model features (+ `truncated` [batch, 2]), from batch `start_step` on.
+def get_dataset(settings: DataSettings, *, start_step: int = 0, shard_index: int = 0,
+                num_shards: int = 1) -> tf.data.Dataset:
+  """Training batches of model features (+ `truncated` [batch, 2]), from batch `start_step` on.
 
+  The 'train' split, shuffled with the seed and repeated; this process reads
+  shard `shard_index` of `num_shards` (multi-host), a slice of each batch.
   Truncation is counted when no preprocessor of the task needs the sequence
   length (true of text-to-text classification tasks); otherwise seqio trims
   as usual and the counts stay 0 (logged once).
   """
-  if cfg.batch_size % cfg.num_shards:
-    raise ValueError(f'BATCH_SIZE={cfg.batch_size} is not divisible by the {cfg.num_shards} '
+  if settings.batch_size % num_shards:
+    raise UsageError(f'BATCH_SIZE={settings.batch_size} is not divisible by the {num_shards} '
                      'data shards (processes).')
-  lengths = dict(cfg.task_feature_lengths)
-  missing = {'inputs', 'targets'} - set(lengths)
-  if missing:
-    raise ValueError(f'TASK_FEATURE_LENGTHS needs {sorted(missing)}; got {lengths}.')
-  provider = get_mixture_or_task(cfg.mixture_or_task_name)
-  shard = (seqio.ShardInfo(cfg.shard_index, cfg.num_shards) if cfg.num_shards > 1 else None)
+  lengths = dict(settings.task_feature_lengths)
+  provider = get_mixture_or_task(settings.mixture_or_task_name)
+  shard = seqio.ShardInfo(shard_index, num_shards) if num_shards > 1 else None
   count = not _needs_lengths(provider)
   if not count:
     logging.info('%s: a preprocessor uses the sequence length, so seqio trims the examples '
-                 'and truncation is not counted.', cfg.mixture_or_task_name)
+                 'and truncation is not counted.', settings.mixture_or_task_name)
   # Without a sequence length seqio trims nothing; `_flag_and_trim` does it.
-  ds = provider.get_dataset(None if count else lengths, split=cfg.split, shuffle=cfg.shuffle,
-                            seed=cfg.seed, shard_info=shard, num_epochs=cfg.num_epochs,
+  ds = provider.get_dataset(None if count else lengths, split='train', shuffle=True,
+                            seed=settings.seed, shard_info=shard, num_epochs=None,
                             trim_output_features=not count)
   ds = ds.map(_flag_and_trim(lengths, provider.output_features),
               num_parallel_calls=tf.data.AUTOTUNE)
   converter = seqio.EncDecFeatureConverter(
       pack=False, passthrough_features={TRUNCATED: seqio.FeatureConverter.FeatureSpec(tf.int32)})
   ds = converter(ds, task_feature_lengths={**lengths, TRUNCATED: 2})
-  ds = ds.batch(cfg.batch_size // cfg.num_shards, drop_remainder=True)
+  ds = ds.batch(settings.batch_size // num_shards, drop_remainder=True)
   if start_step:
     ds = ds.skip(start_step)
   options = tf.data.Options()

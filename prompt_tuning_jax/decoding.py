@@ -18,7 +18,8 @@ jitted with the module and the sizes (beam size, decode length) static, so
 repeated calls with the same shapes reuse one compilation.
 
 `prompts` [b, P, emb] / `prompt_mask` [b, P] give every example its own prompt
-(mixed-prompt batches, prompt ensembles); see `PromptedT5`.
+(mixed-prompt batches, prompt ensembles); see `PromptedT5`. `jit_decode`
+picks greedy decoding or beam search by name (the DECODER setting).
 """
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ from typing import Any, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
+
+from prompt_tuning_jax.settings import BEAM, GREEDY
 
 Array = jnp.ndarray
 Params = Any
@@ -251,3 +254,17 @@ def beam_search(model: nn.Module, params: Params, encoder_input_tokens: Array, *
 jit_greedy_decode = jax.jit(greedy_decode, static_argnames=('model', 'max_decode_length'))
 jit_beam_search = jax.jit(beam_search,
                           static_argnames=('model', 'beam_size', 'max_decode_length'))
+
+
+def jit_decode(model: nn.Module, params: Params, encoder_input_tokens: Array, *,
+               max_decode_length: int, decoder: str = GREEDY, beam_size: int = 4,
+               alpha: float = 0.6, prompts: Optional[Array] = None,
+               prompt_mask: Optional[Array] = None) -> tuple[Array, Array]:
+  """Greedy decoding, or beam search when `decoder` is 'beam' (jitted): (tokens, scores)."""
+  if decoder == BEAM:
+    return jit_beam_search(model, params, encoder_input_tokens, beam_size=beam_size,
+                           max_decode_length=max_decode_length, alpha=alpha, prompts=prompts,
+                           prompt_mask=prompt_mask)
+  return jit_greedy_decode(model, params, encoder_input_tokens,
+                           max_decode_length=max_decode_length, prompts=prompts,
+                           prompt_mask=prompt_mask)

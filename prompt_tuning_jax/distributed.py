@@ -53,7 +53,8 @@ def plan(env: Mapping[str, str] = os.environ) -> Optional[Plan]:
                        f'is not: every process needs the process count and its own id.')
     num_processes, process_id = _int(env, 'JAX_NUM_PROCESSES'), _int(env, 'JAX_PROCESS_ID')
     if not 0 <= process_id < num_processes:
-      raise ValueError(f'JAX_PROCESS_ID={process_id} is not in [0, JAX_NUM_PROCESSES={num_processes}).')
+      raise ValueError(f'JAX_PROCESS_ID={process_id} is not in '
+                       f'[0, JAX_NUM_PROCESSES={num_processes}).')
     if num_processes == 1:
       return None
     return Plan({'coordinator_address': coordinator, 'num_processes': num_processes,

@@ -14,6 +14,8 @@ and estimates the bytes each device holds:
 
 The verdict compares the sum with `usable_fraction` of a device's memory
 (the rest is left for XLA's temporaries, fragmentation and the runtime).
+`plan` is `ptj train --dry_run`: the model, batch and optimiser a run's
+settings configure.
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ from prompt_tuning_jax import optim
 from prompt_tuning_jax import partitioning as pt
 from prompt_tuning_jax.models import prompted
 from prompt_tuning_jax.models import t5
+from prompt_tuning_jax.settings import RunSettings
 
 FLOAT32 = 4
 
@@ -68,6 +71,14 @@ class DryRunReport:
   usable_fraction: float
 
   @property
+  def num_params(self) -> int:
+    return sum(p.count * math.prod(p.shape) for p in self.params)
+
+  @property
+  def num_trainable_params(self) -> int:
+    return sum(p.count * math.prod(p.shape) for p in self.params if p.trainable)
+
+  @property
   def total_bytes(self) -> int:
     return (self.frozen_bytes + self.trainable_bytes + self.gradient_bytes
             + self.optimizer_bytes + sum(self.activation_bytes.values()))
@@ -86,6 +97,7 @@ class DryRunReport:
         f'Dry run: {self.model}, batch {self.batch_size} in {self.accumulation_steps} '
         f'micro-batch(es), encoder length {self.encoder_length} (inputs + prompt), '
         f'decoder length {self.decoder_length}',
+        f'Parameters: {self.num_params:,} ({self.num_trainable_params:,} trainable)',
         f'Topology {t.name}: {t.num_devices} devices of {_gib(t.memory_per_device)} '
         f'({t.num_hosts} host(s)); mesh data={self.mesh_shape[pt.DATA]} '
         f'model={self.mesh_shape[pt.MODEL]}',
@@ -142,13 +154,15 @@ def dry_run(model_config: Union[str, t5.T5Config], prompt_length: int, batch_siz
     optimizer: 'adafactor' (the paper's), 'adam', or an optax transformation
       for the trainable partition.
     trainable_rules: regexes of trainable parameter paths (optim's rules).
-    accumulation_steps: micro-batches per step (`optim.make_train_step`);
+    accumulation_steps: micro-batches per step (`train_step.make_train_step`);
       activations are those of one micro-batch.
     frozen_dtype: dtype frozen weights are kept in (default: the model's, float32).
     usable_fraction: share of a device's memory the run may use.
   """
   config = t5.get_config(model_config) if isinstance(model_config, str) else model_config
-  name = model_config if isinstance(model_config, str) else 'custom T5Config'
+  name = model_config if isinstance(model_config, str) else (
+      f'T5 (emb {config.emb_dim}, {config.num_encoder_layers}+{config.num_decoder_layers} '
+      f'layers, vocab {config.vocab_size})')
   if isinstance(topology, str):
     topology = pt.declared_topology(topology)
   elif topology is None:
@@ -199,6 +213,15 @@ def dry_run(model_config: Union[str, t5.T5Config], prompt_length: int, batch_siz
       frozen_bytes=frozen, trainable_bytes=trainable, gradient_bytes=trainable,
       optimizer_bytes=optimizer_bytes, activation_bytes=activations,
       usable_fraction=usable_fraction)
+
+
+def plan(run: RunSettings, topology: Union[None, str, pt.Topology] = None) -> DryRunReport:
+  """`ptj train --dry_run`: the plan of the model, batch and optimiser `run` configures."""
+  opt = run.optimizer
+  return dry_run(run.model.config, getattr(run.model, 'prompt_length', 0), run.data.batch_size,
+                 run.data.task_feature_lengths, run.num_partitions, topology,
+                 optimizer=opt.optimizer(learning_rate=opt.learning_rate),
+                 trainable_rules=opt.trainable_rules, accumulation_steps=opt.accumulation_steps)
 
 
 def activation_bytes(config: t5.T5Config, batch_size: int, encoder_length: int,

@@ -13,11 +13,12 @@ Three model functions feed seqio's metrics:
 
 Metric keys are `<task>/<metric>`. `selection_value` averages one metric over
 the tasks that report it: the value used to keep the best checkpoint.
+`evaluate_and_record` is what the train loop and `ptj eval` run at each eval.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
+import time
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
@@ -28,51 +29,12 @@ import tensorflow as tf
 
 from prompt_tuning_jax import data as data_lib
 from prompt_tuning_jax import decoding
+from prompt_tuning_jax import logging_utils
 from prompt_tuning_jax import scoring
+from prompt_tuning_jax.errors import UsageError
+from prompt_tuning_jax.settings import DECODE, RANK_CLASSIFICATION, EvalSettings
 
 logger = logging.getLogger(__name__)
-
-DECODE, RANK = 'decode', 'rank_classification'
-METHODS = (DECODE, RANK)
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalSettings:
-  """How to evaluate (gin: `evaluation.EvalSettings`)."""
-  split: str = 'validation'
-  methods: Sequence[str] = METHODS
-  # 'greedy' or 'beam'.
-  decoder: str = 'greedy'
-  beam_size: int = 4
-  alpha: float = 0.6
-  batch_size: int = 32
-  # First N examples of each task's split; None: all.
-  num_examples: Optional[int] = None
-  # Keeps the best checkpoint by this metric (averaged over tasks); None: none.
-  best_metric: Optional[str] = 'accuracy'
-  best_mode: str = 'max'
-
-  def __post_init__(self):
-    unknown = set(self.methods) - set(METHODS)
-    if unknown:
-      raise ValueError(f'Unknown eval methods {sorted(unknown)}; expected some of {METHODS}.')
-    if self.decoder not in ('greedy', 'beam'):
-      raise ValueError(f"decoder must be 'greedy' or 'beam', got {self.decoder!r}.")
-
-
-def label_words(task_name: str, class_labels: Optional[Sequence[str]] = None
-                ) -> Optional[list[str]]:
-  """The label words of a task: CLASS_LABELS when set, else what the task module knows."""
-  if class_labels:
-    return list(class_labels)
-  from prompt_tuning_jax import tasks  # pylint: disable=g-import-not-at-top
-  from prompt_tuning_jax.tasks import smoke  # pylint: disable=g-import-not-at-top
-  if task_name in smoke.LABEL_WORDS:
-    return list(smoke.LABEL_WORDS[task_name])
-  try:
-    return tasks.label_words(task_name)
-  except KeyError:  # Not a task of this package's registry.
-    return None
 
 
 def _has_predict_metrics(task: seqio.Task) -> bool:
@@ -103,7 +65,7 @@ class Evaluator:
     tasks = data_lib.sub_tasks(mixture_or_task_name)
     if not any(settings.split in task.splits for task in tasks):
       splits = sorted({split for task in tasks for split in task.splits})
-      raise ValueError(f'EVAL_SPLIT {settings.split!r} is not a split of '
+      raise UsageError(f'EVAL_SPLIT {settings.split!r} is not a split of '
                        f'{mixture_or_task_name!r} (it has {splits}).')
     converter = seqio.EncDecFeatureConverter(pack=False)
     common = dict(feature_converter=converter, eval_split=settings.split,
@@ -114,34 +76,29 @@ class Evaluator:
       self._main = seqio.Evaluator(mixture_or_task_name, **common)
     # Rank classification needs the task's labels, so one evaluator per task.
     self._rank: dict[str, tuple[seqio.Evaluator, np.ndarray]] = {}
-    if RANK in settings.methods:
+    if RANK_CLASSIFICATION in settings.methods:
       for task in tasks:
-        words = label_words(task.name, class_labels)
+        words = data_lib.label_words(task.name, class_labels)
         if not words or not _has_predict_metrics(task) or settings.split not in task.splits:
           continue
         vocab = task.output_features['targets'].vocabulary
         self._rank[task.name] = (seqio.Evaluator(task.name, **common),
                                  scoring.encode_labels(vocab, words))
     if self._main is None and not self._rank:
-      raise ValueError(f'Nothing to evaluate on {mixture_or_task_name!r} split '
+      raise UsageError(f'Nothing to evaluate on {mixture_or_task_name!r} split '
                        f'{settings.split!r} with methods {tuple(settings.methods)} '
                        '(rank classification needs label words: set CLASS_LABELS).')
 
   # ---------------------------------------------------------------- model fns
 
-  def _decode(self, params, tokens):
-    s = self.settings
-    if s.decoder == 'beam':
-      return decoding.jit_beam_search(self.model, params, tokens, beam_size=s.beam_size,
-                                      max_decode_length=self.max_decode_length, alpha=s.alpha)
-    return decoding.jit_greedy_decode(self.model, params, tokens,
-                                      max_decode_length=self.max_decode_length)
-
   def predict_fn(self, params) -> Callable[[tf.data.Dataset], list]:
     def predict(ds):
       out = []
       for index, tokens, _ in _batches(ds, self.settings.batch_size):
-        predicted, _ = jax.device_get(self._decode(params, jnp.asarray(tokens)))
+        predicted, _ = jax.device_get(decoding.jit_decode(
+            self.model, params, jnp.asarray(tokens), max_decode_length=self.max_decode_length,
+            decoder=self.settings.decoder, beam_size=self.settings.beam_size,
+            alpha=self.settings.alpha))
         out.extend((int(i), _after_eos_zeroed(row)) for i, row in zip(index, predicted))
       return out
     return predict
@@ -169,7 +126,10 @@ class Evaluator:
   # ---------------------------------------------------------------- evaluate
 
   def evaluate(self, params, step: int) -> dict[str, float]:
-    """Flat metrics {'<task>/<metric>': value} (rank classification under `rank_classification/`)."""
+    """Flat metrics {'<task>/<metric>': value}.
+
+    Rank classification's are `<task>/rank_classification/<metric>`.
+    """
     results: dict[str, float] = {}
     if self._main is not None:
       metrics, _ = self._main.evaluate(compute_metrics=True, step=step,
@@ -179,7 +139,7 @@ class Evaluator:
     for task_name, (evaluator, label_ids) in self._rank.items():
       metrics, _ = evaluator.evaluate(compute_metrics=True, step=step,
                                       predict_fn=self.rank_fn(params, label_ids))
-      results.update(_flatten(metrics.result(), infix=RANK))
+      results.update(_flatten(metrics.result(), infix=RANK_CLASSIFICATION))
     return results
 
 
@@ -216,3 +176,26 @@ def summary_lines(metrics: Mapping[str, float], step: int) -> list[str]:
     task, name = key.split('/', 1)
     by_task.setdefault(task, []).append(f'{name} {metrics[key]:.2f}')
   return [f'eval step {step} | {task} | ' + ' | '.join(items) for task, items in by_task.items()]
+
+
+def evaluate_and_record(evaluator: Evaluator, params, step: int,
+                        writer: logging_utils.MetricsWriter, progress: logging_utils.Progress
+                        ) -> tuple[dict[str, float], Optional[float]]:
+  """Evaluates; logs a line per task and writes each task's metrics (split `eval/<task>`).
+
+  Returns the metrics and the value that ranks checkpoints (None without a
+  best metric).
+  """
+  tick = time.time()
+  metrics = evaluator.evaluate(params, step)
+  for line in summary_lines(metrics, step):
+    progress.log(line)
+  progress.log(f'eval took {time.time() - tick:.1f}s')
+  by_task: dict[str, dict[str, float]] = {}
+  for key, value in metrics.items():
+    task, name = key.split('/', 1)
+    by_task.setdefault(task, {})[name] = value
+  for task, values in by_task.items():
+    writer.write(step, f'eval/{task}', values)
+  best = evaluator.settings.best_metric
+  return dict(metrics), (selection_value(metrics, best) if best else None)

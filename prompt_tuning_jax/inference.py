@@ -1,22 +1,26 @@
-"""Predictions as jsonl, for a task split or for a jsonl file of raw inputs.
+"""Predictions for examples: a task split or jsonl lines, one prompt or one per example.
 
-Each output line holds `index`, `input` (text), `prediction` (text) and
-`score`: the summed log-probability of the decoded tokens ('decode'), or of
-the chosen label ('rank_classification', which also writes `label_scores`).
-Task examples also carry `target`; lines of an input file keep their other
-fields.
+`Example` is the one example type: input text, its tokens, the fields copied
+to the output and, in mixed-task inference, the name of its prompt.
+`predict` turns examples into output records, one model call per padded batch
+(`padded_batches`). Each record holds `index`, `input` (text), `prediction`
+(text) and `score`: the summed log-probability of the decoded tokens
+('decode'), or of the chosen label ('rank_classification', which also writes
+`label_scores`). Task examples also carry `target`; lines of an input file
+keep their other fields; with a prompt bank, `prompt` names the prompt used.
 
 An input file has one JSON object per line with the model input text under
 `inputs` (or `input`), already in the task's text format (e.g.
 `"sst2 sentence: a gripping film"`); it is tokenized with the task's input
-vocabulary, EOS appended, and cut to the input feature length (counted).
+vocabulary, EOS appended, and cut to the input feature length (counted). For
+mixed-task inference each line also names its prompt (`prompt` or `task`).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
-import logging
 import os
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -26,16 +30,30 @@ import seqio
 from prompt_tuning_jax import data as data_lib
 from prompt_tuning_jax import decoding
 from prompt_tuning_jax import scoring
-
-logger = logging.getLogger(__name__)
+from prompt_tuning_jax.errors import DataError, UsageError
+from prompt_tuning_jax.many_prompts import mixed
+from prompt_tuning_jax.many_prompts.bank import PromptBank
+from prompt_tuning_jax.settings import DECODE, GREEDY, RANK_CLASSIFICATION
 
 INPUT_KEYS = ('inputs', 'input')
+PROMPT_KEYS = ('prompt', 'task')  # the field of an input line naming its prompt
+LabelWords = Union[Sequence[str], Mapping[str, Sequence[str]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+  """One model input: its text, tokens (with EOS), the fields copied to the output, its prompt."""
+  input: str
+  tokens: Sequence[int]
+  extra: Mapping[str, Any]
+  # The prompt bank entry this example uses (mixed-task inference); None: the model's.
+  prompt: Optional[str] = None
 
 
 def read_input_file(path: str) -> list[dict[str, Any]]:
   """Records of a jsonl file; each must have a string `inputs` (or `input`)."""
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'INFER_INPUT_FILE {path!r} does not exist.')
+    raise DataError(f'Input file {path!r} does not exist.')
   records = []
   with open(path) as f:
     for number, line in enumerate(f, 1):
@@ -44,94 +62,145 @@ def read_input_file(path: str) -> list[dict[str, Any]]:
       try:
         record = json.loads(line)
       except json.JSONDecodeError as e:
-        raise ValueError(f'{path}:{number}: not valid JSON: {e}') from e
+        raise DataError(f'{path}:{number}: not valid JSON: {e}') from e
       if not isinstance(record, dict) or not any(
           isinstance(record.get(k), str) for k in INPUT_KEYS):
-        raise ValueError(f'{path}:{number}: expected an object with a string "inputs" field.')
+        raise DataError(f'{path}:{number}: expected an object with a string "inputs" field.')
       records.append(record)
   return records
 
 
+def _field(record: Mapping[str, Any], keys: Sequence[str]) -> Optional[str]:
+  return next((record[k] for k in keys if isinstance(record.get(k), str)), None)
+
+
 def examples_from_records(records: Sequence[Mapping[str, Any]], vocabulary: seqio.Vocabulary,
-                          input_length: int) -> tuple[list[dict[str, Any]], int]:
-  """Tokenized examples (+EOS, cut to `input_length`) and how many were cut."""
+                          input_length: int, *, named_prompts: bool = False
+                          ) -> tuple[list[Example], int]:
+  """Tokenized examples (+EOS, cut to `input_length`) and how many were cut.
+
+  With `named_prompts` each record must name its prompt (`prompt` or `task`).
+  """
   examples, truncated = [], 0
-  for record in records:
-    text = next(record[k] for k in INPUT_KEYS if isinstance(record.get(k), str))
+  for number, record in enumerate(records, 1):
+    text = _field(record, INPUT_KEYS)
+    prompt = _field(record, PROMPT_KEYS) if named_prompts else None
+    if named_prompts and prompt is None:
+      raise DataError(f'Record {number} names no prompt: give each line a "prompt" (or "task") '
+                      'field naming one of the --prompt entries.')
     tokens = list(vocabulary.encode(text)) + [vocabulary.eos_id]
     if len(tokens) > input_length:
       truncated += 1
       tokens = tokens[:input_length - 1] + [vocabulary.eos_id]
-    extra = {k: v for k, v in record.items() if k not in INPUT_KEYS}
-    examples.append({'input': text, 'tokens': tokens, 'extra': extra})
+    dropped = INPUT_KEYS + (PROMPT_KEYS if named_prompts else ())
+    extra = {k: v for k, v in record.items() if k not in dropped}
+    examples.append(Example(text, tokens, extra, prompt))
   return examples, truncated
 
 
 def examples_from_task(task_name: str, split: str, lengths: Mapping[str, int],
-                       num_examples: Optional[int] = None) -> list[dict[str, Any]]:
+                       num_examples: Optional[int] = None) -> list[Example]:
   """The split's examples in order, with their text (trimmed as seqio trims)."""
   task = data_lib.get_mixture_or_task(task_name)
   ds = task.get_dataset(dict(lengths), split=split, shuffle=False, num_epochs=1)
   if num_examples:
     ds = ds.take(num_examples)
+  vocab = task.output_features['inputs'].vocabulary
   examples = []
   for ex in ds.as_numpy_iterator():
-    vocab = task.output_features['inputs'].vocabulary
     text = ex.get('inputs_pretokenized')
     text = text.decode('utf-8') if text is not None else vocab.decode(ex['inputs'].tolist())
     target = ex.get('targets_pretokenized')
-    examples.append({'input': text, 'tokens': ex['inputs'].tolist(),
-                     'extra': {} if target is None else {'target': target.decode('utf-8')}})
+    examples.append(Example(text, ex['inputs'].tolist(),
+                            {} if target is None else {'target': target.decode('utf-8')}))
   return examples
 
 
-def _padded(examples: Sequence[dict[str, Any]], batch_size: int, length: int
-            ) -> Iterator[tuple[int, np.ndarray]]:
+def padded_batches(examples: Sequence[Example], batch_size: int, length: int
+                   ) -> Iterator[tuple[int, int, np.ndarray]]:
+  """(start, n, tokens [batch_size, length] int32): the last batch zero-padded to full size."""
   for start in range(0, len(examples), batch_size):
-    tokens = np.zeros((batch_size, length), np.int32)
     chunk = examples[start:start + batch_size]
+    tokens = np.zeros((batch_size, length), np.int32)
     for row, ex in enumerate(chunk):
-      tokens[row, :len(ex['tokens'])] = ex['tokens']
-    yield start, tokens
+      tokens[row, :len(ex.tokens)] = ex.tokens
+    yield start, len(chunk), tokens
 
 
-def predict(model, params, examples: Sequence[dict[str, Any]], vocabulary: seqio.Vocabulary, *,
+def predict(model, params, examples: Sequence[Example], vocabulary: seqio.Vocabulary, *,
             input_length: int, max_decode_length: int, batch_size: int,
-            method: str = 'decode', decoder: str = 'greedy', beam_size: int = 4,
-            alpha: float = 0.6, label_words: Optional[Sequence[str]] = None
-            ) -> list[dict[str, Any]]:
-  """One output record per example (see the module docstring)."""
-  if method == 'rank_classification':
-    if not label_words:
-      raise ValueError('INFER_METHOD=rank_classification needs label words: the task has '
-                       'none, set CLASS_LABELS.')
-    label_ids = jnp.asarray(scoring.encode_labels(vocabulary, label_words))
-  elif method != 'decode':
-    raise ValueError(f"INFER_METHOD must be 'decode' or 'rank_classification', got {method!r}.")
+            method: str = DECODE, decoder: str = GREEDY, beam_size: int = 4,
+            alpha: float = 0.6, label_words: Optional[LabelWords] = None,
+            bank: Optional[PromptBank] = None) -> list[dict[str, Any]]:
+  """One output record per example (see the module docstring).
+
+  With a `bank` (mixed-task inference), example i uses the bank's prompt
+  `examples[i].prompt` and every batch is one model call whatever its mix
+  (greedy decoding); `label_words` may then map each prompt name to its own
+  labels. Without one, the model's learned prompt serves every example.
+  """
+  for number, ex in enumerate(examples if bank is not None else (), 1):
+    if ex.prompt not in bank:
+      raise DataError(f'Input {number} names prompt {ex.prompt!r}; the --prompt entries are '
+                      f'{list(bank.names)}.')
+  ranker = None
+  if method == RANK_CLASSIFICATION:
+    ranker = _Ranker(vocabulary, label_words, {ex.prompt for ex in examples})
   records = []
-  for start, tokens in _padded(examples, batch_size, input_length):
-    tokens = jnp.asarray(tokens)
-    n = min(batch_size, len(examples) - start)
-    if method == 'rank_classification':
-      best, scores = jax.device_get(scoring.jit_rank_classify(model, params, tokens, label_ids))
-      outputs = [{'prediction': label_words[b], 'score': float(s[b]),
-                  'label_scores': {w: float(v) for w, v in zip(label_words, s)}}
-                 for b, s in zip(best[:n], scores[:n])]
+  for start, n, tokens in padded_batches(examples, batch_size, input_length):
+    batch = examples[start:start + n]
+    names = [ex.prompt for ex in batch] + [batch[0].prompt] * (batch_size - n)
+    if ranker is not None:
+      outputs = ranker(model, params, tokens, names, bank)[:n]
     else:
-      if decoder == 'beam':
-        predicted, scores = decoding.jit_beam_search(
-            model, params, tokens, beam_size=beam_size, max_decode_length=max_decode_length,
-            alpha=alpha)
+      if bank is None:
+        predicted, scores = decoding.jit_decode(
+            model, params, jnp.asarray(tokens), max_decode_length=max_decode_length,
+            decoder=decoder, beam_size=beam_size, alpha=alpha)
       else:
-        predicted, scores = decoding.jit_greedy_decode(
-            model, params, tokens, max_decode_length=max_decode_length)
+        predicted, scores = mixed.mixed_greedy_decode(model, params, bank, names, tokens,
+                                                      max_decode_length=max_decode_length)
       predicted, scores = jax.device_get((predicted, scores))
       outputs = [{'prediction': vocabulary.decode([int(t) for t in row if t != 0]),
                   'score': float(score)} for row, score in zip(predicted[:n], scores[:n])]
-    for offset, output in enumerate(outputs):
-      ex = examples[start + offset]
-      records.append({'index': start + offset, 'input': ex['input'], **output, **ex['extra']})
+    for offset, (ex, output) in enumerate(zip(batch, outputs)):
+      named = {} if ex.prompt is None else {'prompt': ex.prompt}
+      records.append({'index': start + offset, 'input': ex.input, **named, **output, **ex.extra})
   return records
+
+
+class _Ranker:
+  """Rank classification of padded batches: each example among its prompt's label words."""
+
+  def __init__(self, vocabulary: seqio.Vocabulary, label_words: Optional[LabelWords],
+               prompts: set[Optional[str]]):
+    if isinstance(label_words, Mapping):
+      missing = sorted(p for p in prompts if not label_words.get(p))
+      if missing:
+        raise UsageError(f'Rank classification needs label words for prompt(s) {missing}.')
+      self.words = {p: list(label_words[p]) for p in prompts}
+    elif label_words:
+      self.words = {p: list(label_words) for p in prompts}
+    else:
+      raise UsageError('Rank classification needs label words: the task has none, set '
+                       'CLASS_LABELS.')
+    self.label_ids = {p: scoring.encode_labels(vocabulary, w) for p, w in self.words.items()}
+
+  def __call__(self, model, params, tokens: np.ndarray, names: Sequence[Optional[str]],
+               bank: Optional[PromptBank]) -> list[dict[str, Any]]:
+    if bank is None:
+      (label_ids,) = self.label_ids.values()
+      best, scores = jax.device_get(scoring.jit_rank_classify(
+          model, params, jnp.asarray(tokens), jnp.asarray(label_ids)))
+    else:
+      best, scores = mixed.mixed_rank_classify(model, params, bank, names, tokens,
+                                               self.label_ids)
+    outputs = []
+    for name, b, row in zip(names, best, scores):
+      words = self.words[name]
+      outputs.append({'prediction': words[b], 'score': float(row[b]),
+                      'label_scores': {w: float(v) for w, v in zip(words, row)}})
+    return outputs
 
 
 def write_jsonl(path: str, records: Sequence[Mapping[str, Any]]) -> None:

@@ -12,7 +12,9 @@ Three small pieces, one job each:
 
 Initialisers are closures with flax's initializer signature
 `init(rng, shape, dtype=float32) -> [P, H]`, so they run under `jax.jit`. The
-ones that need the frozen embedding table take it when they are built.
+ones that need the frozen embedding table take it when they are built. The
+parameter itself starts `random_uniform` at `model.init`; a run sets its
+initial value from its `PromptSettings` (`run_setup.initial_prompt`).
 """
 from __future__ import annotations
 
@@ -184,17 +186,15 @@ def place_prompt(embedded: Array, valid: Array, prompt: Array, prompt_valid: Arr
 class Prompt(nn.Module):
   """Owns the learned prompt, a [length, emb] float32 parameter named `prompt`."""
   length: int
-  init_fn: Initializer = random_uniform()
 
   @nn.compact
   def __call__(self, emb_dim: int) -> Array:
-    return self.param('prompt', self.init_fn, (self.length, emb_dim), jnp.float32)
+    return self.param('prompt', random_uniform(), (self.length, emb_dim), jnp.float32)
 
 
 class PromptInput(nn.Module):
   """The encoder's prompt hook: broadcast the learned prompt (or take given ones) and place it."""
   length: int
-  init_fn: Initializer = random_uniform()
   placement: str = 'prefix'
 
   @nn.compact
@@ -207,7 +207,7 @@ class PromptInput(nn.Module):
     """
     b, _, h = embedded.shape
     if prompts is None:
-      learned = Prompt(self.length, self.init_fn, name='prompt')(h)  # [P, H]
+      learned = Prompt(self.length, name='prompt')(h)  # [P, H]
       prompts = jnp.broadcast_to(learned, (b,) + learned.shape)
     elif prompts.ndim != 3 or prompts.shape[0] != b or prompts.shape[2] != h:
       raise ValueError(f'prompts must be [batch={b}, P, emb={h}], got {prompts.shape}.')

@@ -1,7 +1,255 @@
-"""`python -m prompt_tuning_jax.train`: the same as `ptj train` (see `cli.py`)."""
-import sys
+"""The train loop: train (or resume) a prompt in MODEL_DIR; `ptj train` and `python -m`.
 
-from prompt_tuning_jax import cli
+  python -m prompt_tuning_jax.train --gin_file=runs/smoke.gin --gin.MODEL_DIR=/tmp/smoke
+
+`train` resumes from the latest checkpoint in MODEL_DIR. The data position is
+the step: batches are a deterministic function of the seed, and a resumed run
+skips the batches already seen (see `data.py`), so an interrupted run ends
+with exactly the prompt of an uninterrupted one. Every LOG_PERIOD steps a log
+line and metrics; every EVAL_PERIOD steps an eval; a checkpoint every
+CHECKPOINT_PERIOD steps, at each eval and at the end. A NaN or infinite loss
+stops the run before anything after it is saved.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from prompt_tuning_jax import config
+from prompt_tuning_jax import data as data_lib
+from prompt_tuning_jax import distributed
+from prompt_tuning_jax import dry_run
+from prompt_tuning_jax import evaluation
+from prompt_tuning_jax import logging_utils
+from prompt_tuning_jax import optim
+from prompt_tuning_jax import partitioning
+from prompt_tuning_jax import run_setup
+from prompt_tuning_jax import train_step
+from prompt_tuning_jax.checkpoints import train_state as train_state_lib
+from prompt_tuning_jax.errors import DivergedError
+from prompt_tuning_jax.settings import RunSettings
+
+logger = logging.getLogger('prompt_tuning_jax')
+
+
+def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = None
+          ) -> dict[str, Any]:
+  """Trains (or resumes) in MODEL_DIR; returns a summary of where things are.
+
+  `save_config(directory)` records the configuration once every check passed.
+  """
+  s = run_setup.setup(run, batch_size=run.data.batch_size)
+  run_setup.check_sources(s)
+  model_dir, steps = run.model_dir, run.train_steps
+  primary = jax.process_index() == 0
+  evaluator = None
+  if run.eval_period:  # Built now: a missing eval split fails before training.
+    evaluator = evaluation.Evaluator(run.model, run.data.mixture_or_task_name, s.lengths,
+                                     run.evaluation, class_labels=run.prompt.class_labels)
+  params = run_setup.build_params(s)
+  ckpt = train_state_lib.TrainStateCheckpointer(
+      model_dir, keep=run.checkpoints.keep, best_metric=run.evaluation.best_metric,
+      best_mode=run.evaluation.best_mode)
+  if save_config is not None and primary:
+    save_config(model_dir)
+
+  # Batches are a function of these and the step (see data.py): the data position.
+  data_position = {'mixture_or_task_name': run.data.mixture_or_task_name, 'split': 'train',
+                   'seed': run.data.seed, 'batch_size': run.data.batch_size}
+  opt = run.optimizer
+  trainable, frozen = optim.partition(params, opt.trainable_rules)
+  tx = optim.partitioned_optimizer(params, opt.optimizer(learning_rate=opt.learning_rate),
+                                   opt.trainable_rules)
+  frozen = run_setup.on_devices(frozen, s.mesh)
+  abstract_state = jax.eval_shape(lambda t, f: train_step.init_train_state(t, f, tx), trainable,
+                                  frozen)
+  state_shardings = partitioning.shardings_like_params(abstract_state, params, s.mesh)
+  if ckpt.latest_step() is not None:
+    target = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
+                          abstract_state, state_shardings)
+    state, meta = ckpt.restore(target)
+    logger.info('Resuming from step %d.', int(state.step))
+    saved = meta.get('data_position', {})
+    changed = {k: (saved.get(k), v) for k, v in data_position.items() if saved.get(k) != v}
+    if changed:
+      logger.warning("The data differ from the checkpoint's (saved, now): %s; the resumed run "
+                     'will not see the batches an uninterrupted one would.', changed)
+  else:
+    state = jax.jit(lambda t, f: train_step.init_train_state(t, f, tx),
+                    out_shardings=state_shardings)(run_setup.on_devices(trainable, s.mesh), frozen)
+  del params, trainable
+  start = int(jax.device_get(state.step))
+  writer = logging_utils.MetricsWriter(model_dir, enabled=primary)
+  summary = {'model_dir': model_dir, 'start_step': start}
+  if start >= steps:
+    logger.info('MODEL_DIR already holds step %d >= TRAIN_STEPS=%d: nothing to train.',
+                start, steps)
+    return {**summary, 'final_step': start, **_paths(model_dir, ckpt, start, s.has_prompt)}
+
+  lr = opt.learning_rate
+  lr_fn = lr if callable(lr) else (lambda step: lr)
+  dropout = getattr(getattr(run.model, 'config', None), 'dropout_rate', 0.0)
+  step_fn = jax.jit(
+      train_step.make_train_step(
+          run.model, tx, z_loss=opt.z_loss, loss_normalization=opt.loss_normalization,
+          accumulation_steps=opt.accumulation_steps,
+          dropout_rng=jax.random.fold_in(jax.random.PRNGKey(run.data.seed), 2) if dropout else None,
+          learning_rate_fn=lambda step: jnp.asarray(lr_fn(step), jnp.float32)),
+      donate_argnums=(0,), out_shardings=(state_shardings, partitioning.replicated(s.mesh)))
+  shard_index, num_shards = partitioning.data_shard(s.mesh)
+  batches = data_lib.iterate(data_lib.get_dataset(
+      run.data, start_step=start, shard_index=shard_index, num_shards=num_shards))
+  counter = data_lib.TruncationCounter(s.lengths)
+
+  def next_batch():
+    host = counter.pop(next(batches))
+    tokens = int((host['encoder_input_tokens'] > 0).sum()
+                 + (host['decoder_target_tokens'] > 0).sum())
+    return partitioning.global_batch(host, s.mesh), tokens * num_shards
+
+  batch, tokens = next_batch()
+  tick = time.time()
+  compiled = step_fn.lower(state, frozen, batch).compile()
+  logger.info('Compiled the train step in %.1fs; training steps %d..%d of %d.',
+              time.time() - tick, start + 1, steps, steps)
+
+  window = logging_utils.TrainWindow(opt.loss_normalization)
+  progress = logging_utils.Progress(start, steps)
+  last_saved = ckpt.latest_step()
+  try:
+    for step in range(start + 1, steps + 1):
+      state, metrics = compiled(state, frozen, batch)
+      window.add(metrics, tokens)
+      progress.update()
+      is_last = step == steps
+      if step % run.log_period == 0 or is_last:
+        _check_finite(window, step, last_saved, model_dir)
+        values = window.averages()
+        values.update(learning_rate=float(lr_fn(step - 1)), **counter.metrics())
+        values.update(examples_per_second=run.data.batch_size * window.steps_done / window.seconds,
+                      tokens_per_second=window.tokens_done / window.seconds)
+        eta = (steps - step) * window.total_seconds / max(step - start, 1)
+        progress.log(logging_utils.format_train_line(step, steps, values, eta))
+        writer.write(step, 'train', values)
+        window.reset()
+      eval_now = evaluator is not None and (step % run.eval_period == 0 or is_last)
+      if eval_now or step % run.checkpoints.period == 0 or is_last:
+        _check_finite(window, step, last_saved, model_dir)
+        if not bool(all_finite(state.trainable)):
+          raise DivergedError(
+              f'The trained parameters became NaN/inf by step {step}: training stopped and '
+              f'nothing after step {last_saved} was saved. Lower LEARNING_RATE, or check the data.')
+        pause = time.time()
+        eval_metrics = None
+        if eval_now:
+          eval_metrics, value = evaluation.evaluate_and_record(
+              evaluator, optim.merge(state.trainable, frozen), step, writer, progress)
+          if value is not None:  # Orbax keeps the best checkpoint by this value.
+            eval_metrics[run.evaluation.best_metric] = value
+        last_saved = ckpt.save(state, data_position={**data_position, 'step': step},
+                               metrics=eval_metrics)
+        window.exclude(time.time() - pause)
+      if not is_last:
+        batch, tokens = next_batch()
+  finally:
+    progress.close()
+    writer.close()
+  final = int(jax.device_get(state.step))
+  paths = _paths(model_dir, ckpt, final, s.has_prompt)
+  best_metric = run.evaluation.best_metric
+  if primary and paths.get('best_step') is not None:
+    train_state_lib.write_json(os.path.join(model_dir, train_state_lib.BEST_CHECKPOINT_FILE), {
+        'step': paths['best_step'], 'metric': best_metric,
+        'value': (ckpt.metrics(paths['best_step']) or {}).get(best_metric),
+        'prompt_file': paths.get('best_prompt_file')})
+  ckpt.close()
+  return {**summary, 'final_step': final, **counter.metrics(), **paths}
+
+
+@jax.jit
+def all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def _paths(model_dir: str, ckpt: train_state_lib.TrainStateCheckpointer, step: int,
+           has_prompt: bool) -> dict:
+  prompt_file = lambda s: train_state_lib.prompt_file(model_dir, s) if has_prompt else None
+  out = {'checkpoint_dir': os.path.join(model_dir, train_state_lib.CHECKPOINT_SUBDIR, str(step)),
+         'prompt_file': prompt_file(step),
+         'metrics_file': os.path.join(model_dir, logging_utils.METRICS_FILE),
+         'tensorboard_dir': os.path.join(model_dir, logging_utils.TENSORBOARD_SUBDIR)}
+  best = ckpt.best_step()
+  if best is not None:
+    out.update(best_step=best, best_prompt_file=prompt_file(best))
+  return out
+
+
+def _check_finite(window: logging_utils.TrainWindow, step: int, last_saved: Optional[int],
+                  model_dir: str) -> None:
+  """Raises DivergedError if a loss of the window is NaN/inf (before anything is saved)."""
+  bad = window.first_nonfinite_loss(step)
+  if bad is None:
+    return
+  where = (f'the last good checkpoint is step {last_saved} in '
+           f'{os.path.join(model_dir, train_state_lib.CHECKPOINT_SUBDIR)}'
+           if last_saved is not None else 'no checkpoint was saved')
+  raise DivergedError(f'The loss became {bad[1]} at step {bad[0]}: training stopped and nothing '
+                      f'after it was saved; {where}. Lower LEARNING_RATE, or check the data.')
+
+
+# ------------------------------------------------------------------ command line
+
+
+def summary_lines(result: dict[str, Any]) -> list[str]:
+  """What `ptj train` prints at the end: where the checkpoint, prompt, logs and config are."""
+  model_dir = result['model_dir']
+  lines = [f"Done: step {result['final_step']}.",
+           f"  checkpoint:  {result['checkpoint_dir']}"]
+  if result['prompt_file']:
+    lines.append(f"  prompt file: {result['prompt_file']}")
+  if result.get('best_step') is not None:
+    lines.append(f"  best:        step {result['best_step']} "
+                 f"({os.path.join(model_dir, train_state_lib.BEST_CHECKPOINT_FILE)})")
+  truncated = {k: int(v) for k, v in result.items() if k.startswith('truncated_') and v}
+  if truncated:
+    lines.append(f'  truncated:   {truncated} examples (longer than TASK_FEATURE_LENGTHS)')
+  return lines + [f"  metrics:     {result['metrics_file']}",
+                  f"  TensorBoard: tensorboard --logdir {result['tensorboard_dir']}",
+                  f'  config:      {config.config_file(model_dir)}']
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  """`ptj train`; returns the exit status."""
+  parser = config.gin_parser('train', 'train (or resume) a prompt in MODEL_DIR')
+  parser.add_argument('--override_model_dir_config', action='store_true',
+                      help='resume even though MODEL_DIR holds a run with another configuration')
+  parser.add_argument('--dry_run', action='store_true',
+                      help="print the mesh, every parameter's sharding and the memory per "
+                      'device, then exit without allocating the model')
+  parser.add_argument('--topology', default=None,
+                      help='dry run on a declared topology instead of the visible devices, '
+                      'e.g. v3-32, 8xA100-80GB (see partitioning.declared_topology)')
+
+  def run(args: argparse.Namespace, configuration: config.Configuration) -> int:
+    if args.dry_run:
+      report = dry_run.plan(configuration.settings, args.topology)
+      print(report, flush=True)
+      return 0 if report.fits else 1
+    distributed.initialize()
+    config.check_model_dir(configuration, override=args.override_model_dir_config)
+    result = train(configuration.settings, save_config=configuration.save)
+    print('\n'.join(summary_lines(result)), flush=True)
+    return 0
+
+  return config.run_command('train', parser, argv, run)
+
 
 if __name__ == '__main__':
-  sys.exit(cli.main(command='train'))
+  sys.exit(main())

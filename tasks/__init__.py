@@ -4,9 +4,9 @@ pre-training objectives over local text (`pretraining.py`).
 Importing registers the tasks and mixtures; no data is read and nothing is
 downloaded until a dataset is built.
 """
-from . import glue
-from . import pretraining
-from . import superglue
+from . import glue  # noqa: F401  (registers the GLUE tasks)
+from . import pretraining  # noqa: F401  (registers the pre-training objectives)
+from . import superglue  # noqa: F401  (registers the SuperGLUE tasks)
 from .registry import add_classification_task
 from .registry import label_words
 from .sources import TaskDataError

@@ -117,8 +117,12 @@ def _add_task(name: str, source: seqio.DataSource, task_format: TaskFormat,
       output_features=vocab.output_features(),
       postprocess_fn=postprocess_fn, metric_fns=metric_fns)
   words = tuple(task_format.label_words) if task_format.label_words else None
-  _TASKS[name] = TaskInfo(name, words, task_format.postprocess_fn,
-                          benchmark_task, rank)
+  record_task(TaskInfo(name, words, task_format.postprocess_fn, benchmark_task, rank))
+
+
+def record_task(info: TaskInfo) -> None:
+  """Records what other modules ask of a task registered with seqio (`label_words`, ...)."""
+  _TASKS[info.name] = info
 
 
 def register(name: str, source: seqio.DataSource, task_format: TaskFormat, *,

@@ -18,6 +18,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from . import registry
 from . import vocab
 
 TASK_NAME = 'smoke_sentiment'
@@ -26,8 +27,6 @@ WORD_LABELS = ('negative', 'positive')
 # One byte each: a frozen model with random weights can learn to emit a one-token
 # label through the prompt within a few hundred steps; longer words it cannot.
 LABELS = ('-', '+')
-# The label words of the tasks defined here (see `label_words`).
-LABEL_WORDS: dict[str, Sequence[str]] = {}
 SPLIT_SIZES = {'train': 2000, 'validation': 200, 'test': 200}
 _SPLIT_SEEDS = {'train': 1, 'validation': 2, 'test': 3}
 
@@ -96,7 +95,7 @@ def register(name: str = TASK_NAME, labels: Sequence[str] = LABELS,
       },
       postprocess_fn=_decode_text,
       metric_fns=[accuracy])
-  LABEL_WORDS[name] = tuple(labels)
+  registry.record_task(registry.TaskInfo(name, tuple(labels), _decode_text, None, False))
 
 
 register()

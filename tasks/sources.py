@@ -23,6 +23,8 @@ import gin
 import seqio
 import tensorflow as tf
 
+from prompt_tuning_jax import errors
+
 ENV_VARS = {
     'superglue': 'PTJ_SUPERGLUE_DIR',
     'fewglue': 'PTJ_FEWGLUE_DIR',
@@ -36,7 +38,7 @@ Converter = Callable[[Row, int], list[Example]]
 Signature = Mapping[str, Any]  # field -> tf.TensorSpec, or a nested Signature
 
 
-class TaskDataError(ValueError):
+class TaskDataError(errors.DataError):
   """A data file is missing or malformed, or no data directory is set."""
 
 

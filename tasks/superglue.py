@@ -178,22 +178,25 @@ def _classification(prefix: str, fields: Sequence[str],
 _WSC_FILES = sources.FileFormat(
     sources.read_jsonl, _convert_wsc, _flat_signature(_WSC_TEXT, _WSC_INTS))
 
+def _flat_task(key: str, task_dir: str, file_fields: Sequence[str], fields: Sequence[str],
+               label_words: Sequence[str], *, prefix: Optional[str] = None,
+               metric_fns: Sequence[metrics.MetricFn] = (metrics.accuracy,),
+               postprocess_fn: Optional[Callable[..., Any]] = None,
+               split_files: Optional[Mapping[str, str]] = None) -> SuperGlueTask:
+  """A task whose rows hold `file_fields` flat, shown as `fields` and a label word."""
+  return SuperGlueTask(
+      key, task_dir, key, _flat_file_format(file_fields, label_words),
+      _classification(prefix or key, fields, label_words, metric_fns,
+                      postprocess_fn=postprocess_fn),
+      split_files=SUPERGLUE_SPLITS if split_files is None else split_files)
+
+
 TASKS = (
-    SuperGlueTask(
-        'boolq', 'BoolQ', 'boolq',
-        _flat_file_format(('question', 'passage'), BOOL_WORDS),
-        _classification('boolq', ('passage', 'question'), BOOL_WORDS)),
-    SuperGlueTask(
-        'cb', 'CB', 'cb',
-        _flat_file_format(('premise', 'hypothesis'), CB_WORDS),
-        _classification('cb', ('hypothesis', 'premise'), CB_WORDS,
-                        (metrics.macro_f1_and_accuracy,))),
-    SuperGlueTask(
-        'copa', 'COPA', 'copa',
-        _flat_file_format(('premise', 'choice1', 'choice2', 'question'),
-                          COPA_WORDS),
-        _classification('copa', ('choice1', 'choice2', 'premise', 'question'),
-                        COPA_WORDS)),
+    _flat_task('boolq', 'BoolQ', ('question', 'passage'), ('passage', 'question'), BOOL_WORDS),
+    _flat_task('cb', 'CB', ('premise', 'hypothesis'), ('hypothesis', 'premise'), CB_WORDS,
+               metric_fns=(metrics.macro_f1_and_accuracy,)),
+    _flat_task('copa', 'COPA', ('premise', 'choice1', 'choice2', 'question'),
+               ('choice1', 'choice2', 'premise', 'question'), COPA_WORDS),
     SuperGlueTask(
         'multirc', 'MultiRC', 'multirc',
         sources.FileFormat(sources.read_jsonl, _convert_multirc,
@@ -214,34 +217,21 @@ TASKS = (
             postprocess_fn=postprocessors.record,
             metric_fns=(metrics.record,),
             preprocessors=(preprocessors.one_example_per_answer,))),
-    SuperGlueTask(
-        'rte', 'RTE', 'rte',
-        _flat_file_format(('premise', 'hypothesis'), NLI2_WORDS),
-        _classification('rte', ('hypothesis', 'premise'), NLI2_WORDS)),
-    SuperGlueTask(
-        'wic', 'WiC', 'wic',
-        _flat_file_format(('word', 'sentence1', 'sentence2'), BOOL_WORDS),
-        _classification('wic', ('sentence1', 'sentence2', 'word'),
-                        BOOL_WORDS)),
+    _flat_task('rte', 'RTE', ('premise', 'hypothesis'), ('hypothesis', 'premise'), NLI2_WORDS),
+    _flat_task('wic', 'WiC', ('word', 'sentence1', 'sentence2'),
+               ('sentence1', 'sentence2', 'word'), BOOL_WORDS),
     SuperGlueTask(
         'wsc', 'WSC', 'wsc.fixed', _WSC_FILES,
         _classification('wsc', (), BOOL_WORDS, format_fn=functools.partial(
             formats.wsc, label_words=BOOL_WORDS))),
-    SuperGlueTask(
-        'axb', 'AX-b', 'axb',
-        _flat_file_format(('sentence1', 'sentence2'), NLI2_WORDS),
-        _classification('rte', ('sentence1', 'sentence2'), NLI2_WORDS,
-                        (metrics.matthews_corrcoef,)),
-        split_files={'test': 'AX-b.jsonl'}),
-    SuperGlueTask(
-        'axg', 'AX-g', 'axg',
-        _flat_file_format(('premise', 'hypothesis'), NLI2_WORDS),
-        _classification(
-            'rte', ('hypothesis', 'premise'), NLI2_WORDS, (metrics.axg,),
-            postprocess_fn=functools.partial(
-                postprocessors.grouped, label_words=NLI2_WORDS,
-                group=postprocessors.axg_pair)),
-        split_files={'test': 'AX-g.jsonl'}),
+    _flat_task('axb', 'AX-b', ('sentence1', 'sentence2'), ('sentence1', 'sentence2'), NLI2_WORDS,
+               prefix='rte', metric_fns=(metrics.matthews_corrcoef,),
+               split_files={'test': 'AX-b.jsonl'}),
+    _flat_task('axg', 'AX-g', ('premise', 'hypothesis'), ('hypothesis', 'premise'), NLI2_WORDS,
+               prefix='rte', metric_fns=(metrics.axg,),
+               postprocess_fn=functools.partial(postprocessors.grouped, label_words=NLI2_WORDS,
+                                                group=postprocessors.axg_pair),
+               split_files={'test': 'AX-g.jsonl'}),
 )
 
 WSC_SIMPLE_TRAIN = registry.TaskFormat(

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prompt_tuning_jax import cli
+from prompt_tuning_jax import config
 from prompt_tuning_jax.models import T5Config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -20,7 +20,7 @@ SHARED = REPO.parent / 'shared'
 # One persistent XLA compilation cache for the test session (and subprocesses
 # given PTJ_COMPILATION_CACHE_DIR): later compiles of the same programs are reads.
 XLA_CACHE = os.path.join(tempfile.gettempdir(), 'ptj_test_xla_cache')
-cli.enable_compilation_cache(XLA_CACHE)
+config.enable_compilation_cache(XLA_CACHE)
 
 
 @pytest.fixture

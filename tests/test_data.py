@@ -7,15 +7,17 @@ import numpy as np
 import pytest
 
 from prompt_tuning_jax import data
+from prompt_tuning_jax.errors import UsageError
+from prompt_tuning_jax.settings import DataSettings
 from prompt_tuning_jax.tasks import smoke
 
 LENGTHS = {'inputs': 64, 'targets': 12}
 
 
-def batches(n, start_step=0, **overrides):
-  cfg = data.DataConfig(smoke.TASK_NAME, overrides.pop('lengths', LENGTHS),
-                        overrides.pop('batch_size', 4), **overrides)
-  return list(itertools.islice(data.iterate(data.get_dataset(cfg, start_step)), n))
+def batches(n, start_step=0, lengths=LENGTHS, batch_size=4, seed=0, **shard):
+  settings = DataSettings(smoke.TASK_NAME, lengths, batch_size, seed=seed, module=None)
+  dataset = data.get_dataset(settings, start_step=start_step, **shard)
+  return list(itertools.islice(data.iterate(dataset), n))
 
 
 def test_batches_have_fixed_shapes_and_t5x_features():
@@ -76,15 +78,16 @@ def test_nothing_flagged_when_examples_fit():
 
 
 def test_unknown_task_suggests_close_names():
-  with pytest.raises(data.UnknownTaskError, match="Did you mean: smoke_sentiment"):
+  with pytest.raises(data.UnknownTaskError, match='Did you mean: smoke_sentiment'):
     data.get_mixture_or_task('smoke_sentimnt')
 
 
 def test_lengths_and_sharding_are_checked():
-  with pytest.raises(ValueError, match='TASK_FEATURE_LENGTHS needs'):
-    data.get_dataset(data.DataConfig(smoke.TASK_NAME, {'inputs': 8}, 4))
-  with pytest.raises(ValueError, match='not divisible by the 3 data shards'):
-    data.get_dataset(data.DataConfig(smoke.TASK_NAME, LENGTHS, 4, num_shards=3))
+  with pytest.raises(UsageError, match="TASK_FEATURE_LENGTHS must have exactly 'inputs' and"):
+    DataSettings(smoke.TASK_NAME, {'inputs': 8}, 4, seed=0, module=None)
+  with pytest.raises(UsageError, match='not divisible by the 3 data shards'):
+    data.get_dataset(DataSettings(smoke.TASK_NAME, LENGTHS, 4, seed=0, module=None),
+                     num_shards=3)
 
 
 def _rows(*batches_) -> list[tuple]:
@@ -113,5 +116,11 @@ def test_shards_together_are_exactly_the_global_batch():
 
 
 def test_missing_task_module_is_a_clear_error():
-  with pytest.raises(ImportError, match="task module 'no_such_tasks_module'"):
+  with pytest.raises(UsageError, match="task module 'no_such_tasks_module'"):
     data.import_task_modules('no_such_tasks_module')
+
+
+def test_label_words_come_from_the_task_registry_or_class_labels():
+  assert data.label_words(smoke.TASK_NAME) == list(smoke.LABELS)
+  assert data.label_words(smoke.TASK_NAME, ['bad', 'good']) == ['bad', 'good']
+  assert data.label_words('not_a_task') is None

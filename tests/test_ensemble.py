@@ -8,8 +8,8 @@ from flax import linen as nn
 
 from conftest import small_config
 from prompt_tuning_jax import scoring
-from prompt_tuning_jax.analysis import ensemble
-from prompt_tuning_jax.analysis.prompt_bank import PromptBank
+from prompt_tuning_jax.many_prompts import ensemble
+from prompt_tuning_jax.many_prompts.bank import PromptBank
 from prompt_tuning_jax.models import PromptedT5
 
 # A config of its own: the jitted functions trace afresh here, so the interceptor sees the

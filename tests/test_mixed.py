@@ -9,8 +9,8 @@ import pytest
 
 from conftest import small_config
 from prompt_tuning_jax import decoding, scoring
-from prompt_tuning_jax.analysis import mixed
-from prompt_tuning_jax.analysis.prompt_bank import PromptBank
+from prompt_tuning_jax.many_prompts import mixed
+from prompt_tuning_jax.many_prompts.bank import PromptBank
 from prompt_tuning_jax.models import PromptedT5
 
 CONFIG = small_config(num_decoder_layers=1)  # prompts act in the encoder; 1 decoder layer compiles fast

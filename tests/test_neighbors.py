@@ -8,8 +8,11 @@ import pytest
 
 from conftest import shared_path
 from prompt_tuning_jax import checkpoints
-from prompt_tuning_jax.analysis import commands
+from prompt_tuning_jax import config
+from prompt_tuning_jax import infer
+from prompt_tuning_jax import run_setup
 from prompt_tuning_jax.analysis import neighbors
+from prompt_tuning_jax.many_prompts import ensemble
 
 V, H = 32128, 768  # a T5 Base embedding table's shape
 
@@ -86,7 +89,7 @@ def test_released_sst2_prompt_against_a_base_shaped_table(table, t5_pieces, tmp_
 def test_neighbors_command(table, tmp_path, capsys):
   np.save(tmp_path / 'table.npy', table)
   prompt = str(shared_path('prompts', 'original_release', 'sst2.npy'))
-  status = commands.neighbors_main([
+  status = neighbors.main([
       '--prompt', prompt, '--embedding_npy', str(tmp_path / 'table.npy'),
       '--vocab', str(shared_path('vocab', 't5', 'spiece.model')), '--labels', 'positive,negative',
       '--top_k', '3', '--output_dir', str(tmp_path / 'out')])
@@ -96,7 +99,7 @@ def test_neighbors_command(table, tmp_path, capsys):
       'neighbors.txt', 'neighbors.png', 'neighbors.json'}
   # A width mismatch is one clear line, not a traceback.
   narrow = str(shared_path('prompts', 'prompt_5x256.npy'))
-  assert commands.neighbors_main(['--prompt', narrow, '--embedding_npy',
+  assert neighbors.main(['--prompt', narrow, '--embedding_npy',
                                   str(tmp_path / 'table.npy'), '--vocab', 'none',
                                   '--output_dir', str(tmp_path / 'x')]) == 1
   assert 'their widths differ' in capsys.readouterr().err
@@ -135,7 +138,7 @@ def smoke_run(tmp_path_factory):
 def test_neighbors_of_a_smoke_trained_prompt(smoke_run, tmp_path):
   model_dir, prompts = smoke_run
   out = tmp_path / 'neighbors'
-  assert commands.neighbors_main([
+  assert neighbors.main([
       '--prompt', str(prompts[SMOKE_STEPS]), '--model_dir', str(model_dir),
       '--vocab', 'byte', '--top_k', '3', '--output_dir', str(out)]) == 0
   assert (out / 'neighbors.png').read_bytes()[:4] == b'\x89PNG'
@@ -155,7 +158,7 @@ def test_ensemble_and_mixed_infer_commands_on_a_smoke_run(smoke_run, tmp_path, c
   model_dir, prompts = smoke_run
   members = [f'early={prompts[5]}', f'late={prompts[SMOKE_STEPS]}']
   output = tmp_path / 'ensemble.json'
-  assert commands.ensemble_main(
+  assert ensemble.main(
       [arg for m in members for arg in ('--prompt', m)] +
       ['--output', str(output), f'--gin.MODEL_DIR={model_dir}', '--gin.NUM_EVAL_EXAMPLES=24',
        '--gin.EVAL_BATCH_SIZE=8']) == 0
@@ -172,7 +175,7 @@ def test_ensemble_and_mixed_infer_commands_on_a_smoke_run(smoke_run, tmp_path, c
   input_file = tmp_path / 'mixed.jsonl'
   input_file.write_text(''.join(json.dumps(line) + '\n' for line in lines))
   out_file = tmp_path / 'predictions.jsonl'
-  assert commands.infer_mixed_main(
+  assert infer.main(
       [arg for m in members for arg in ('--prompt', m)] +
       ['--input', str(input_file), '--output', str(out_file), '--method', 'rank_classification',
        f'--gin.MODEL_DIR={model_dir}']) == 0
@@ -182,7 +185,7 @@ def test_ensemble_and_mixed_infer_commands_on_a_smoke_run(smoke_run, tmp_path, c
   assert all(r['prediction'] in smoke.LABELS for r in records)  # the run task's labels
   # An unknown prompt name is one clear error.
   input_file.write_text(json.dumps({'prompt': 'nope', 'inputs': 'x'}) + '\n')
-  assert commands.infer_mixed_main(
+  assert infer.main(
       [arg for m in members for arg in ('--prompt', m)] +
       ['--input', str(input_file), f'--gin.MODEL_DIR={model_dir}']) == 1
   assert "names prompt 'nope'" in capsys.readouterr().err
@@ -191,19 +194,17 @@ def test_ensemble_and_mixed_infer_commands_on_a_smoke_run(smoke_run, tmp_path, c
 @pytest.mark.slow
 def test_prompt_transfer_gin_starts_from_another_runs_prompt(smoke_run, tmp_path):
   """gin/prompts/from_file_transfer.gin: a new run's initial prompt IS the source file."""
-  from prompt_tuning_jax import trainer
   from prompt_tuning_jax.checkpoints import CheckpointError, tree
   _, prompts = smoke_run
   files = ['runs/smoke.gin', 'prompts/from_file_transfer.gin']
-  bindings = [f'--gin.MODEL_DIR={tmp_path / "transfer"}', f'--gin.PROMPT_FILE={prompts[5]}']
-  run = commands.read_run_config(files, bindings + ['--gin.PROMPT_LENGTH=10'])
+  _, bindings = config.split_bindings([f'--gin.MODEL_DIR={tmp_path / "transfer"}',
+                                       f'--gin.PROMPT_FILE={prompts[5]}'])
+  run = config.configure('train', files, bindings + ['PROMPT_LENGTH = 10']).settings
   assert run.prompt.file == str(prompts[5])
-  s = trainer.setup(run.model, run.mixture_or_task_name, run.task_feature_lengths, seed=run.seed)
-  params = trainer.build_params(s, run.initial_checkpoint_path, run.prompt)
+  params = run_setup.build_params(run_setup.setup(run))
   np.testing.assert_array_equal(tree.flatten(params)['encoder/prompt/prompt/prompt'],
                                 checkpoints.load_prompt(str(prompts[5])))
   # The file's PROMPT_LENGTH (100) does not fit the 10-row source prompt: a clear error.
-  run = commands.read_run_config(files, bindings)
-  s = trainer.setup(run.model, run.mixture_or_task_name, run.task_feature_lengths, seed=run.seed)
+  s = run_setup.setup(config.configure('train', files, bindings).settings)
   with pytest.raises(CheckpointError, match='PROMPT_FILE'):
-    trainer.build_params(s, run.initial_checkpoint_path, run.prompt)
+    run_setup.build_params(s)

@@ -50,21 +50,22 @@ def _tiny_model_and_batch():
 def _check_train_step(results: dict) -> None:
   """One prompt-tuning step on 1 device vs a 2x4 (data x model) mesh."""
   from prompt_tuning_jax import optim  # pylint: disable=g-import-not-at-top
+  from prompt_tuning_jax import train_step  # pylint: disable=g-import-not-at-top
   model, batch = _tiny_model_and_batch()
   params = model.init(jax.random.PRNGKey(0), batch['encoder_input_tokens'],
                       batch['decoder_input_tokens'], batch['decoder_target_tokens'],
                       enable_dropout=False)['params']
   trainable, frozen = optim.partition(params)
   tx = optim.partitioned_optimizer(params, optim.adafactor())
-  step = optim.make_train_step(model, tx)
+  step = train_step.make_train_step(model, tx)
 
   new_state1, metrics1 = _sharded_step(
-      step, optim.init_train_state(trainable, frozen, tx), frozen, batch, params,
+      step, train_step.init_train_state(trainable, frozen, tx), frozen, batch, params,
       pt.make_mesh(1, jax.devices()[:1]))
 
   mesh = pt.make_mesh(4)
   (new_state, metrics), frozen_sharded = _sharded_step(
-      step, optim.init_train_state(trainable, frozen, tx), frozen, batch, params, mesh,
+      step, train_step.init_train_state(trainable, frozen, tx), frozen, batch, params, mesh,
       return_frozen=True)
   results['mesh_shape'] = dict(mesh.shape)
   results['loss'] = [float(metrics1['loss']), float(metrics['loss'])]
@@ -103,13 +104,14 @@ def _check_checkpoint_reshard(results: dict, directory: str) -> None:
   """A model-tuning TrainState saved under 2x4 restores under 4x2 and 8x1."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   from prompt_tuning_jax import optim  # pylint: disable=g-import-not-at-top
+  from prompt_tuning_jax import train_step  # pylint: disable=g-import-not-at-top
   model, batch = _tiny_model_and_batch()
   params = model.init(jax.random.PRNGKey(1), batch['encoder_input_tokens'],
                       batch['decoder_input_tokens'], batch['decoder_target_tokens'],
                       enable_dropout=False)['params']
   trainable, frozen = optim.partition(params, optim.MODEL_TUNING_RULES)
   tx = optim.partitioned_optimizer(params, optim.adafactor(), optim.MODEL_TUNING_RULES)
-  state = optim.init_train_state(trainable, frozen, tx)
+  state = train_step.init_train_state(trainable, frozen, tx)
   state = state._replace(opt_state=jax.tree.map(lambda x: x + 0.5, state.opt_state))
   saved_mesh = pt.make_mesh(4)
   saved = jax.device_put(state, pt.shardings_like_params(state, params, saved_mesh))

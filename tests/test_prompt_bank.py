@@ -6,7 +6,7 @@ import pytest
 
 from conftest import shared_path
 from prompt_tuning_jax import checkpoints
-from prompt_tuning_jax.analysis.prompt_bank import PromptBank, padding_side_for, parse_bank_spec
+from prompt_tuning_jax.many_prompts.bank import PromptBank, padding_side_for, parse_bank_spec
 
 H = 6
 

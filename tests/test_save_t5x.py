@@ -11,8 +11,8 @@ from flax import serialization
 from prompt_tuning_jax import checkpoints
 from prompt_tuning_jax.checkpoints import t5x as t5x_lib
 from prompt_tuning_jax.models import T5
-from tests.conftest import shared_path
-from tests.conftest import small_config
+from conftest import shared_path
+from conftest import small_config
 
 
 def _params():

@@ -1,0 +1,1 @@
+"""Analysis tools: the nearest vocabulary pieces of a prompt's vectors (`ptj neighbors`)."""

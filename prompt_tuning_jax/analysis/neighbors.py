@@ -10,20 +10,35 @@ in context:
   paper's observation that class labels persist, notably after class-label
   initialisation).
 
-`analyze` computes, `format_report` / `plot_report` / `write_report` present.
+`analyze` computes, `format_report` / `plot_report` / `write_report` present;
+`main` is `ptj neighbors`.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import functools
+import io
 import json
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import seqio
+import sentencepiece
+import tensorstore as ts
+from flax import serialization
+
+from prompt_tuning_jax import checkpoints
+from prompt_tuning_jax import config
+from prompt_tuning_jax import run_setup
+from prompt_tuning_jax.checkpoints import t5x, tree
+from prompt_tuning_jax.errors import CheckpointError, DataError, UsageError
+from prompt_tuning_jax.tasks import vocab as vocab_lib
 
 EMBEDDING_PATH = ('token_embedder', 'embedding')
 WORD_BOUNDARY = '\u2581'  # SentencePiece's "▁"
@@ -82,7 +97,7 @@ def nearest_neighbors(vectors: np.ndarray, embedding: np.ndarray, *, top_k: int 
                      f'{vectors.shape} and table {embedding.shape}.')
   num_rows = embedding.shape[0] if max_id is None else min(max_id, embedding.shape[0])
   if not 1 <= top_k <= num_rows:
-    raise ValueError(f'top_k={top_k} must be in [1, {num_rows}] (rows searched).')
+    raise UsageError(f'top_k={top_k} must be in [1, {num_rows}] (rows searched).')
   chunk_size = max(top_k, min(chunk_size, num_rows))
   n = -(-num_rows // chunk_size)
   table = embedding[:num_rows]
@@ -106,25 +121,10 @@ def random_like(prompt: np.ndarray, seed: int = 0) -> np.ndarray:
 # ------------------------------------------------------------ vocabulary
 
 
-class PieceVocabulary:
-  """Id <-> piece text for a SentencePiece model, with T5's extra ids.
-
-  Ids [0, n) are the model's pieces; the next `extra_ids` are seqio's
-  sentinels, `<extra_id_0>` being the LAST one (seqio's convention).
-  """
-
-  def __init__(self, model_path: str, extra_ids: int = 100):
-    import sentencepiece  # pylint: disable=g-import-not-at-top
-    from prompt_tuning_jax.checkpoints import tree  # pylint: disable=g-import-not-at-top
-    self.path = model_path
-    self._sp = sentencepiece.SentencePieceProcessor()
-    try:
-      self._sp.LoadFromSerializedProto(tree.read_bytes(model_path))
-    except RuntimeError as e:
-      raise ValueError(f'{model_path}: not a SentencePiece model: {e}') from e
-    base = self._sp.get_piece_size()
-    self.pieces = [self._sp.id_to_piece(i) for i in range(base)]
-    self.pieces += [f'<extra_id_{extra_ids - 1 - j}>' for j in range(extra_ids)]
+class _Pieces:
+  """Id -> piece text from the `pieces` a subclass lists; `encode` maps text to ids."""
+  pieces: list[str]
+  path: str
 
   def __len__(self) -> int:
     return len(self.pieces)
@@ -132,11 +132,30 @@ class PieceVocabulary:
   def piece(self, token_id: int) -> str:
     return self.pieces[token_id] if 0 <= token_id < len(self.pieces) else f'<row {token_id}>'
 
+
+class PieceVocabulary(_Pieces):
+  """Id <-> piece text for a SentencePiece model, with T5's extra ids.
+
+  Ids [0, n) are the model's pieces; the next `extra_ids` are seqio's
+  sentinels, `<extra_id_0>` being the LAST one (seqio's convention).
+  """
+
+  def __init__(self, model_path: str, extra_ids: int = 100):
+    self.path = model_path
+    self._sp = sentencepiece.SentencePieceProcessor()
+    try:
+      self._sp.LoadFromSerializedProto(tree.read_bytes(model_path))
+    except RuntimeError as e:
+      raise DataError(f'{model_path}: not a SentencePiece model: {e}') from e
+    base = self._sp.get_piece_size()
+    self.pieces = [self._sp.id_to_piece(i) for i in range(base)]
+    self.pieces += [f'<extra_id_{extra_ids - 1 - j}>' for j in range(extra_ids)]
+
   def encode(self, text: str) -> list[int]:
     return list(self._sp.encode_as_ids(text))
 
 
-class SeqioPieces:
+class SeqioPieces(_Pieces):
   """Id -> text for any seqio vocabulary (e.g. `seqio.ByteVocabulary`), one id at a time.
 
   Ids that decode to nothing printable on their own are shown as `<0xNN>`
@@ -144,7 +163,6 @@ class SeqioPieces:
   """
 
   def __init__(self, vocabulary: Any, name: str = ''):
-    import seqio  # pylint: disable=g-import-not-at-top
     self._vocabulary = vocabulary
     # ByteVocabulary: id = byte + number of special ids (pad, eos, unk).
     self._byte_offset = (vocabulary._num_special_tokens  # pylint: disable=protected-access
@@ -163,14 +181,17 @@ class SeqioPieces:
       return f'<0x{token_id - self._byte_offset:02X}>'
     return f'<id {token_id}>'
 
-  def __len__(self) -> int:
-    return len(self.pieces)
-
-  def piece(self, token_id: int) -> str:
-    return self.pieces[token_id] if 0 <= token_id < len(self.pieces) else f'<row {token_id}>'
-
   def encode(self, text: str) -> list[int]:
     return list(self._vocabulary.encode(text))
+
+
+def piece_vocabulary(spec: str, extra_ids: int = 100) -> Optional[_Pieces]:
+  """--vocab: a SentencePiece model path, 'byte' (seqio.ByteVocabulary) or 'none'."""
+  if spec.lower() == 'none':
+    return None
+  if spec.lower() == 'byte':
+    return SeqioPieces(seqio.ByteVocabulary(), 'byte')
+  return PieceVocabulary(spec, extra_ids=extra_ids)
 
 
 def label_piece_ids(vocabulary: Any, labels: Sequence[str]
@@ -184,7 +205,7 @@ def label_piece_ids(vocabulary: Any, labels: Sequence[str]
   for label in labels:
     ids = [i for i in vocabulary.encode(label) if vocabulary.piece(i) != WORD_BOUNDARY]
     if not ids:
-      raise ValueError(f'Label {label!r} encodes to no pieces with {vocabulary.path}.')
+      raise UsageError(f'Label {label!r} encodes to no pieces with {vocabulary.path}.')
     out[label] = ids
   return out
 
@@ -262,7 +283,7 @@ def analyze(prompt: np.ndarray, embedding: np.ndarray, *,
   prompt = np.asarray(prompt, np.float32)
   embedding = np.asarray(embedding, np.float32)
   if labels and vocabulary is None:
-    raise ValueError('Class labels need a vocabulary to find their pieces (--vocab).')
+    raise UsageError('Class labels need a vocabulary to find their pieces (--vocab).')
   if max_id is None and vocabulary is not None:
     max_id = min(len(vocabulary), embedding.shape[0])
   sims, ids = nearest_neighbors(prompt, embedding, top_k=top_k, max_id=max_id)
@@ -280,7 +301,8 @@ def analyze(prompt: np.ndarray, embedding: np.ndarray, *,
       random_sims=random_sims, random_ids=random_ids,
       random_pieces=[[decode(int(i)) for i in row] for row in random_ids],
       label_ids=label_ids,
-      label_pieces={label: [decode(i) for i in v] for label, v in label_ids.items()}, hits=label_hits(ids, label_ids),
+      label_pieces={label: [decode(i) for i in v] for label, v in label_ids.items()},
+      hits=label_hits(ids, label_ids),
       random_hits=label_hits(random_ids, label_ids),
       embedding_norms=(float(table_norms.mean()), float(table_norms.std())), source=source)
 
@@ -330,7 +352,7 @@ def plot_report(report: NeighborReport, path: str) -> None:
   """
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top  (after use('Agg'))
 
   p, k = report.sims.shape
   height = min(max(3.0, 0.2 * p + 1.2), 40.0)
@@ -390,11 +412,6 @@ def load_t5x_embedding(path: str) -> np.ndarray:
 
   The released Base checkpoint is ~1 GB of weights; this reads ~100 MB of it.
   """
-  from flax import serialization  # pylint: disable=g-import-not-at-top
-  import tensorstore as ts  # pylint: disable=g-import-not-at-top
-  from prompt_tuning_jax.checkpoints import CheckpointError  # pylint: disable=g-import-not-at-top
-  from prompt_tuning_jax.checkpoints import t5x, tree  # pylint: disable=g-import-not-at-top
-
   path = path.rstrip('/')
   if path.endswith('/' + t5x.CHECKPOINT_FILE) or path == t5x.CHECKPOINT_FILE:
     ckpt_dir, ckpt_file = path.rpartition('/')[0] or '.', path
@@ -430,15 +447,87 @@ def load_embedding(*, checkpoint: Optional[str] = None, embedding_npy: Optional[
   given = {k: v for k, v in (('checkpoint', checkpoint), ('embedding_npy', embedding_npy),
                              ('hf_checkpoint', hf_checkpoint)) if v}
   if len(given) != 1:
-    raise ValueError('Give exactly one embedding source: --checkpoint (T5X), '
+    raise UsageError('Give exactly one embedding source: --checkpoint (T5X), '
                      f'--hf_checkpoint or --embedding_npy; got {sorted(given) or "none"}.')
   if checkpoint:
     return load_t5x_embedding(checkpoint), checkpoint
   if hf_checkpoint:
-    from prompt_tuning_jax import checkpoints  # pylint: disable=g-import-not-at-top
     params, _ = checkpoints.load_hf(hf_checkpoint)
     return np.asarray(params[EMBEDDING_PATH[0]][EMBEDDING_PATH[1]], np.float32), hf_checkpoint
-  array = np.load(embedding_npy, allow_pickle=False)
+  array = np.load(io.BytesIO(tree.read_bytes(embedding_npy)), allow_pickle=False)
   if array.ndim != 2:
-    raise ValueError(f'{embedding_npy}: an embedding table is [vocab, emb], got {array.shape}.')
+    raise CheckpointError(f'{embedding_npy}: an embedding table is [vocab, emb], got '
+                          f'{array.shape}.')
   return array.astype(np.float32), embedding_npy
+
+
+def run_embedding(model_dir: str) -> np.ndarray:
+  """The frozen embedding table [V, H] of the run in MODEL_DIR, built as `ptj eval` builds it."""
+  configuration = config.configure('neighbors', [], [f'MODEL_DIR = {model_dir!r}'])
+  s = run_setup.setup(configuration.settings)
+  params = run_setup.frozen_params_without_prompt(s)
+  return np.asarray(params[EMBEDDING_PATH[0]][EMBEDDING_PATH[1]], np.float32)
+
+
+# ------------------------------------------------------------ command line
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  """`ptj neighbors`; returns the exit status."""
+  p = argparse.ArgumentParser(
+      prog='ptj neighbors',
+      description='Nearest vocabulary pieces of each prompt token (cosine against the frozen '
+      'embedding table), with a random-vector baseline; writes neighbors.txt, .png and .json.')
+  p.add_argument('--prompt', required=True,
+                 help='prompt file [P, H]: .npy or the original suffix-less numpy file')
+  source = p.add_mutually_exclusive_group(required=True)
+  source.add_argument('--checkpoint', help='T5X checkpoint dir (local or gs://); only '
+                      'token_embedder/embedding is read')
+  source.add_argument('--hf_checkpoint', help='Hugging Face T5 checkpoint dir (safetensors)')
+  source.add_argument('--embedding_npy', help='a saved [vocab, H] embedding table (.npy)')
+  source.add_argument('--model_dir', help="a training run's MODEL_DIR: the table of its frozen "
+                      'model, built as `ptj eval` builds it (its checkpoint, or its seeded random '
+                      'init)')
+  p.add_argument('--vocab', default=vocab_lib.DEFAULT_VOCAB_PATH,
+                 help='SentencePiece model decoding ids to pieces (default: the T5 vocabulary on '
+                 'GCS; local or gs://); "byte" for seqio.ByteVocabulary; "none" shows ids')
+  p.add_argument('--extra_ids', type=int, default=vocab_lib.EXTRA_IDS,
+                 help="seqio extra ids after the vocab's pieces (T5: 100)")
+  p.add_argument('--labels', default='',
+                 help='comma-separated class-label words, e.g. "positive,negative"')
+  p.add_argument('--top_k', type=int, default=5)
+  p.add_argument('--seed', type=int, default=0, help='seed of the random baseline')
+  p.add_argument('--output_dir', required=True)
+  args = p.parse_args(argv)
+
+  def run() -> int:
+    prompt = checkpoints.load_prompt(args.prompt)
+    if args.model_dir:
+      table, table_source = run_embedding(args.model_dir), f'{args.model_dir} (frozen model)'
+    else:
+      table, table_source = load_embedding(
+          checkpoint=args.checkpoint, embedding_npy=args.embedding_npy,
+          hf_checkpoint=args.hf_checkpoint)
+    if prompt.shape[1] != table.shape[1]:
+      raise UsageError(f'The prompt {args.prompt} is {prompt.shape}, the embedding table of '
+                       f'{table_source} is {table.shape}: their widths differ (wrong model size?).')
+    labels = [w.strip() for w in args.labels.split(',') if w.strip()]
+    report = analyze(prompt, table, vocabulary=piece_vocabulary(args.vocab, args.extra_ids),
+                     labels=labels, top_k=args.top_k, seed=args.seed, source=args.prompt)
+    paths = write_report(report, args.output_dir)
+    summary = report.summary()
+    lines = [f'{args.prompt} {tuple(prompt.shape)} vs {table_source} {tuple(table.shape)}',
+             f'  mean top-1 cosine: prompt {summary["mean_top1_cosine"]:.4f}, '
+             f'random {summary["random_mean_top1_cosine"]:.4f}']
+    if labels:
+      lines.append(f'  rows with a label in the top {args.top_k}: prompt '
+                   f'{summary["label_share"]:.1%}, random {summary["random_label_share"]:.1%}')
+    lines += [f'  {kind}: {path}' for kind, path in paths.items()]
+    print('\n'.join(lines), flush=True)
+    return 0
+
+  return config.report_errors('neighbors', run)
+
+
+if __name__ == '__main__':
+  sys.exit(main())

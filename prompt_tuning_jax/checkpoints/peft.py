@@ -204,7 +204,7 @@ def load_peft_prompt(directory: str, *,
   if task_type != TASK_TYPE:
     raise CheckpointError(
         f'{directory}: task_type {task_type!r}: a prompt for another kind of model; '
-        f'prompts of this project\'s T5 are {TASK_TYPE} adapters')
+        f"prompts of this project's T5 are {TASK_TYPE} adapters")
   length = config.get('num_virtual_tokens')
   width = config.get('token_dim')
   submodules = config.get('num_transformer_submodules')

@@ -76,7 +76,7 @@ def load_t5x_sharded(path: str, target: Mapping[str, Any], *,
       inflight -= done.nbytes
   for done in pending:
     loaded[done.param] = done.finish()
-  logger.info('Read %d parameters from %s: %.2f GiB of slices for this process\'s devices.',
+  logger.info("Read %d parameters from %s: %.2f GiB of slices for this process's devices.",
               len(loaded), ckpt_dir, total / 2**30)
   return tree_lib.unflatten(loaded)
 

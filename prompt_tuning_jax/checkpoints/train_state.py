@@ -9,6 +9,8 @@ Layout under MODEL_DIR:
   numpy_checkpoints/checkpoint_<step>/encoder.prompt.prompt.prompt
                              the prompt as a float32 .npy array (the original
                              implementation's layout), for every save.
+  best_checkpoint.json       the best step by the best metric, written by the
+                             train loop at its end.
 
 Atomicity: orbax writes each step into a temporary directory and renames it
 when complete, and lists only complete steps; a run killed mid-write leaves a
@@ -29,14 +31,16 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 
-from prompt_tuning_jax import optim
+from prompt_tuning_jax import train_step
 from prompt_tuning_jax.checkpoints import prompt_io
 from prompt_tuning_jax.checkpoints import t5x as t5x_lib
 from prompt_tuning_jax.checkpoints import tree as tree_lib
+from prompt_tuning_jax.models import PROMPT_PATH
 
 STATE, META = 'state', 'meta'
 CHECKPOINT_SUBDIR = 'checkpoints'
 NUMPY_SUBDIR = 'numpy_checkpoints'
+BEST_CHECKPOINT_FILE = 'best_checkpoint.json'
 # Trainable parameters exported as numpy files (paths matched with re.search).
 EXPORT_PATTERN = 'prompt'
 
@@ -45,13 +49,13 @@ def numpy_checkpoint_dir(model_dir: str, step: int) -> str:
   return os.path.join(model_dir, NUMPY_SUBDIR, f'checkpoint_{step}')
 
 
-def prompt_file(model_dir: str, step: int, path: str = 'encoder/prompt/prompt/prompt') -> str:
+def prompt_file(model_dir: str, step: int, path: str = PROMPT_PATH) -> str:
   """Where the numpy export of the parameter `path` at `step` lives."""
   return os.path.join(numpy_checkpoint_dir(model_dir, step), path.replace('/', '.'))
 
 
 class TrainStateCheckpointer:
-  """Saves and restores `optim.TrainState`s under `model_dir`."""
+  """Saves and restores `train_step.TrainState`s under `model_dir`."""
 
   def __init__(self, model_dir: str, *, keep: int = 3, best_metric: Optional[str] = None,
                best_mode: str = 'max', read_only: bool = False):
@@ -105,12 +109,13 @@ class TrainStateCheckpointer:
     return self.meta(step).get('metrics')
 
   def meta(self, step: int) -> dict[str, Any]:
-    restored = self._manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))
+    restored = self._manager.restore(
+        step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))
     return dict(restored[META])
 
   # ---------------------------------------------------------------- save / restore
 
-  def save(self, state: optim.TrainState, *, data_position: Mapping[str, Any],
+  def save(self, state: train_step.TrainState, *, data_position: Mapping[str, Any],
            metrics: Optional[Mapping[str, float]] = None) -> int:
     """Writes `state` (atomically) and its numpy prompt export; returns the step."""
     step = int(jax.device_get(state.step))
@@ -136,8 +141,8 @@ class TrainStateCheckpointer:
         written.append(target)
     return written
 
-  def restore(self, abstract_state: optim.TrainState, step: Optional[int] = None
-              ) -> tuple[optim.TrainState, dict[str, Any]]:
+  def restore(self, abstract_state: train_step.TrainState, step: Optional[int] = None
+              ) -> tuple[train_step.TrainState, dict[str, Any]]:
     """Restores `step` (default: the latest) into the structure/shardings of `abstract_state`.
 
     `abstract_state` holds arrays or `jax.ShapeDtypeStruct`s (with shardings).
@@ -145,7 +150,7 @@ class TrainStateCheckpointer:
     """
     step = self.latest_step() if step is None else step
     if step is None:
-      raise FileNotFoundError(f'No checkpoint in {self._manager.directory}.')
+      raise tree_lib.CheckpointError(f'No checkpoint in {self._manager.directory}.')
     target = jax.tree.map(_abstract, abstract_state._asdict())
     try:
       restored = self._manager.restore(step, args=ocp.args.Composite(**{
@@ -154,7 +159,7 @@ class TrainStateCheckpointer:
       raise tree_lib.CheckpointError(
           f'{self._manager.directory}/{step}: the saved train state does not match this '
           f'run (different model, prompt length or optimiser?): {e}') from e
-    state = optim.TrainState(**restored[STATE])
+    state = train_step.TrainState(**restored[STATE])
     logging.info('Restored the train state of step %d from %s.', step, self._manager.directory)
     return state, dict(restored[META])
 
@@ -165,9 +170,9 @@ class TrainStateCheckpointer:
     """
     step = self.latest_step() if step is None else step
     if step is None:
-      raise FileNotFoundError(f'No checkpoint in {self._manager.directory}.')
+      raise tree_lib.CheckpointError(f'No checkpoint in {self._manager.directory}.')
     if step not in self.all_steps():
-      raise FileNotFoundError(f'No checkpoint of step {step} in {self._manager.directory}; '
+      raise tree_lib.CheckpointError(f'No checkpoint of step {step} in {self._manager.directory}; '
                               f'kept steps: {self.all_steps()}.')
     restored = self._manager.restore(step, args=ocp.args.Composite(**{
         STATE: ocp.args.StandardRestore()}))

@@ -1,4 +1,4 @@
-"""Shared helpers: the error type, '/'-path trees, merging, local/GCS bytes."""
+"""Shared helpers: '/'-path trees, merging, local/GCS bytes (and `CheckpointError`, re-exported)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,11 @@ from typing import Any
 import numpy as np
 import tensorstore as ts
 
+from prompt_tuning_jax.errors import CheckpointError
+
 # Parameters a checkpoint may lack; the model's initialiser provides them
 # (the original implementation's `fallback_to_scratch`).
 DEFAULT_FALLBACK_TO_INIT = r'.*prompt.*'
-
-
-class CheckpointError(ValueError):
-  """A checkpoint is missing, unreadable, or does not match the model."""
 
 
 def flatten(tree: Mapping[str, Any],

@@ -8,6 +8,9 @@ from flax import linen as nn
 from prompt_tuning_jax import prompts as prompts_lib
 from prompt_tuning_jax.models.t5 import T5
 
+# Where the prompt lives in the parameter tree (as in the original implementation).
+PROMPT_PATH = 'encoder/prompt/prompt/prompt'
+
 
 class PromptedT5(T5):
   """T5 with a [prompt_length, emb] prompt at `encoder/prompt/prompt/prompt`.
@@ -18,15 +21,13 @@ class PromptedT5(T5):
   prompt between examples.
   """
   prompt_length: int = 100
-  prompt_init: prompts_lib.Initializer = prompts_lib.random_uniform()
   prompt_placement: str = 'prefix'
 
   def make_prompt_module(self) -> Optional[nn.Module]:
     if self.prompt_placement not in prompts_lib.PLACEMENTS:
       raise ValueError(f'Unknown prompt placement {self.prompt_placement!r}; '
                        f'expected one of {prompts_lib.PLACEMENTS}.')
-    return prompts_lib.PromptInput(self.prompt_length, self.prompt_init,
-                                   self.prompt_placement, parent=None)
+    return prompts_lib.PromptInput(self.prompt_length, self.prompt_placement, parent=None)
 
   def encode(self, encoder_input_tokens, *, enable_dropout=False, encoder_segment_ids=None,
              prompts=None, prompt_mask=None):

@@ -9,19 +9,33 @@ per member and combined:
   order given, whose prediction is among the most voted).
 - `average_scores` (rank classification): the mean over members of the label
   log-likelihoods, then argmax; ties go to the lowest label index.
-`evaluate` reports the metrics of every member and of each combination.
+`evaluate` reports the metrics of every member and of each combination;
+`evaluate_ensemble` is the run (`ptj ensemble`): the members and the ensemble
+on the task's EVAL_SPLIT, with the frozen model of a run's configuration.
 """
 from __future__ import annotations
 
+import argparse
 import collections
 import dataclasses
+import json
+import os
+import sys
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, Optional
 
 import numpy as np
+import seqio
 
-from prompt_tuning_jax.analysis import mixed
-from prompt_tuning_jax.analysis.prompt_bank import PromptBank
+from prompt_tuning_jax import config
+from prompt_tuning_jax import data as data_lib
+from prompt_tuning_jax import inference
+from prompt_tuning_jax import run_setup
+from prompt_tuning_jax import scoring
+from prompt_tuning_jax.errors import DataError, UsageError
+from prompt_tuning_jax.many_prompts import mixed
+from prompt_tuning_jax.many_prompts.bank import PromptBank, parse_bank_spec
+from prompt_tuning_jax.settings import DECODE, RANK_CLASSIFICATION, RunSettings
 
 MetricFn = Callable[[Sequence[Any], Sequence[Any]], Mapping[str, float]]
 
@@ -153,3 +167,109 @@ def evaluate(targets: Sequence[Any], member_predictions: Mapping[str, Sequence[A
   for method, predictions in ensemble_predictions.items():
     report[f'ensemble/{method}'] = dict(metric_fn(targets, predictions))
   return report
+
+
+# ------------------------------------------------------------------ the run
+
+
+def _task_metric_fn(task: seqio.Task) -> MetricFn:
+  """Text targets/predictions -> the task's predict metrics (after its postprocessor)."""
+  def metric_fn(targets: Sequence[str], predictions: Sequence[str]) -> dict[str, float]:
+    post = task.postprocess_fn
+    t = [post(x, example=None, is_target=True) for x in targets]
+    p = [post(x, example=None, is_target=False) for x in predictions]
+    out: dict[str, float] = {}
+    for fn in task.predict_metric_fns:
+      for key, value in fn(t, p).items():
+        out[key] = float(getattr(value, 'value', value))
+    return out
+  return metric_fn
+
+
+def evaluate_ensemble(run: RunSettings, members: Mapping[str, str],
+                      method: str = RANK_CLASSIFICATION) -> dict[str, Any]:
+  """Evaluates the member prompt files and their ensemble on the run's task and EVAL_SPLIT."""
+  task_name, settings = run.data.mixture_or_task_name, run.evaluation
+  s = run_setup.setup(run)
+  task = data_lib.get_mixture_or_task(task_name)
+  if not isinstance(task, seqio.Task):
+    raise UsageError(f'{task_name!r} is a mixture; `ptj ensemble` evaluates one task: pass '
+                     '--gin.MIXTURE_OR_TASK_NAME=<task>.')
+  params = run_setup.frozen_params_without_prompt(s)
+  bank = PromptBank.from_files(members, emb_dim=run.model.config.emb_dim)
+  names = list(bank.names)
+  examples = inference.examples_from_task(task_name, settings.split, s.lengths,
+                                          settings.num_examples)
+  targets = [ex.extra.get('target') for ex in examples]
+  if not examples or any(t is None for t in targets):
+    raise DataError(f'{task_name}:{settings.split} has no examples with targets to score.')
+  vocabulary = s.vocabularies['targets']
+  member_predictions = {name: [] for name in names}
+  ensemble_predictions: dict[str, list[str]] = {'vote': []}
+  if method == RANK_CLASSIFICATION:
+    words = data_lib.label_words(task_name, run.prompt.class_labels)
+    if not words:
+      raise UsageError(f'{task_name} has no label words for rank classification: set '
+                       'CLASS_LABELS, or use --method decode.')
+    label_ids = scoring.encode_labels(vocabulary, words)
+    ensemble_predictions['average'] = []
+  for _, n, tokens in inference.padded_batches(examples, settings.batch_size, s.lengths['inputs']):
+    if method == RANK_CLASSIFICATION:
+      result = ensemble_rank_classify(run.model, params, bank, names, tokens, label_ids)
+      for name, labels in zip(names, result.member_labels):
+        member_predictions[name] += [words[i] for i in labels[:n]]
+      ensemble_predictions['vote'] += [words[i] for i in result.vote[:n]]
+      ensemble_predictions['average'] += [words[i] for i in result.average[:n]]
+    else:
+      result = ensemble_greedy_decode(run.model, params, bank, names, tokens,
+                                      max_decode_length=s.lengths['targets'],
+                                      decode_fn=vocabulary.decode)
+      for name, texts in zip(names, result.member_texts):
+        member_predictions[name] += texts[:n]
+      ensemble_predictions['vote'] += result.vote[:n]
+  metrics = evaluate(targets, member_predictions, ensemble_predictions, _task_metric_fn(task))
+  return {'task': task_name, 'split': settings.split, 'method': method,
+          'num_examples': len(examples), 'members': dict(members), 'metrics': metrics}
+
+
+def format_result(result: Mapping[str, Any]) -> list[str]:
+  """Readable lines: the task, then the metrics of every member and combination."""
+  lines = [f'{result["task"]}:{result["split"]} ({result["num_examples"]} examples, '
+           f'{result["method"]}, {len(result["members"])} members)']
+  for key, values in result['metrics'].items():
+    lines.append(f'  {key:<24} ' + '  '.join(f'{k} {v:.2f}' for k, v in sorted(values.items())))
+  return lines
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  """`ptj ensemble`; returns the exit status."""
+  parser = config.gin_parser(
+      'ensemble', 'Prompt ensembling (paper §6): K prompts of one task on the frozen model in '
+      'one batched pass per batch; reports every member and the ensemble (majority vote over '
+      'predicted labels; with rank classification also the average of label log-likelihoods). '
+      'The model, checkpoint and task come from the gin configuration, as for `ptj eval`.')
+  parser.add_argument('--prompt', action='append', required=True, metavar='NAME=FILE',
+                      help='a member prompt (repeatable; NAME= is optional)')
+  parser.add_argument('--method', choices=(RANK_CLASSIFICATION, DECODE),
+                      default=RANK_CLASSIFICATION,
+                      help='rank_classification: vote + score average; decode: vote over '
+                      'greedy decodes')
+  parser.add_argument('--output',
+                      help='metrics json (default MODEL_DIR/ensemble/<task>_<split>.json)')
+
+  def run(args: argparse.Namespace, configuration: config.Configuration) -> int:
+    settings = configuration.settings
+    result = evaluate_ensemble(settings, parse_bank_spec(args.prompt), args.method)
+    output = args.output or os.path.join(settings.model_dir, 'ensemble',
+                                         f'{result["task"]}_{result["split"]}.json')
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    with open(output, 'w', encoding='utf-8') as f:
+      json.dump(result, f, indent=1, ensure_ascii=False)
+    print('\n'.join(format_result(result) + [f'  written to {output}']), flush=True)
+    return 0
+
+  return config.run_command('ensemble', parser, argv, run)
+
+
+if __name__ == '__main__':
+  sys.exit(main())

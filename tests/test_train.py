@@ -1,6 +1,7 @@
-"""Tests for the training loop, resume, checkpoints and the early errors (tiny model, smoke task)."""
+"""Tests for the train loop, resume, checkpoints and the early errors (tiny model, smoke task)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import types
@@ -11,15 +12,21 @@ import numpy as np
 import pytest
 from conftest import small_config
 
+from prompt_tuning_jax import config
 from prompt_tuning_jax import logging_utils
 from prompt_tuning_jax import optim
-from prompt_tuning_jax import trainer
+from prompt_tuning_jax import run_setup
+from prompt_tuning_jax import train
+from prompt_tuning_jax import train_step
 from prompt_tuning_jax.checkpoints import prompt_io
 from prompt_tuning_jax.checkpoints import train_state as train_state_lib
 from prompt_tuning_jax.checkpoints.tree import CheckpointError
 from prompt_tuning_jax.data import UnknownTaskError
+from prompt_tuning_jax.errors import DivergedError, UsageError
 from prompt_tuning_jax.models import PromptedT5
 from prompt_tuning_jax.tasks import smoke
+
+pytestmark = pytest.mark.usefixtures('restore_ptj_global_state')
 
 PROMPT_LENGTH, EMB = 3, 16
 # Compiling dominates these runs; identical programs are compiled once.
@@ -30,13 +37,17 @@ def model(**overrides):
   return PromptedT5(config, prompt_length=PROMPT_LENGTH)
 
 
-def run(model_dir, steps, **overrides):
-  kwargs = dict(model_dir=str(model_dir), model=model(), mixture_or_task_name=smoke.TASK_NAME,
-                task_feature_lengths={'inputs': 64, 'targets': 4}, batch_size=4,
-                train_steps=steps, initial_checkpoint_path=None, checkpoint_period=3,
-                log_period=2, eval_period=None, seed=3)
-  kwargs.update(overrides)
-  return trainer.train(**kwargs)
+def settings(model_dir, steps=2, *bindings, **changes):
+  """The smoke run's settings (runs/smoke.gin) for a short run of the tiny `model()`."""
+  run = config.configure('train', ['runs/smoke.gin'], [
+      f'MODEL_DIR = {str(model_dir)!r}', f'TRAIN_STEPS = {steps}', 'SEED = 3',
+      "TASK_FEATURE_LENGTHS = {'inputs': 64, 'targets': 4}", 'BATCH_SIZE = 4',
+      'CHECKPOINT_PERIOD = 3', 'LOG_PERIOD = 2', 'EVAL_PERIOD = None', *bindings]).settings
+  return dataclasses.replace(run, **{'model': model(), **changes})
+
+
+def run(model_dir, steps, *bindings, **changes):
+  return train.train(settings(model_dir, steps, *bindings, **changes))
 
 
 def exported_prompt(model_dir, step):
@@ -70,24 +81,28 @@ def test_resumed_run_ends_with_exactly_the_uninterrupted_prompt(tmp_path):
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
   # From the 5th update on the learning rate is NaN: the prompt becomes NaN.
   lr = lambda step: jnp.where(step >= 4, jnp.nan, 0.3)
-  with pytest.raises(trainer.DivergedError, match='last good checkpoint is step 3'):
-    run(tmp_path, 9, learning_rate=lr, checkpoint_period=3)
+  run_settings = settings(tmp_path, 9)
+  run_settings = dataclasses.replace(
+      run_settings, optimizer=dataclasses.replace(run_settings.optimizer, learning_rate=lr))
+  with pytest.raises(DivergedError, match='last good checkpoint is step 3'):
+    train.train(run_settings)
   ckpt = train_state_lib.TrainStateCheckpointer(str(tmp_path), read_only=True)
   assert ckpt.latest_step() == 3
   assert np.isfinite(exported_prompt(tmp_path, 3)).all()
 
 
-@pytest.mark.parametrize('overrides, error, message', [
-    (dict(mixture_or_task_name='smoke_sentimant'), UnknownTaskError, 'Did you mean'),
-    (dict(model=PromptedT5(small_config(vocab_size=64), prompt_length=3)), ValueError,
+@pytest.mark.parametrize('bindings, changes, error, message', [
+    (["MIXTURE_OR_TASK_NAME = 'smoke_sentimant'"], {}, UnknownTaskError, 'Did you mean'),
+    ([], dict(model=PromptedT5(small_config(vocab_size=64), prompt_length=3)), UsageError,
      'more than the 64 rows'),
-    (dict(initial_checkpoint_path='/no/such/checkpoint'), CheckpointError, 'does not exist'),
-    (dict(task_feature_lengths={'inputs': 8}), ValueError, "exactly 'inputs' and 'targets'"),
-    (dict(accumulation_steps=3), ValueError, 'ACCUMULATION_STEPS=3'),
+    (["INITIAL_CHECKPOINT_PATH = '/no/such/checkpoint'"], {}, CheckpointError, 'does not exist'),
+    (["TASK_FEATURE_LENGTHS = {'inputs': 8}"], {}, UsageError,
+     "exactly 'inputs' and 'targets'"),
+    (['ACCUMULATION_STEPS = 3'], {}, UsageError, 'ACCUMULATION_STEPS=3'),
 ])
-def test_user_errors_are_clear(tmp_path, overrides, error, message):
+def test_user_errors_are_clear(tmp_path, bindings, changes, error, message):
   with pytest.raises(error, match=message):
-    run(tmp_path, 2, **overrides)
+    run(tmp_path, 2, *bindings, **changes)
   assert not os.path.exists(tmp_path / 'checkpoints')
 
 
@@ -95,21 +110,21 @@ def test_prompt_file_of_the_wrong_shape_is_refused(tmp_path):
   path = str(tmp_path / 'prompt.npy')
   prompt_io.save_prompt(path, np.zeros((PROMPT_LENGTH, EMB + 1), np.float32))
   with pytest.raises(CheckpointError, match=r'\(PROMPT_LENGTH, emb dim\) = \(3, 16\)'):
-    run(tmp_path / 'run', 2, prompt=trainer.PromptSettings(file=path))
+    run(tmp_path / 'run', 2, f'PROMPT_FILE = {path!r}')
 
 
 def test_prompt_file_sets_the_initial_prompt(tmp_path):
   path = str(tmp_path / 'prompt.npy')
   prompt = np.arange(PROMPT_LENGTH * EMB, dtype=np.float32).reshape(PROMPT_LENGTH, EMB) / 100
   prompt_io.save_prompt(path, prompt)
-  s = trainer.setup(model(), smoke.TASK_NAME, {'inputs': 64, 'targets': 4})
-  params = trainer.build_params(s, None, trainer.PromptSettings(file=path))
+  s = run_setup.setup(settings(tmp_path, 2, f'PROMPT_FILE = {path!r}'))
+  params = run_setup.build_params(s)
   np.testing.assert_array_equal(params['encoder']['prompt']['prompt']['prompt'], prompt)
 
 
-def test_class_label_init_uses_the_task_labels():
-  s = trainer.setup(model(), smoke.TASK_NAME, {'inputs': 64, 'targets': 4})
-  params = trainer.build_params(s, None, trainer.PromptSettings(init='class_labels'))
+def test_class_label_init_uses_the_task_labels(tmp_path):
+  s = run_setup.setup(settings(tmp_path, 2, "PROMPT_INIT = 'class_labels'"))
+  params = run_setup.build_params(s)
   embedding = params['token_embedder']['embedding']
   prompt = params['encoder']['prompt']['prompt']['prompt']
   for row, label in enumerate(smoke.LABELS):
@@ -119,16 +134,16 @@ def test_class_label_init_uses_the_task_labels():
 
 def test_batch_size_must_divide_over_the_data_parallel_devices(tmp_path, monkeypatch):
   fake_mesh = types.SimpleNamespace(shape={'data': 2, 'model': 1})
-  monkeypatch.setattr(trainer.partitioning, 'make_mesh', lambda num_partitions: fake_mesh)
-  with pytest.raises(ValueError, match='BATCH_SIZE=5 is not divisible by the 2 data-parallel'):
-    run(tmp_path, 2, batch_size=5)
+  monkeypatch.setattr(run_setup.partitioning, 'make_mesh', lambda num_partitions: fake_mesh)
+  with pytest.raises(UsageError, match='BATCH_SIZE=5 is not divisible by the 2 data-parallel'):
+    run(tmp_path, 2, 'BATCH_SIZE = 5')
 
 
 def test_checkpointer_keeps_latest_and_best_and_exports_the_prompt(tmp_path):
   trainable = {'encoder': {'prompt': {'prompt': {'prompt': jnp.ones((2, 4))}}}}
   frozen = {'decoder': {'w': jnp.zeros((4,))}}
   tx = optim.partitioned_optimizer(optim.merge(trainable, frozen), optim.adafactor())
-  state = optim.init_train_state(trainable, frozen, tx)
+  state = train_step.init_train_state(trainable, frozen, tx)
   ckpt = train_state_lib.TrainStateCheckpointer(str(tmp_path), keep=2, best_metric='accuracy')
   for step, accuracy in zip(range(1, 6), [10.0, 90.0, 20.0, 30.0, 40.0]):
     state = state._replace(step=jnp.asarray(step, jnp.int32))
@@ -159,13 +174,15 @@ def test_train_log_line_and_metrics_writer(tmp_path):
 def test_model_tuning_trains_every_weight_and_reloads(tmp_path):
   from prompt_tuning_jax.models import T5  # pylint: disable=g-import-not-at-top
   t5 = T5(small_config(vocab_size=384))
-  result = run(tmp_path, 2, model=t5, trainable_rules=optim.MODEL_TUNING_RULES,
-               checkpoint_period=2, learning_rate=1e-3)
+  model_tuning = settings(tmp_path, 2, "TRAINABLE_RULES = ('.*',)", 'CHECKPOINT_PERIOD = 2',
+                          'LEARNING_RATE = 1e-3', model=t5)
+  assert model_tuning.optimizer.trainable_rules == optim.MODEL_TUNING_RULES
+  result = train.train(model_tuning)
   assert result['final_step'] == 2 and result['prompt_file'] is None
   assert not os.path.exists(tmp_path / 'numpy_checkpoints' / 'checkpoint_2')
-  s = trainer.setup(t5, smoke.TASK_NAME, {'inputs': 64, 'targets': 4}, seed=3)
-  initial = trainer.build_params(s, None, trainer.PromptSettings())
-  trained, step = trainer.trained_params(s, str(tmp_path), None, trainer.PromptSettings())
+  s = run_setup.setup(model_tuning)
+  initial = run_setup.build_params(s)
+  trained, step = run_setup.trained_params(s)
   assert step == 2
   before = initial['encoder']['layers_0']['mlp']['wo']['kernel']
   after = np.asarray(trained['encoder']['layers_0']['mlp']['wo']['kernel'])

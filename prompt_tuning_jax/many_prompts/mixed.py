@@ -27,7 +27,8 @@ import numpy as np
 
 from prompt_tuning_jax import decoding
 from prompt_tuning_jax import scoring
-from prompt_tuning_jax.analysis.prompt_bank import PromptBank, padding_side_for
+from prompt_tuning_jax.errors import UsageError
+from prompt_tuning_jax.many_prompts.bank import PromptBank, padding_side_for
 
 Array = jnp.ndarray
 LabelTokens = Union[np.ndarray, Mapping[str, np.ndarray]]
@@ -42,7 +43,7 @@ def gather_prompts(model: Any, bank: PromptBank, names: Sequence[str]
   """
   placement = getattr(model, 'prompt_placement', None)
   if placement is None:
-    raise ValueError(f'{type(model).__name__} has no prompt: mixed-prompt batches need a '
+    raise UsageError(f'{type(model).__name__} has no prompt: mixed-prompt batches need a '
                      'PromptedT5.')
   bank.check_width(model.config.emb_dim)
   return bank.gather(names, padding_side=padding_side_for(placement))

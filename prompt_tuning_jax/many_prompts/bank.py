@@ -19,6 +19,9 @@ from typing import Optional
 
 import numpy as np
 
+from prompt_tuning_jax import checkpoints
+from prompt_tuning_jax.errors import CheckpointError, UsageError
+
 PADDING_SIDES = ('left', 'right')
 _PADDING_FOR_PLACEMENT = {'prefix': 'left', 'suffix': 'right'}
 
@@ -48,22 +51,22 @@ class PromptBank:
       sources: name -> where the prompt came from (a path), used in errors.
     """
     if not prompts:
-      raise ValueError('A prompt bank needs at least one prompt.')
+      raise UsageError('A prompt bank needs at least one prompt.')
     sources = dict(sources or {})
     self._sources = {name: sources.get(name, 'array') for name in prompts}
     self._prompts: dict[str, np.ndarray] = {}
     for name, array in prompts.items():
       if not isinstance(name, str) or not name:
-        raise ValueError(f'Prompt names must be non-empty strings, got {name!r}.')
+        raise UsageError(f'Prompt names must be non-empty strings, got {name!r}.')
       array = np.asarray(array)
       if array.ndim != 2 or array.shape[0] == 0 or not np.issubdtype(array.dtype, np.floating):
-        raise ValueError(f'Prompt {name!r} ({self._sources[name]}) must be a non-empty float '
+        raise CheckpointError(f'Prompt {name!r} ({self._sources[name]}) must be a non-empty float '
                          f'[P, H] array, got shape {array.shape} dtype {array.dtype}.')
       self._prompts[name] = array.astype(np.float32)
     widths = {name: a.shape[1] for name, a in self._prompts.items()}
     if len(set(widths.values())) > 1:
       listing = ', '.join(f'{n!r} {self._prompts[n].shape} ({self._sources[n]})' for n in widths)
-      raise ValueError(f'All prompts of a bank must share one width H; got {listing}.')
+      raise CheckpointError(f'All prompts of a bank must share one width H; got {listing}.')
     if emb_dim is not None:
       self.check_width(emb_dim)
     self._names = tuple(self._prompts)
@@ -74,7 +77,6 @@ class PromptBank:
   def from_files(cls, paths: Mapping[str, str], *, emb_dim: Optional[int] = None
                 ) -> 'PromptBank':
     """Reads name -> prompt file (.npy or the original suffix-less files; local or gs://)."""
-    from prompt_tuning_jax import checkpoints  # local: checkpoint I/O pulls in tensorstore
     arrays = {name: checkpoints.load_prompt(path) for name, path in paths.items()}
     return cls(arrays, emb_dim=emb_dim, sources=paths)
 
@@ -111,11 +113,11 @@ class PromptBank:
     return self._prompts[name]
 
   def check_width(self, emb_dim: int) -> None:
-    """Raises ValueError naming every prompt whose width is not `emb_dim`."""
+    """Raises CheckpointError naming every prompt whose width is not `emb_dim`."""
     wrong = [f'{n!r} {a.shape} ({self._sources[n]})'
              for n, a in self._prompts.items() if a.shape[1] != emb_dim]
     if wrong:
-      raise ValueError(f'Prompt width must equal the model emb_dim={emb_dim} '
+      raise CheckpointError(f'Prompt width must equal the model emb_dim={emb_dim} '
                        f'(prompts are [P, emb_dim]); mismatched: {", ".join(wrong)}.')
 
   # ---------------------------------------------------------------- gather
@@ -185,10 +187,10 @@ def parse_bank_spec(specs: Sequence[str]) -> dict[str, str]:
         name = path.rstrip('/').rsplit('/', 1)[-1]
         name = name[:-4] if name.endswith('.npy') else name
       if not name or not path:
-        raise ValueError(f'Bad prompt spec {item!r}; expected NAME=PATH or PATH.')
+        raise UsageError(f'Bad prompt spec {item!r}; expected NAME=PATH or PATH.')
       if name in paths and paths[name] != path:
-        raise ValueError(f'Prompt name {name!r} given twice ({paths[name]} and {path}).')
+        raise UsageError(f'Prompt name {name!r} given twice ({paths[name]} and {path}).')
       paths[name] = path
   if not paths:
-    raise ValueError('No prompts given; expected NAME=PATH entries.')
+    raise UsageError('No prompts given; expected NAME=PATH entries.')
   return paths

@@ -1,0 +1,26 @@
+"""The project's exceptions: mistakes a user can fix, each reported by `ptj` in one line.
+
+`ptj` catches `Error` and nothing else (`config.report_errors`): any other
+exception is a bug and keeps its traceback. The subclasses also derive from
+the built-in type a library caller would expect (`ValueError`, `RuntimeError`).
+"""
+
+
+class Error(Exception):
+  """A mistake in the configuration, the data or a checkpoint, or a run that diverged."""
+
+
+class UsageError(Error, ValueError):
+  """A command-line or configuration mistake: a setting's value, a name, a missing file."""
+
+
+class DataError(Error, ValueError):
+  """Task data or an input file is missing or malformed."""
+
+
+class CheckpointError(Error, ValueError):
+  """A checkpoint or prompt file is missing, unreadable, or does not match the model."""
+
+
+class DivergedError(Error, RuntimeError):
+  """The loss or the trained parameters became NaN or infinite."""

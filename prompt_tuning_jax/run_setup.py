@@ -1,0 +1,243 @@
+"""What every run builds first: the checked setup and the parameters it starts from.
+
+`setup` checks what a user can get wrong before anything compiles or loads:
+the task name, the batch size against the devices, the vocabulary against the
+embedding table; then it traces the parameter shapes. The parameters come
+from INITIAL_CHECKPOINT_PATH (T5X or Hugging Face format), or are random when
+it is None (the smoke run, announced loudly); the prompt's initial value from
+PROMPT_FILE or the PROMPT_INIT initialiser (`initial_prompt`); trained
+parameters from MODEL_DIR's checkpoints (`trained_params`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from typing import Any, Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from prompt_tuning_jax import data as data_lib
+from prompt_tuning_jax import partitioning
+from prompt_tuning_jax import prompts as prompts_lib
+from prompt_tuning_jax.checkpoints import hf as hf_lib
+from prompt_tuning_jax.checkpoints import prompt_io
+from prompt_tuning_jax.checkpoints import sharded as sharded_lib
+from prompt_tuning_jax.checkpoints import train_state as train_state_lib
+from prompt_tuning_jax.checkpoints import tree as tree_lib
+from prompt_tuning_jax.errors import CheckpointError, UsageError
+from prompt_tuning_jax.models import PROMPT_PATH
+from prompt_tuning_jax.settings import BEST, LATEST, PromptSettings, RunSettings
+
+logger = logging.getLogger('prompt_tuning_jax')
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """A run's settings, checked, with its mesh, parameter shapes and vocabularies."""
+  run: RunSettings
+  mesh: jax.sharding.Mesh
+  abstract: dict  # parameter tree of ShapeDtypeStructs
+  vocabularies: dict
+
+  @property
+  def lengths(self) -> dict[str, int]:
+    return dict(self.run.data.task_feature_lengths)
+
+  @property
+  def has_prompt(self) -> bool:
+    return PROMPT_PATH in tree_lib.flatten(self.abstract)
+
+  @property
+  def prompt_shape(self) -> tuple[int, int]:
+    return tuple(tree_lib.flatten(self.abstract)[PROMPT_PATH].shape)
+
+
+def _init_params(model, rng: jax.Array) -> dict:
+  dummy = jnp.ones((1, 1), jnp.int32)
+  return model.init(rng, dummy, dummy, dummy, enable_dropout=False)['params']
+
+
+def setup(run: RunSettings, *, batch_size: Optional[int] = None) -> Setup:
+  """Checks the task, the devices (for `batch_size`) and the vocabulary; traces shapes.
+
+  Nothing is allocated or compiled.
+  """
+  task_name = run.data.mixture_or_task_name
+  data_lib.import_task_modules(run.data.module)
+  data_lib.get_mixture_or_task(task_name)  # Unknown names fail here.
+  mesh = partitioning.make_mesh(run.num_partitions)
+  data_parallel = mesh.shape[partitioning.DATA]
+  if batch_size is not None and batch_size % data_parallel:
+    raise UsageError(f'BATCH_SIZE={batch_size} is not divisible by the {data_parallel} '
+                     f'data-parallel devices ({jax.device_count()} devices / '
+                     f'NUM_PARTITIONS={run.num_partitions}).')
+  abstract = jax.eval_shape(lambda rng: _init_params(run.model, rng), jax.random.PRNGKey(0))
+  vocabularies = data_lib.task_vocabularies(task_name)
+  rows = tree_lib.flatten(abstract)['token_embedder/embedding'].shape[0]
+  for feature, vocab in vocabularies.items():
+    if vocab.vocab_size > rows:
+      raise UsageError(f'The {feature!r} vocabulary of {task_name!r} has {vocab.vocab_size} '
+                       f"tokens, more than the {rows} rows of the model's embedding table: "
+                       'wrong model size file or vocabulary?')
+  return Setup(run, mesh, abstract, vocabularies)
+
+
+def on_devices(tree, mesh: jax.sharding.Mesh):
+  """`tree` placed with the parameter shardings of `mesh`."""
+  return jax.device_put(tree, partitioning.param_shardings(tree, mesh))
+
+
+# ------------------------------------------------------------ frozen weights and prompt
+
+
+def read_prompt_file(path: str, shape: tuple[int, int]) -> np.ndarray:
+  """The prompt file, checked against (PROMPT_LENGTH, emb dim)."""
+  try:
+    return prompt_io.load_prompt(path, expected_shape=shape)
+  except CheckpointError as e:
+    raise CheckpointError(
+        f'PROMPT_FILE: {e} (the model expects (PROMPT_LENGTH, emb dim) = {shape}).') from e
+
+
+def check_sources(s: Setup) -> None:
+  """Cheap checks of the checkpoint path and the prompt file, before any loading."""
+  path = s.run.initial_checkpoint_path
+  if path is not None and '://' not in path and not os.path.exists(path):
+    raise CheckpointError(f'INITIAL_CHECKPOINT_PATH {path!r} does not exist.')
+  if s.run.prompt.file and s.has_prompt:
+    read_prompt_file(s.run.prompt.file, s.prompt_shape)
+
+
+def _is_hf_checkpoint(path: str) -> bool:
+  if path.endswith(('.safetensors', '.safetensors.index.json')):
+    return True
+  return '://' not in path and os.path.isdir(path) and any(
+      os.path.exists(os.path.join(path, f))
+      for f in ('model.safetensors', 'model.safetensors.index.json'))
+
+
+def load_frozen(s: Setup) -> dict:
+  """The full parameter tree: checkpoint weights, or random ones when the path is None.
+
+  A prompt absent from the checkpoint stays a ShapeDtypeStruct (set later).
+  """
+  path, seed = s.run.initial_checkpoint_path, s.run.data.seed
+  if path is None:
+    logger.warning('!' * 78 + '\n!! INITIAL_CHECKPOINT_PATH is None: the frozen model is RANDOMLY '
+                   'INITIALISED (seed %d).\n!! It knows nothing: expect the loss to fall but eval '
+                   'metrics near chance.\n!! Fine for a smoke test; meaningless for research.\n'
+                   + '!' * 78, seed)
+    init = jax.jit(lambda rng: _init_params(s.run.model, rng))
+    flat = tree_lib.flatten(jax.device_get(init(jax.random.fold_in(jax.random.PRNGKey(seed), 0))))
+    if PROMPT_PATH in flat:  # The prompt is set from PromptSettings, not the module's init.
+      flat[PROMPT_PATH] = tree_lib.flatten(s.abstract)[PROMPT_PATH]
+    return tree_lib.unflatten(flat)
+  is_hf = _is_hf_checkpoint(path)
+  logger.info('Reading the frozen model from %s (%s format).', path,
+              'Hugging Face' if is_hf else 'T5X')
+  if is_hf:
+    return tree_lib.merge_params(s.abstract, hf_lib.load_hf(path)[0])
+  # T5X: each process reads only its devices' slices, straight into their shards.
+  shardings = partitioning.param_shardings(s.abstract, s.mesh)
+  target = jax.tree.map(lambda a, sharding: jax.ShapeDtypeStruct(a.shape, a.dtype,
+                                                                 sharding=sharding),
+                        s.abstract, shardings)
+  flat = tree_lib.flatten(sharded_lib.load_t5x_sharded(path, target))
+  for param, leaf in tree_lib.flatten(s.abstract).items():
+    flat.setdefault(param, leaf)  # The prompt, when the checkpoint has none.
+  return tree_lib.unflatten(flat)
+
+
+def frozen_params_without_prompt(s: Setup) -> dict:
+  """The frozen weights on the devices, without a learned prompt (a prompt bank supplies them)."""
+  flat = tree_lib.flatten(load_frozen(s))
+  flat.pop(PROMPT_PATH, None)
+  return jax.device_put(tree_lib.unflatten(flat))
+
+
+def initial_prompt(s: Setup, params: Mapping[str, Any], settings: PromptSettings) -> np.ndarray:
+  """The prompt's starting value, [PROMPT_LENGTH, emb] float32."""
+  shape = s.prompt_shape
+  if settings.file:
+    logger.info('Prompt initialised from PROMPT_FILE %s.', settings.file)
+    return read_prompt_file(settings.file, shape)
+  embedding = tree_lib.flatten(params)['token_embedder/embedding']
+  vocab = s.vocabularies['inputs']
+  task_name = s.run.data.mixture_or_task_name
+  name = settings.init
+  if name == 'class_labels':
+    words = data_lib.label_words(task_name, settings.class_labels)
+    if words:
+      logger.info('Prompt initialised from the class labels %s.', words)
+      init = prompts_lib.class_labels(embedding,
+                                      prompts_lib.label_token_ids_from_words(vocab, words))
+    else:
+      logger.info('PROMPT_INIT=class_labels: %s has no label words (set CLASS_LABELS); '
+                  'using sampled_vocab.', task_name)
+      name = 'sampled_vocab'
+  if name == 'sampled_vocab':
+    init = prompts_lib.sampled_vocab(embedding)
+  elif name == 'random_uniform':
+    init = prompts_lib.random_uniform()
+  elif name == 'from_text':
+    init = prompts_lib.from_text(embedding, list(vocab.encode(settings.text)))
+  rng = jax.random.fold_in(jax.random.PRNGKey(s.run.data.seed), 1)
+  return np.asarray(init(rng, shape, jnp.float32))
+
+
+def build_params(s: Setup) -> dict:
+  """Frozen weights + initial prompt, as a host parameter tree."""
+  check_sources(s)
+  flat = tree_lib.flatten(load_frozen(s))
+  prompt = s.run.prompt
+  if s.has_prompt:
+    if isinstance(flat[PROMPT_PATH], jax.ShapeDtypeStruct) or prompt.file:
+      flat[PROMPT_PATH] = initial_prompt(s, tree_lib.unflatten(flat), prompt)
+    else:
+      logger.info('The checkpoint holds a prompt; it is the starting prompt.')
+  return tree_lib.unflatten(flat)
+
+
+# ------------------------------------------------------------ trained parameters
+
+
+def _saved_best_metric(model_dir: str) -> Optional[str]:
+  path = os.path.join(model_dir, train_state_lib.BEST_CHECKPOINT_FILE)
+  if not os.path.exists(path):
+    raise CheckpointError(f"CHECKPOINT_STEP='best' but {path} does not exist "
+                          '(no eval ran during training).')
+  with open(path) as f:
+    return json.load(f)['metric']
+
+
+def trained_params(s: Setup) -> tuple[dict, Optional[int]]:
+  """Frozen weights + the trained parameters: from PROMPT_FILE, else from MODEL_DIR.
+
+  The checkpoint is CHECKPOINT_STEP's ('latest', 'best' or a step). Returns
+  (device params, the checkpoint step, or None for PROMPT_FILE).
+  """
+  run = s.run
+  if run.prompt.file:
+    return on_devices(build_params(s), s.mesh), None
+  wanted = run.checkpoints.step
+  ckpt = train_state_lib.TrainStateCheckpointer(run.model_dir, read_only=True, best_metric=(
+      _saved_best_metric(run.model_dir) if wanted == BEST else None))
+  if not ckpt.all_steps():
+    raise CheckpointError(
+        f'Nothing to load: no checkpoint in {run.model_dir}/{train_state_lib.CHECKPOINT_SUBDIR} '
+        'and PROMPT_FILE is not set. Train first, or pass --gin.PROMPT_FILE=...')
+  step = {LATEST: None, BEST: ckpt.best_step()}.get(wanted, wanted)
+  trainable, step = ckpt.restore_trainable(step)
+  flat = tree_lib.flatten(load_frozen(s))
+  expected = tree_lib.flatten(s.abstract)
+  for path, value in tree_lib.flatten(trainable).items():
+    if path not in expected or tuple(np.shape(value)) != tuple(expected[path].shape):
+      raise CheckpointError(
+          f'{run.model_dir} step {step}: {path} has shape {np.shape(value)}, the model expects '
+          f'{getattr(expected.get(path), "shape", "nothing")}: the run used another config.')
+    flat[path] = np.asarray(value)
+  return on_devices(tree_lib.unflatten(flat), s.mesh), step

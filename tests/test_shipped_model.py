@@ -1,0 +1,82 @@
+"""The shipped mini T5 (prompt_tuning_jax/pretrained/t5_mini) loads and prompt-tunes."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import seqio
+
+from prompt_tuning_jax import checkpoints
+from prompt_tuning_jax import optim
+from prompt_tuning_jax import pretrained
+from prompt_tuning_jax import train_step
+from prompt_tuning_jax.models import PromptedT5
+from prompt_tuning_jax.models import get_config
+from prompt_tuning_jax.tasks import smoke
+
+PROMPT = 'encoder/prompt/prompt/prompt'
+
+
+@pytest.fixture(scope='module')
+def vocabulary():
+  return seqio.SentencePieceVocabulary(pretrained.path('t5_mini/spiece.model'), extra_ids=100)
+
+
+def _params(model, checkpoint):
+  dummy = jnp.ones((1, 1), jnp.int32)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), dummy, dummy, dummy,
+                                             enable_dropout=False))['params']
+  return checkpoints.merge_params(shapes, checkpoints.load_t5x(pretrained.path(checkpoint)))
+
+
+def _batch(vocabulary, examples, input_length=32):
+  enc = np.zeros((len(examples), input_length), np.int32)
+  tgt = np.zeros((len(examples), 2), np.int32)
+  for i, ex in enumerate(examples):
+    ids = vocabulary.encode(ex['inputs'])[:input_length - 1] + [vocabulary.eos_id]
+    enc[i, :len(ids)] = ids
+    tgt[i] = vocabulary.encode(ex['targets']) + [vocabulary.eos_id]  # one piece + EOS
+  dec = np.concatenate([np.zeros((len(examples), 1), np.int32), tgt[:, :-1]], 1)
+  return {'encoder_input_tokens': enc, 'decoder_input_tokens': dec,
+          'decoder_target_tokens': tgt, 'decoder_loss_weights': (tgt > 0).astype(np.float32)}
+
+
+def test_vocabulary_follows_t5_conventions(vocabulary):
+  assert (vocabulary.pad_id, vocabulary.eos_id, vocabulary.unk_id) == (0, 1, 2)
+  assert vocabulary.vocab_size == 8100 <= get_config('t5_mini').vocab_size
+  assert vocabulary.decode([8099]) == '<extra_id_0>'
+  for word in smoke.WORD_LABELS:  # the label words are one piece each
+    assert len(vocabulary.encode(word)) == 1
+
+
+@pytest.mark.parametrize('checkpoint', ['t5_mini/lm_adapted', 't5_mini/span_corruption'])
+def test_checkpoint_loads_and_gives_finite_logits(vocabulary, checkpoint):
+  model = PromptedT5(get_config('t5_mini'), prompt_length=5)
+  params = checkpoints.flatten(_params(model, checkpoint))
+  assert isinstance(params.pop(PROMPT), jax.ShapeDtypeStruct)  # every other weight is read
+  assert all(np.asarray(v).dtype == np.float32 for v in params.values())
+  batch = _batch(vocabulary, smoke.generate('validation', smoke.WORD_LABELS)[:4])
+  params[PROMPT] = np.zeros((5, 128), np.float32)
+  logits = model.apply({'params': checkpoints.unflatten(params)},
+                       batch['encoder_input_tokens'], batch['decoder_input_tokens'],
+                       batch['decoder_target_tokens'], enable_dropout=False)
+  assert logits.shape == (4, 2, 8192) and bool(jnp.all(jnp.isfinite(logits)))
+
+
+def test_a_few_prompt_tuning_steps_lower_the_loss(vocabulary):
+  model = PromptedT5(get_config('t5_mini', dropout_rate=0.0), prompt_length=5)
+  params = checkpoints.flatten(_params(model, 't5_mini/lm_adapted'))
+  embedding = np.asarray(params['token_embedder/embedding'])
+  params[PROMPT] = embedding[[3, 7, 100, 1000, 2000]]  # five vocabulary rows
+  params = checkpoints.unflatten(params)
+  batch = _batch(vocabulary, smoke.generate('train', smoke.WORD_LABELS)[:16])
+  trainable, frozen = optim.partition(params)
+  tx = optim.partitioned_optimizer(params, optim.adafactor(learning_rate=0.3))
+  state = train_step.init_train_state(trainable, frozen, tx)
+  step = jax.jit(train_step.make_train_step(model, tx))
+  losses = []
+  for _ in range(6):
+    state, metrics = step(state, frozen, batch)
+    losses.append(float(metrics['loss']))
+  # Measured 328.7 -> 313.0 (summed over the batch's 32 target tokens), falling every step.
+  assert all(b < a for a, b in zip(losses, losses[1:])), losses
+  assert losses[-1] < 0.97 * losses[0], losses

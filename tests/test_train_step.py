@@ -1,0 +1,114 @@
+"""The train step: only the prompt trains, only its gradient is computed, the loss is T5X's."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from conftest import small_config, toy_batch
+from prompt_tuning_jax import optim
+from prompt_tuning_jax import train_step
+from prompt_tuning_jax.models import PromptedT5
+
+
+def _setup(rules=optim.PROMPT_TUNING_RULES, model=None, batch=None):
+  model = model or PromptedT5(small_config(), prompt_length=4)
+  batch = batch or toy_batch(batch=4)
+  params = model.init(jax.random.PRNGKey(0), batch['encoder_input_tokens'],
+                      batch['decoder_input_tokens'], batch['decoder_target_tokens'],
+                      enable_dropout=False)['params']
+  trainable, frozen = optim.partition(params, rules)
+  tx = optim.partitioned_optimizer(params, optim.adafactor(), rules)
+  return model, batch, params, trainable, frozen, tx
+
+
+def _flat(tree):
+  return traverse_util.flatten_dict(tree, sep='/')
+
+
+def test_prompt_changes_and_frozen_weights_are_bit_identical():
+  model, batch, params, trainable, frozen, tx = _setup()
+  before = jax.tree.map(np.array, frozen)
+  prompt0 = np.array(trainable['encoder']['prompt']['prompt']['prompt'])
+  state = train_step.init_train_state(trainable, frozen, tx)
+  step = jax.jit(train_step.make_train_step(model, tx), donate_argnums=(0,))
+  losses = []
+  for _ in range(5):
+    state, metrics = step(state, frozen, batch)
+    losses.append(float(metrics['loss']))
+  assert int(state.step) == 5
+  assert not np.allclose(state.trainable['encoder']['prompt']['prompt']['prompt'], prompt0)
+  for path, value in _flat(frozen).items():
+    np.testing.assert_array_equal(value, _flat(before)[path], err_msg=path)
+  assert losses[-1] < losses[0]
+  # The optimiser state holds per-weight slots for the prompt only.
+  state_leaves = [x for x in jax.tree.leaves(state.opt_state) if getattr(x, 'ndim', 0) > 0]
+  frozen_shapes = {v.shape for v in _flat(frozen).values()}
+  assert state_leaves and all(x.shape not in frozen_shapes for x in state_leaves)
+  assert sum(x.size for x in state_leaves) <= 2 * prompt0.size
+
+
+def test_model_tuning_trains_everything_through_the_same_rules():
+  model, batch, params, trainable, frozen, tx = _setup(optim.MODEL_TUNING_RULES)
+  assert frozen == {}
+  state = train_step.init_train_state(trainable, frozen, tx)
+  state, _ = jax.jit(train_step.make_train_step(model, tx))(state, frozen, batch)
+  changed = [not np.array_equal(a, b) for a, b in
+             zip(jax.tree.leaves(state.trainable), jax.tree.leaves(params))]
+  assert np.mean(changed) > 0.9
+
+
+def _step_flops(rules):
+  model, batch, _, trainable, frozen, tx = _setup(
+      rules, model=PromptedT5(small_config(emb_dim=64, num_heads=4, head_dim=16, mlp_dim=128,
+                                           vocab_size=256), prompt_length=8),
+      batch=toy_batch(batch=4, inputs=32, targets=8, vocab=256))
+  state = jax.eval_shape(lambda t, f: train_step.init_train_state(t, f, tx), trainable, frozen)
+  compiled = jax.jit(train_step.make_train_step(model, tx)).lower(state, frozen, batch).compile()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return cost['flops']
+
+
+def test_prompt_only_step_skips_weight_gradients():
+  prompt_only, full = _step_flops(optim.PROMPT_TUNING_RULES), _step_flops(optim.MODEL_TUNING_RULES)
+  print(f'compiled step FLOPs: prompt-only {prompt_only:.3e}, full {full:.3e}, '
+        f'ratio {prompt_only / full:.3f} (no weight gradients: ~4/6)')
+  assert prompt_only < 0.8 * full
+
+
+def test_gradient_accumulation_matches_one_big_batch():
+  model, batch, _, trainable, frozen, tx = _setup()
+  outs = []
+  for k in (1, 2):
+    state = train_step.init_train_state(trainable, frozen, tx)
+    state, metrics = jax.jit(train_step.make_train_step(model, tx, accumulation_steps=k))(
+        state, frozen, batch)
+    outs.append((state.trainable['encoder']['prompt']['prompt']['prompt'], metrics['loss']))
+  np.testing.assert_allclose(outs[0][1], outs[1][1], rtol=1e-5)
+  np.testing.assert_allclose(outs[0][0], outs[1][0], atol=1e-5)
+
+
+def test_cross_entropy_with_z_loss_by_hand():
+  logits = jnp.array([[[1.0, 2.0, 0.5], [0.0, 0.0, 0.0]]])
+  targets = jnp.array([[1, 2]])
+  weights = jnp.array([[1.0, 0.0]])
+  loss, z = train_step.cross_entropy_with_z_loss(logits, targets, weights, z_loss=0.1)
+  log_z = np.log(np.exp([1.0, 2.0, 0.5]).sum())
+  np.testing.assert_allclose(loss[0, 0], log_z - 2.0 + 0.1 * log_z ** 2, rtol=1e-6)
+  assert float(loss[0, 1]) == 0.0 and float(z[0, 1]) == 0.0
+
+
+def test_mean_normalisation_divides_by_target_tokens():
+  model, batch, _, trainable, frozen, tx = _setup()
+  results = {}
+  for norm in ('sum', 'mean'):
+    state = train_step.init_train_state(trainable, frozen, tx)
+    _, metrics = train_step.make_train_step(model, tx, loss_normalization=norm)(state, frozen, batch)
+    results[norm] = metrics
+  np.testing.assert_allclose(results['mean']['loss'] * results['sum']['target_tokens'],
+                             results['sum']['loss'], rtol=1e-5)
+  with pytest.raises(ValueError, match='loss_normalization'):
+    train_step.make_train_step(model, tx, loss_normalization='avg')
