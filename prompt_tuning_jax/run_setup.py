@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from prompt_tuning_jax import data as data_lib
+from prompt_tuning_jax import optim
 from prompt_tuning_jax import partitioning
 from prompt_tuning_jax import prompts as prompts_lib
 from prompt_tuning_jax.checkpoints import hf as hf_lib
@@ -126,11 +127,15 @@ def load_frozen(s: Setup) -> dict:
   A prompt absent from the checkpoint stays a ShapeDtypeStruct (set later).
   """
   path, seed = s.run.initial_checkpoint_path, s.run.data.seed
-  if path is None:
+  if path is None and tuple(s.run.optimizer.trainable_rules) == optim.MODEL_TUNING_RULES:
+    logger.info('INITIAL_CHECKPOINT_PATH is None: every weight trains from a random '
+                'initialisation (seed %d), as in pre-training.', seed)
+  elif path is None:
     logger.warning('!' * 78 + '\n!! INITIAL_CHECKPOINT_PATH is None: the frozen model is RANDOMLY '
                    'INITIALISED (seed %d).\n!! It knows nothing: expect the loss to fall but eval '
                    'metrics near chance.\n!! Fine for a smoke test; meaningless for research.\n'
                    + '!' * 78, seed)
+  if path is None:
     init = jax.jit(lambda rng: _init_params(s.run.model, rng))
     flat = tree_lib.flatten(jax.device_get(init(jax.random.fold_in(jax.random.PRNGKey(seed), 0))))
     if PROMPT_PATH in flat:  # The prompt is set from PromptSettings, not the module's init.

@@ -1,5 +1,6 @@
 """Pre-training: vocabulary training, span corruption, prefix LM, the seqio tasks."""
 import gzip
+import json
 
 import gin
 import numpy as np
@@ -184,3 +185,40 @@ def test_missing_corpus_is_a_clear_error(restore_ptj_global_state, monkeypatch):
   monkeypatch.delenv(pretraining.CORPUS_ENV, raising=False)
   with pytest.raises(TaskDataError, match='no pre-training corpus is set'):
     pretraining.pretraining_corpus()
+
+
+def test_pretraining_through_the_trainer_then_export(tiny_vocab, tmp_path,
+                                                     restore_ptj_global_state):
+  """runs/pretrain.gin trains every weight from scratch; export_t5x writes what trained."""
+  del restore_ptj_global_state
+  from prompt_tuning_jax import checkpoints  # pylint: disable=import-outside-toplevel
+  from prompt_tuning_jax import cli  # pylint: disable=import-outside-toplevel
+  from prompt_tuning_jax.checkpoints import train_state  # pylint: disable=import-outside-toplevel
+  vocab, directory = tiny_vocab
+  corpus = directory / 'pretrain.txt'
+  if not corpus.exists():
+    _write_corpus(corpus, num_lines=300, seed=2)
+  pretraining._shuffled_lines.cache_clear()  # pylint: disable=protected-access
+  model_dir = tmp_path / 'span'
+  tiny = ['--gin.models.get_config.vocab_size=256', '--gin.models.get_config.emb_dim=16',
+          '--gin.models.get_config.num_heads=2', '--gin.models.get_config.head_dim=8',
+          '--gin.models.get_config.mlp_dim=32', '--gin.models.get_config.num_encoder_layers=1',
+          '--gin.models.get_config.num_decoder_layers=1']
+  rc = cli.main(['train', '--gin_file=models/t5_mini.gin', '--gin_file=runs/pretrain.gin',
+                 *tiny, f'--gin.get_vocabulary.path={directory / "spiece.model"}',
+                 f"--gin.pretraining_corpus.files=['{corpus}']",
+                 "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 8}",
+                 '--gin.INITIAL_CHECKPOINT_PATH=None', f'--gin.MODEL_DIR={model_dir}',
+                 '--gin.BATCH_SIZE=4', '--gin.TRAIN_STEPS=3', '--gin.LOG_PERIOD=1'])
+  assert rc == 0
+  losses = [json.loads(line)['loss'] for line in open(model_dir / 'metrics.jsonl')]
+  assert len(losses) == 3 and losses[-1] < losses[0]
+  exported = train_state.export_t5x(str(model_dir), str(tmp_path / 'span_t5x'))
+  trained, step = train_state.TrainStateCheckpointer(str(model_dir), read_only=True
+                                                     ).restore_trainable()
+  loaded = checkpoints.flatten(checkpoints.load_t5x(exported))
+  assert step == 3 and len(loaded) > 20  # every weight, not a prompt
+  for path, value in checkpoints.flatten(trained).items():
+    np.testing.assert_array_equal(loaded[path], np.asarray(value), err_msg=path)
+  with pytest.raises(checkpoints.CheckpointError, match='already exists'):
+    train_state.export_t5x(str(model_dir), exported)
