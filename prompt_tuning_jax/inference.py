@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pathlib
 from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 
 import jax
@@ -34,6 +35,7 @@ from prompt_tuning_jax.errors import DataError, UsageError
 from prompt_tuning_jax.many_prompts import mixed
 from prompt_tuning_jax.many_prompts.bank import PromptBank
 from prompt_tuning_jax.settings import DECODE, GREEDY, RANK_CLASSIFICATION
+from prompt_tuning_jax.tasks import sources
 
 INPUT_KEYS = ('inputs', 'input')
 PROMPT_KEYS = ('prompt', 'task')  # the field of an input line naming its prompt
@@ -55,18 +57,10 @@ def read_input_file(path: str) -> list[dict[str, Any]]:
   if not os.path.isfile(path):
     raise DataError(f'Input file {path!r} does not exist.')
   records = []
-  with open(path) as f:
-    for number, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise DataError(f'{path}:{number}: not valid JSON: {e}') from e
-      if not isinstance(record, dict) or not any(
-          isinstance(record.get(k), str) for k in INPUT_KEYS):
-        raise DataError(f'{path}:{number}: expected an object with a string "inputs" field.')
-      records.append(record)
+  for number, record in sources.read_jsonl(pathlib.Path(path)):
+    if not any(isinstance(record.get(k), str) for k in INPUT_KEYS):
+      raise DataError(f'{path}:{number}: expected an object with a string "inputs" field.')
+    records.append(record)
   return records
 
 

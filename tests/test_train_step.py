@@ -76,7 +76,8 @@ def test_prompt_only_step_skips_weight_gradients():
   prompt_only, full = _step_flops(optim.PROMPT_TUNING_RULES), _step_flops(optim.MODEL_TUNING_RULES)
   print(f'compiled step FLOPs: prompt-only {prompt_only:.3e}, full {full:.3e}, '
         f'ratio {prompt_only / full:.3f} (no weight gradients: ~4/6)')
-  assert prompt_only < 0.8 * full
+  # Measured 0.668 (9.14e7 / 1.37e8 FLOPs): no weight gradients, about 4/6 of a full step.
+  assert 0.64 < prompt_only / full < 0.70
 
 
 def test_gradient_accumulation_matches_one_big_batch():

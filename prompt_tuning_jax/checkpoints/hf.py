@@ -419,13 +419,7 @@ def save_hf(params: Mapping[str, Any], config, directory: str, *,
   from prompt_tuning_jax.models import t5 as t5_lib  # local: models import flax
   import jax  # pylint: disable=g-import-not-at-top
 
-  if tree_lib.is_gcs(directory):
-    raise CheckpointError(f'{directory}: save_hf writes local directories only')
-  directory = directory.rstrip('/') or '/'
-  if os.path.exists(directory) and (not os.path.isdir(directory) or os.listdir(directory)):
-    raise CheckpointError(
-        f'{directory} already exists and is not an empty directory; save_hf '
-        'overwrites nothing: choose a new directory')
+  directory = tree_lib.new_local_directory(directory, 'save_hf')
   if np.dtype(dtype) not in (np.float32, np.float16):
     raise CheckpointError(f'dtype {dtype}: save_hf writes float32 or float16')
   hf_config = t5_to_hf_config(config)

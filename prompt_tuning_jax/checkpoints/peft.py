@@ -118,13 +118,7 @@ def save_peft_prompt(prompt: Any, directory: str, *,
     raise CheckpointError(
         "prompt_tuning_init='TEXT' needs prompt_tuning_init_text and tokenizer_name_or_path "
         '(PEFT refuses the config without them)')
-  if tree_lib.is_gcs(directory):
-    raise CheckpointError(f'{directory}: save_peft_prompt writes local directories only')
-  directory = directory.rstrip('/') or '/'
-  if os.path.exists(directory) and (not os.path.isdir(directory) or os.listdir(directory)):
-    raise CheckpointError(
-        f'{directory} already exists and is not an empty directory; save_peft_prompt '
-        'overwrites nothing: choose a new directory')
+  directory = tree_lib.new_local_directory(directory, 'save_peft_prompt')
 
   adapter_config = {
       'auto_mapping': None,

@@ -124,6 +124,18 @@ def kvstore_spec(path: str) -> dict[str, str]:
   return {'driver': 'gcs', 'bucket': bucket, 'path': key}
 
 
+def new_local_directory(directory: str, writer: str) -> str:
+  """`directory` (normalised) if a writer may create it: local, and absent or empty."""
+  if is_gcs(directory):
+    raise CheckpointError(f'{directory}: {writer} writes local directories only')
+  directory = directory.rstrip('/') or '/'
+  if os.path.exists(directory) and (not os.path.isdir(directory) or os.listdir(directory)):
+    raise CheckpointError(
+        f'{directory} already exists and is not an empty directory; {writer} '
+        'overwrites nothing: choose a new directory')
+  return directory
+
+
 def read_bytes(path: str) -> bytes:
   """Reads a whole local or `gs://` file."""
   if not is_gcs(path):

@@ -293,21 +293,29 @@ def _dropout(rate: float, x: Array, deterministic: bool) -> Array:
   return nn.Dropout(rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
 
 
+def _residual(cfg: T5Config, x: Array, norm_name: str, sublayer: Callable[[Array], Array],
+              deterministic: bool) -> Array:
+  """T5's pre-norm residual sub-block: x + dropout(sublayer(norm(x)))."""
+  y = LayerNorm(dtype=cfg.dtype, name=norm_name)(x)
+  return x + _dropout(cfg.dropout_rate, sublayer(y), deterministic)
+
+
+def _mlp(cfg: T5Config, deterministic: bool) -> Callable[[Array], Array]:
+  return lambda y: MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, cfg.dtype,
+                            name='mlp')(y, deterministic=deterministic)
+
+
 class EncoderLayer(nn.Module):
   config: T5Config
 
   @nn.compact
   def __call__(self, x: Array, bias: Array, *, deterministic: bool) -> Array:
     cfg = self.config
-    y = LayerNorm(dtype=cfg.dtype, name='pre_attention_layer_norm')(x)
-    y = MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, cfg.dtype,
-                           cfg.fused_attention, name='attention')(
-                               y, y, bias, deterministic=deterministic)
-    x = x + _dropout(cfg.dropout_rate, y, deterministic)
-    y = LayerNorm(dtype=cfg.dtype, name='pre_mlp_layer_norm')(x)
-    y = MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, cfg.dtype,
-                 name='mlp')(y, deterministic=deterministic)
-    return x + _dropout(cfg.dropout_rate, y, deterministic)
+    attention = MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, cfg.dtype,
+                                   cfg.fused_attention, name='attention')
+    x = _residual(cfg, x, 'pre_attention_layer_norm',
+                  lambda y: attention(y, y, bias, deterministic=deterministic), deterministic)
+    return _residual(cfg, x, 'pre_mlp_layer_norm', _mlp(cfg, deterministic), deterministic)
 
 
 class DecoderLayer(nn.Module):
@@ -319,18 +327,15 @@ class DecoderLayer(nn.Module):
     cfg = self.config
     attention = functools.partial(MultiHeadAttention, cfg.num_heads, cfg.head_dim,
                                   cfg.dropout_rate, cfg.dtype, cfg.fused_attention)
-    z = LayerNorm(dtype=cfg.dtype, name='pre_self_attention_layer_norm')(y)
-    z = attention(name='self_attention')(
-        z, z, self_bias, deterministic=deterministic, decode=decode)
-    y = y + _dropout(cfg.dropout_rate, z, deterministic)
-    z = LayerNorm(dtype=cfg.dtype, name='pre_cross_attention_layer_norm')(y)
-    z = attention(name='encoder_decoder_attention')(
-        z, encoded, cross_bias, deterministic=deterministic)
-    y = y + _dropout(cfg.dropout_rate, z, deterministic)
-    z = LayerNorm(dtype=cfg.dtype, name='pre_mlp_layer_norm')(y)
-    z = MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, cfg.dtype,
-                 name='mlp')(z, deterministic=deterministic)
-    return y + _dropout(cfg.dropout_rate, z, deterministic)
+    self_attention = attention(name='self_attention')
+    cross_attention = attention(name='encoder_decoder_attention')
+    y = _residual(cfg, y, 'pre_self_attention_layer_norm',
+                  lambda z: self_attention(z, z, self_bias, deterministic=deterministic,
+                                           decode=decode), deterministic)
+    y = _residual(cfg, y, 'pre_cross_attention_layer_norm',
+                  lambda z: cross_attention(z, encoded, cross_bias, deterministic=deterministic),
+                  deterministic)
+    return _residual(cfg, y, 'pre_mlp_layer_norm', _mlp(cfg, deterministic), deterministic)
 
 
 class Encoder(nn.Module):
