@@ -27,6 +27,7 @@ import argparse
 import ast
 import copy
 import dataclasses
+import difflib
 import functools
 import importlib.resources
 import logging
@@ -261,10 +262,28 @@ def configure(command: str, files: Sequence[str], bindings: Sequence[str],
     if not os.path.isfile(files[0]):
       raise errors.UsageError(f'{files[0]} does not exist: MODEL_DIR holds no training run. '
                               "Pass the run's files instead, e.g. --gin_file=runs/eval.gin.")
+  _parse(files, [])
+  _check_macro_names(bindings)
   _parse(files, bindings)
   _check_complete()
   run = gin.get_configurable(_RUN_SETTINGS)()
   return Configuration(run, gin.config_str())
+
+
+_MACRO_BINDING = re.compile(r'\s*([A-Z][A-Z0-9_]*)\s*=')
+
+
+def _check_macro_names(bindings: Sequence[str]) -> None:
+  """Every macro a binding sets is one the gin files define: a typo is not a new macro."""
+  known = sorted(scope for scope, selector in gin.config._CONFIG  # pylint: disable=protected-access
+                 if selector == 'gin.macro')
+  for binding in bindings:
+    match = _MACRO_BINDING.match(binding)
+    if match and match.group(1) not in known:
+      name = match.group(1)
+      close = difflib.get_close_matches(name, known, n=3)
+      hint = f' Did you mean {", ".join(close)}?' if close else ' (`ptj --help` lists them.)'
+      raise errors.UsageError(f'--gin.{name}: no gin file defines the macro {name}.{hint}')
 
 
 def _bindings(selector: str) -> dict[str, Any]:

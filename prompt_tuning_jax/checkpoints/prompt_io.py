@@ -72,8 +72,8 @@ def load_prompt(path: str, *,
 
 def check_prompt_array(source: str, array: np.ndarray,
                        expected_shape: Sequence[int | None] | None = None) -> None:
-  """Raises CheckpointError, naming `source`, unless `array` is a 2-D float
-  [P, H] array of `expected_shape` (None entries match any size)."""
+  """Raises CheckpointError, naming `source`, unless `array` is a finite 2-D
+  float [P, H] array of `expected_shape` (None entries match any size)."""
   if array.ndim != 2 or not _is_float(array.dtype):
     raise CheckpointError(
         f'{source}: a prompt is a 2-D float array [P, H], got '
@@ -85,6 +85,12 @@ def check_prompt_array(source: str, array: np.ndarray,
     raise CheckpointError(
         f'{source}: expected prompt shape {tree_lib.shape_str(expected_shape)}'
         f', got {tree_lib.shape_str(array.shape)}')
+  finite = np.isfinite(np.asarray(array, np.float32))
+  if not finite.all():
+    row, column = np.argwhere(~finite)[0]
+    raise CheckpointError(
+        f'{source}: the prompt holds {int((~finite).sum())} NaN/inf values, the first at row '
+        f"{row}, column {column}: a diverged run? Use an earlier checkpoint's prompt.")
 
 
 def _is_float(dtype: np.dtype) -> bool:
