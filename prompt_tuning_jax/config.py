@@ -72,6 +72,9 @@ def _get_config(name: Optional[str] = None, **overrides):
 
 def _prompted_t5(config, prompt_length: int = 100, prompt_placement: str = 'prefix'):
   """T5 with a soft prompt; its initial value comes from the run's PromptSettings."""
+  if not isinstance(prompt_length, int) or prompt_length < 1:
+    raise errors.UsageError(f'PROMPT_LENGTH must be a positive number of prompt vectors, got '
+                            f'{prompt_length!r}.')
   from prompt_tuning_jax import models  # pylint: disable=g-import-not-at-top
   return models.PromptedT5(config, prompt_length=prompt_length,
                            prompt_placement=prompt_placement)

@@ -42,3 +42,18 @@ def test_misspelled_macro_is_refused_with_a_suggestion(tmp_path, capsys,
   assert rc == 1
   assert 'no gin file defines the macro LERNING_RATE. Did you mean LEARNING_RATE?' in err
   assert not os.listdir(tmp_path)  # nothing written
+
+
+@pytest.mark.parametrize('binding, message', [
+    ('--gin.PROMPT_LENGTH=-3', 'PROMPT_LENGTH must be a positive number of prompt vectors, got -3'),
+    ('--gin.PROMPT_LENGTH=0', 'PROMPT_LENGTH must be a positive number of prompt vectors, got 0'),
+    ("--gin.TASK_FEATURE_LENGTHS={'inputs': 1, 'targets': 4}",
+     "TASK_FEATURE_LENGTHS['inputs']=1: at least 2"),
+])
+def test_lengths_are_checked_before_anything_runs(tmp_path, capsys, restore_ptj_global_state,
+                                                  binding, message):
+  del restore_ptj_global_state
+  rc = cli.main(['train', '--gin_file=runs/smoke.gin', f'--gin.MODEL_DIR={tmp_path}', binding])
+  err = capsys.readouterr().err
+  assert rc == 1 and message in err and 'Traceback' not in err
+  assert not os.listdir(tmp_path)
