@@ -126,12 +126,6 @@ def from_array(array: np.ndarray, source: str = 'array') -> Initializer:
   return init
 
 
-def from_file(path: str) -> Initializer:
-  """A prompt saved as a [P, H] numpy file (.npy or the original's suffix-less files)."""
-  from prompt_tuning_jax import checkpoints  # local: checkpoints imports are heavier
-  return from_array(checkpoints.load_prompt(path), source=path)
-
-
 def _check_width(shape, width: int) -> None:
   if len(shape) != 2 or shape[1] != width:
     raise ValueError(f'Prompt shape {tuple(shape)} does not match the embedding width {width}.')

@@ -69,8 +69,9 @@ class DataSettings:
              f"TASK_FEATURE_LENGTHS must have exactly 'inputs' and 'targets', got {lengths}.")
     for key, value in lengths.items():
       _positive(value, f'TASK_FEATURE_LENGTHS[{key!r}]')
-      # One token is EOS alone: an input or target of length 1 holds no text.
-      _require(value >= 2, f'TASK_FEATURE_LENGTHS[{key!r}]={value}: at least 2 (text + EOS).')
+    # One input token is EOS alone: the model would see no text.
+    _require(lengths['inputs'] >= 2,
+             f"TASK_FEATURE_LENGTHS['inputs']={lengths['inputs']}: at least 2 (text + EOS).")
     _positive(self.batch_size, 'BATCH_SIZE')
     _freeze(self, task_feature_lengths=lengths,
             module=self.module if self.module is None or isinstance(self.module, str)

@@ -5,6 +5,7 @@ import itertools
 
 import numpy as np
 import pytest
+import seqio
 
 from prompt_tuning_jax import data
 from prompt_tuning_jax.errors import UsageError
@@ -97,22 +98,20 @@ def _rows(*batches_) -> list[tuple]:
                                        batch['decoder_target_tokens']))
 
 
-def test_shards_together_are_exactly_the_global_batch():
-  """Unshuffled, the shards' batches of each step hold exactly the rows of the one
-  process's batch; shuffled, over an epoch, the shards split the examples
-  between them (disjoint, none lost)."""
-  kwargs = dict(batch_size=4, shuffle=False, split='validation')
-  single = batches(3, **kwargs)
-  shards = [batches(3, num_shards=2, shard_index=i, **kwargs) for i in range(2)]
-  for step in range(3):
-    assert shards[0][step]['encoder_input_tokens'].shape == (2, 64)
-    assert _rows(shards[0][step], shards[1][step]) == _rows(single[step])
-  # Shuffled, one pass over the 200 validation examples.
-  epoch = dict(batch_size=8, split='validation', num_epochs=1)
-  everything = _rows(*batches(100, **epoch))
-  halves = [_rows(*batches(100, num_shards=2, shard_index=i, **epoch)) for i in range(2)]
+def test_shards_split_the_examples_between_them():
+  """Each process reads its seqio shard (the `shard_info` get_dataset passes): the shards
+  of a split, read in order once, hold every example exactly once. (Which examples form
+  a shuffled global batch still depends on the number of processes: issue 13.)"""
+  provider = data.get_mixture_or_task(smoke.TASK_NAME)
+
+  def texts(shard_info=None):
+    dataset = provider.get_dataset(None, split='validation', shuffle=False, num_epochs=1,
+                                   shard_info=shard_info)
+    return [bytes(ex['inputs_pretokenized']) for ex in dataset.as_numpy_iterator()]
+  everything = texts()
+  halves = [texts(seqio.ShardInfo(i, 2)) for i in range(2)]
   assert len(everything) == 200 and [len(h) for h in halves] == [100, 100]
-  assert sorted(halves[0] + halves[1]) == everything
+  assert sorted(halves[0] + halves[1]) == sorted(everything)
 
 
 def test_missing_task_module_is_a_clear_error():

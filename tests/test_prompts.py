@@ -10,6 +10,7 @@ import pytest
 
 from conftest import shared_path
 from prompt_tuning_jax import prompts
+from prompt_tuning_jax.checkpoints import prompt_io
 
 H = 8
 
@@ -80,9 +81,9 @@ def test_from_file_and_shape_errors(tmp_path, table):
   path = tmp_path / 'p.npy'
   want = np.random.RandomState(0).randn(4, H).astype(np.float32)
   np.save(path, want)
-  np.testing.assert_array_equal(_jit_init(prompts.from_file(str(path)), (4, H)), want)
+  np.testing.assert_array_equal(_jit_init(prompt_io.prompt_initializer(str(path)), (4, H)), want)
   with pytest.raises(ValueError, match=r'\(4, 8\).*\(5, 8\)'):
-    prompts.from_file(str(path))(jax.random.PRNGKey(0), (5, H))
+    prompt_io.prompt_initializer(str(path))(jax.random.PRNGKey(0), (5, H))
   with pytest.raises(ValueError, match='width'):
     prompts.sampled_vocab(table)(jax.random.PRNGKey(0), (4, H + 1))
 

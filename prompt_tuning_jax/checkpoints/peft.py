@@ -43,7 +43,7 @@ import numpy as np
 import safetensors.numpy
 
 from prompt_tuning_jax.checkpoints import tree as tree_lib
-from prompt_tuning_jax.checkpoints.prompt_io import check_prompt_array
+from prompt_tuning_jax.checkpoints.tree import check_prompt_array
 from prompt_tuning_jax.checkpoints.tree import CheckpointError
 
 ADAPTER_CONFIG_FILE = 'adapter_config.json'

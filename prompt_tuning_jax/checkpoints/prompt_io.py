@@ -14,11 +14,12 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 
+from prompt_tuning_jax import prompts
 from prompt_tuning_jax.checkpoints import tree as tree_lib
 from prompt_tuning_jax.checkpoints.tree import CheckpointError
+from prompt_tuning_jax.checkpoints.tree import check_prompt_array
 
 
 def save_prompt(path: str, prompt: Any) -> None:
@@ -70,28 +71,7 @@ def load_prompt(path: str, *,
   return array.astype(np.float32)
 
 
-def check_prompt_array(source: str, array: np.ndarray,
-                       expected_shape: Sequence[int | None] | None = None) -> None:
-  """Raises CheckpointError, naming `source`, unless `array` is a finite 2-D
-  float [P, H] array of `expected_shape` (None entries match any size)."""
-  if array.ndim != 2 or not _is_float(array.dtype):
-    raise CheckpointError(
-        f'{source}: a prompt is a 2-D float array [P, H], got '
-        f'{tree_lib.shape_str(array.shape)} {array.dtype}')
-  if expected_shape is not None and (
-      len(expected_shape) != 2 or
-      any(e is not None and e != a
-          for e, a in zip(expected_shape, array.shape))):
-    raise CheckpointError(
-        f'{source}: expected prompt shape {tree_lib.shape_str(expected_shape)}'
-        f', got {tree_lib.shape_str(array.shape)}')
-  finite = np.isfinite(np.asarray(array, np.float32))
-  if not finite.all():
-    row, column = np.argwhere(~finite)[0]
-    raise CheckpointError(
-        f'{source}: the prompt holds {int((~finite).sum())} NaN/inf values, the first at row '
-        f"{row}, column {column}: a diverged run? Use an earlier checkpoint's prompt.")
-
-
-def _is_float(dtype: np.dtype) -> bool:
-  return np.issubdtype(dtype, np.floating) or dtype == ml_dtypes.bfloat16
+def prompt_initializer(path: str) -> prompts.Initializer:
+  """The initialiser of a prompt saved in a file (a [P, H] .npy, the original's
+  suffix-less files, or a PEFT adapter): `prompts.from_array` of `load_prompt`."""
+  return prompts.from_array(load_prompt(path), source=path)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 import tensorstore as ts
 
@@ -176,3 +177,30 @@ def write_bytes(path: str, data: bytes) -> None:
   except BaseException:
     os.unlink(tmp_path)
     raise
+
+
+def check_prompt_array(source: str, array: np.ndarray,
+                       expected_shape: Sequence[int | None] | None = None) -> None:
+  """Raises CheckpointError, naming `source`, unless `array` is a finite 2-D
+  float [P, H] array of `expected_shape` (None entries match any size)."""
+  if array.ndim != 2 or not _is_float(array.dtype):
+    raise CheckpointError(
+        f'{source}: a prompt is a 2-D float array [P, H], got '
+        f'{shape_str(array.shape)} {array.dtype}')
+  if expected_shape is not None and (
+      len(expected_shape) != 2 or
+      any(e is not None and e != a
+          for e, a in zip(expected_shape, array.shape))):
+    raise CheckpointError(
+        f'{source}: expected prompt shape {shape_str(expected_shape)}'
+        f', got {shape_str(array.shape)}')
+  finite = np.isfinite(np.asarray(array, np.float32))
+  if not finite.all():
+    row, column = np.argwhere(~finite)[0]
+    raise CheckpointError(
+        f'{source}: the prompt holds {int((~finite).sum())} NaN/inf values, the first at row '
+        f"{row}, column {column}: a diverged run? Use an earlier checkpoint's prompt.")
+
+
+def _is_float(dtype: np.dtype) -> bool:
+  return np.issubdtype(dtype, np.floating) or dtype == ml_dtypes.bfloat16
