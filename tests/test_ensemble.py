@@ -57,6 +57,61 @@ def test_evaluate_reports_members_and_ensembles():
                     'members_mean': {'accuracy': 62.5}, 'ensemble/vote': {'accuracy': 75.0}}
 
 
+def _vote_by_hand(member_predictions):
+  """Majority vote written out: most votes wins; a tie goes to the lowest-indexed member's pick."""
+  votes = []
+  for i in range(len(member_predictions[0])):
+    column = [member[i] for member in member_predictions]
+    tally = {}
+    for prediction in column:
+      tally[prediction] = tally.get(prediction, 0) + 1
+    best = max(tally.values())
+    for prediction in column:  # members in order: the first with the top count wins
+      if tally[prediction] == best:
+        votes.append(prediction)
+        break
+  return votes
+
+
+def _mean_argmax_by_hand(member_scores):
+  """Argmax of the members' mean log-likelihood; ties to the lowest label index."""
+  k, b, n_labels = np.shape(member_scores)
+  picks = []
+  for i in range(b):
+    means = [sum(float(member_scores[m][i][j]) for m in range(k)) / k for j in range(n_labels)]
+    picks.append(next(j for j in range(n_labels) if means[j] == max(means)))
+  return picks
+
+
+# Crafted member log-likelihoods [K=3, b=4, L=3] and the hand-computed ensembles:
+#  ex 0: picks 0, 1, 1 -> vote 1; means (-2.5, -1.167, -3.0) -> 1.
+#  ex 1: picks 0, 0, 2 -> vote 0; means (-3.067, -9.0, -0.7) -> 2 (vote and average disagree).
+#  ex 2: picks 1, 0, 2 (three-way tie) -> member 0's 1; means (-2.0, -2.333, -1.667) -> 2.
+#  ex 3: picks 0, 1, 0 -> vote 0; means all -1.5 (tie) -> lowest label, 0.
+CRAFTED_SCORES = np.array([
+    [[-1.0, -2.0, -3.0], [-0.1, -9.0, -1.0], [-3.0, -1.0, -2.0], [-1.0, -2.0, -1.5]],
+    [[-1.5, -1.0, -3.0], [-0.1, -9.0, -1.0], [-1.0, -3.0, -2.0], [-2.0, -1.0, -1.5]],
+    [[-5.0, -0.5, -3.0], [-9.0, -9.0, -0.1], [-2.0, -3.0, -1.0], [-1.5, -1.5, -1.5]]], np.float32)
+
+
+def test_rank_ensemble_vote_and_average_on_crafted_member_scores(monkeypatch):
+  k, b, _ = CRAFTED_SCORES.shape
+
+  def fake_mixed_rank_classify(model, params, bank, names, tokens, label_token_ids, normalize):
+    assert list(names) == [m for m in MEMBERS for _ in range(b)]  # member-major rows
+    scores = CRAFTED_SCORES.reshape(k * b, -1)
+    return scores.argmax(-1), scores
+
+  monkeypatch.setattr(ensemble.mixed, 'mixed_rank_classify', fake_mixed_rank_classify)
+  result = ensemble.ensemble_rank_classify(None, None, None, MEMBERS, np.zeros((b, 5), np.int32),
+                                           np.zeros((3, 2), np.int32))
+  assert result.member_labels.tolist() == [[0, 0, 1, 0], [1, 0, 0, 1], [1, 2, 2, 0]]
+  assert result.vote.tolist() == [1, 0, 1, 0] == _vote_by_hand(result.member_labels.tolist())
+  assert result.average.tolist() == [1, 2, 2, 0] == _mean_argmax_by_hand(CRAFTED_SCORES)
+  np.testing.assert_allclose(result.average_scores[:2], [[-2.5, -3.5 / 3, -3.0],
+                                                         [-9.2 / 3, -9.0, -2.1 / 3]], rtol=1e-6)
+
+
 @pytest.fixture(scope='module')
 def setup():
   model = PromptedT5(CONFIG, prompt_length=4)
@@ -107,8 +162,8 @@ def test_rank_ensemble_is_one_batched_pass(setup):
     want_labels, want_scores = scoring.jit_rank_classify(model, alone, inputs, labels)
     np.testing.assert_array_equal(result.member_labels[k], np.asarray(want_labels))
     np.testing.assert_allclose(result.member_scores[k], np.asarray(want_scores), atol=1e-5)
-  np.testing.assert_array_equal(result.vote, ensemble.majority_vote(result.member_labels.tolist()))
-  np.testing.assert_array_equal(result.average, result.member_scores.mean(0).argmax(-1))
+  assert result.vote.tolist() == _vote_by_hand(result.member_labels.tolist())
+  assert result.average.tolist() == _mean_argmax_by_hand(result.member_scores)
 
 
 def test_decode_ensemble_is_one_batched_pass(setup):
@@ -121,4 +176,7 @@ def test_decode_ensemble_is_one_batched_pass(setup):
   assert counter.batches == [len(MEMBERS) * inputs.shape[0]]
   assert result.member_tokens.shape == (3, 5, 3) and result.member_scores.shape == (3, 5)
   assert len(result.member_texts) == 3 and len(result.vote) == 5
-  assert result.vote == ensemble.majority_vote(result.member_texts)
+  assert result.vote == _vote_by_hand(result.member_texts)
+  # The members disagree here (measured: examples 0 and 2 are three-way ties, 1 and 4 are 2-1),
+  # so the vote is not any single member's output.
+  assert all(result.vote != member for member in result.member_texts)
