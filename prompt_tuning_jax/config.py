@@ -266,7 +266,8 @@ def configure(command: str, files: Sequence[str], bindings: Sequence[str],
       raise errors.UsageError(f'{files[0]} does not exist: MODEL_DIR holds no training run. '
                               "Pass the run's files instead, e.g. --gin_file=runs/eval.gin.")
   _parse(files, [])
-  _check_macro_names(bindings)
+  if _bindings(_RUN_SETTINGS):  # Without a run file, `_check_complete` says so.
+    _check_macro_names(bindings)
   _parse(files, bindings)
   _check_complete()
   run = gin.get_configurable(_RUN_SETTINGS)()
