@@ -8,8 +8,9 @@ Each input is a short review whose sentiment is carried by one or two
 adjectives, e.g. `review: the soup was awful and the staff were rude` -> `-`
 (negative) or `+` (positive). `smoke_sentiment_words` is the same reviews with
 the labels `negative`/`positive` in the vocabulary the model file names (the
-smoke task of a SentencePiece model such as t5_mini). Every split is generated from its own seed, so the splits are
-disjoint in their random draws and identical on every machine.
+smoke task of a SentencePiece model such as t5_mini). Every split is generated
+from its own seed, so the splits are disjoint in their random draws and
+identical on every machine.
 """
 from __future__ import annotations
 
