@@ -28,19 +28,22 @@ tasks.train_vocabulary(sys.argv[2:], sys.argv[1], vocab_size=8000)" \
     "${VOCAB}" "${SHARED}/corpus/english_debian_texts.txt.gz" "${SST2}"
 fi
 
+# MODEL_DIR -> MODEL_DIR_t5x (once): the run's weights as a T5X checkpoint.
+export_t5x() {
+  [[ -d "$1_t5x" ]] || python -c "import sys; \
+from prompt_tuning_jax.checkpoints import train_state; \
+print(train_state.export_t5x(sys.argv[1], sys.argv[2]))" "$1" "$1_t5x"
+}
+
 common=(--gin_file=models/t5_mini.gin --gin.get_vocabulary.path="${VOCAB}")
 
 echo "== span corruption from scratch (${WORK_DIR}/span)"
 ptj train "${common[@]}" --gin_file=runs/pretrain.gin --gin.INITIAL_CHECKPOINT_PATH=None \
   --gin.MODEL_DIR="${WORK_DIR}/span" "${EXTRA[@]}"
-[[ -d "${WORK_DIR}/span_t5x" ]] || python -c "import sys; \
-from prompt_tuning_jax.checkpoints import train_state; \
-print(train_state.export_t5x(sys.argv[1], sys.argv[2]))" "${WORK_DIR}/span" "${WORK_DIR}/span_t5x"
+export_t5x "${WORK_DIR}/span"
 
 echo "== LM adaptation (${WORK_DIR}/lm)"
 ptj train "${common[@]}" --gin_file=runs/lm_adapt.gin \
   --gin.INITIAL_CHECKPOINT_PATH="${WORK_DIR}/span_t5x" --gin.MODEL_DIR="${WORK_DIR}/lm" "${EXTRA[@]}"
-[[ -d "${WORK_DIR}/lm_t5x" ]] || python -c "import sys; \
-from prompt_tuning_jax.checkpoints import train_state; \
-print(train_state.export_t5x(sys.argv[1], sys.argv[2]))" "${WORK_DIR}/lm" "${WORK_DIR}/lm_t5x"
+export_t5x "${WORK_DIR}/lm"
 echo "== done: ${WORK_DIR}/span_t5x (span corruption), ${WORK_DIR}/lm_t5x (LM-adapted)"

@@ -172,7 +172,7 @@ def _chunk_tokens(dataset: tf.data.Dataset, chunk_length: int) -> tf.data.Datase
   return tokens.batch(chunk_length, drop_remainder=True).map(lambda t: {'targets': t})
 
 
-def _numpy_objective(fn, num_outputs=2):
+def _numpy_objective(fn):
   """Runs `fn(tokens, rng) -> (inputs, targets)` per example with a seqio-provided seed."""
   @seqio.map_over_dataset(num_seeds=1)
   def apply(example, seed):
@@ -180,7 +180,7 @@ def _numpy_objective(fn, num_outputs=2):
       rng = np.random.default_rng((np.asarray(seed_value).astype(np.int64) % 2**32).tolist())
       return tuple(np.asarray(x, np.int32) for x in fn(tokens, rng))
     inputs, targets = tf.numpy_function(run, [example['targets'], seed],
-                                        [tf.int32] * num_outputs, stateful=False)
+                                        [tf.int32, tf.int32], stateful=False)
     return {'inputs': tf.ensure_shape(inputs, [None]),
             'targets': tf.ensure_shape(targets, [None])}
   return apply
