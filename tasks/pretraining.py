@@ -11,8 +11,9 @@
 The corpus is a list of text files (`pretraining_corpus.files`, or the
 `PTJ_CORPUS` environment variable, comma-separated): `.txt`/`.txt.gz` with
 one paragraph a line, or `FILE::FIELD` for the text of a task's train split
-(see `vocab.read_text_lines`). Lines are shuffled with a fixed seed (the
-shared corpus is grouped by source), tokenized, concatenated and cut into
+(see `vocab.read_text_lines`). Lines are cut into pieces of at most
+`MAX_WORDS_PER_PIECE` words and shuffled with a fixed seed (the shared corpus
+is grouped by source), tokenized, concatenated and cut into
 chunks of a fixed number of tokens, so every example fills its feature
 lengths and no padding is paid (no packing needed). `validation` is a fixed
 held-out set of lines (`VALIDATION_LINES`), never used for training.
@@ -40,6 +41,10 @@ SPAN_CORRUPTION_TASK = 'pretrain_span_corruption'
 PREFIX_LM_TASK = 'pretrain_prefix_lm'
 CORPUS_ENV = 'PTJ_CORPUS'
 VALIDATION_LINES = 2000
+# Longer lines are cut into pieces of at most this many words before the shuffle, so
+# that one huge line (the shared corpus has an index of 187k words on one line)
+# cannot fill hundreds of consecutive batches.
+MAX_WORDS_PER_PIECE = 256
 NOISE_DENSITY = 0.15
 MEAN_NOISE_SPAN_LENGTH = 3.0
 
@@ -147,10 +152,19 @@ def pretraining_corpus(files: Optional[Sequence[str]] = None) -> list[str]:
                       f'{CORPUS_ENV} (text files, one paragraph a line).')
 
 
+def _pieces(line: str) -> list[str]:
+  words = line.split(' ')
+  if len(words) <= MAX_WORDS_PER_PIECE:
+    return [line]
+  return [' '.join(words[i:i + MAX_WORDS_PER_PIECE])
+          for i in range(0, len(words), MAX_WORDS_PER_PIECE)]
+
+
 @functools.lru_cache(maxsize=4)
 def _shuffled_lines(files: tuple[str, ...], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-  """(train lines, validation lines): every file's lines, shuffled once with `seed`."""
-  lines = np.array([line for spec in files for line in read_text_lines(spec)], dtype=object)
+  """(train lines, validation lines): every file's lines, cut to pieces, shuffled with `seed`."""
+  lines = np.array([piece for spec in files for line in read_text_lines(spec)
+                    for piece in _pieces(line)], dtype=object)
   order = np.random.RandomState(seed).permutation(len(lines))
   if len(lines) <= 2 * VALIDATION_LINES:
     held_out = max(1, len(lines) // 10)

@@ -222,3 +222,16 @@ def test_pretraining_through_the_trainer_then_export(tiny_vocab, tmp_path,
     np.testing.assert_array_equal(loaded[path], np.asarray(value), err_msg=path)
   with pytest.raises(checkpoints.CheckpointError, match='already exists'):
     train_state.export_t5x(str(model_dir), exported)
+
+
+def test_long_lines_are_cut_into_pieces_before_the_shuffle(tmp_path):
+  """One huge line must not become hundreds of consecutive chunks (the corpus has such lines)."""
+  words = [f'w{i}' for i in range(2 * pretraining.MAX_WORDS_PER_PIECE + 10)]
+  corpus = tmp_path / 'long.txt'
+  corpus.write_text('short line one\n' + ' '.join(words) + '\nshort line two\n')
+  train, validation = pretraining._shuffled_lines((str(corpus),))  # pylint: disable=protected-access
+  pieces = [p.split(' ') for p in [*train, *validation]]
+  assert max(len(p) for p in pieces) == pretraining.MAX_WORDS_PER_PIECE
+  assert len(pieces) == 5
+  long_pieces = sorted((p for p in pieces if p[0].startswith('w')), key=lambda p: int(p[0][1:]))
+  assert [w for p in long_pieces for w in p] == words  # nothing lost, nothing repeated
