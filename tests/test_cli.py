@@ -30,7 +30,7 @@ def test_help_lists_the_gin_macros(tmp_path, capsys):
   out = subprocess.run([sys.executable, '-m', 'prompt_tuning_jax.cli', '--help'], cwd=tmp_path,
                        capture_output=True, text=True, check=True).stdout
   assert all(name in out for name in names)
-  for command in ('train', 'eval', 'infer'):
+  for command in ('train', 'eval', 'infer', 'export'):
     with pytest.raises(SystemExit) as e:
       cli.main([command, '--help'])
     assert e.value.code == 0
