@@ -10,6 +10,8 @@ them must equal what `evaluation.Evaluator` reports.
 """
 from __future__ import annotations
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -225,3 +227,52 @@ def test_beam_eval_equals_the_exhaustive_best_output(case):
       case['params'], step=7)
   assert metrics[f'{GENERATED_TASK}/accuracy'] == pytest.approx(accuracy(targets, beam))
   assert accuracy(targets, beam) != accuracy(targets, greedy)
+
+
+# The eval results of each step of a 4-step run: the mean over the two tasks is best at
+# step 2, neither task's own best is step 2, and the last step is not the best.
+SCHEDULE = {1: (90.0, 10.0), 2: (60.0, 60.0), 3: (10.0, 95.0), 4: (50.0, 50.0)}
+
+
+def test_best_checkpoint_by_the_mixture_mean_and_eval_at_best_or_step(
+    case, tmp_path, monkeypatch, capsys, restore_ptj_global_state):
+  from prompt_tuning_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top
+  from prompt_tuning_jax import train  # pylint: disable=g-import-not-at-top
+  from prompt_tuning_jax.checkpoints import prompt_io  # pylint: disable=g-import-not-at-top
+  from prompt_tuning_jax.checkpoints import train_state  # pylint: disable=g-import-not-at-top
+  del case  # registers the mixture
+  evaluated = {}  # step -> the prompt the evaluator was given
+
+  def scheduled_evaluate(self, params, step):
+    del self
+    evaluated[step] = np.asarray(params['encoder']['prompt']['prompt']['prompt'])
+    labels, generated = SCHEDULE[step]
+    return {f'{LABELS_TASK}/accuracy': labels, f'{GENERATED_TASK}/accuracy': generated,
+            f'{LABELS_TASK}/rank_classification/accuracy': 100.0 - generated}
+
+  monkeypatch.setattr(evaluation.Evaluator, 'evaluate', scheduled_evaluate)
+  model_dir = str(tmp_path)
+  assert train.main([
+      '--gin_file=runs/smoke.gin', f'--gin.MODEL_DIR={model_dir}',
+      f'--gin.MIXTURE_OR_TASK_NAME={MIXTURE}', '--gin.TRAIN_STEPS=4', '--gin.EVAL_PERIOD=1',
+      "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 2}", '--gin.BATCH_SIZE=4',
+      '--gin.PROMPT_LENGTH=2', '--gin.KEEP_CHECKPOINTS=1', "--gin.BEST_METRIC='accuracy'"]) == 0
+  prompts = {s: prompt_io.load_prompt(train_state.prompt_file(model_dir, s)) for s in SCHEDULE}
+  for step, prompt in prompts.items():
+    np.testing.assert_array_equal(evaluated.pop(step), prompt)  # each eval saw its step
+    assert not any(np.array_equal(prompt, prompts[s]) for s in SCHEDULE if s != step)
+  with open(tmp_path / train_state.BEST_CHECKPOINT_FILE) as f:
+    assert json.load(f) == {'step': 2, 'metric': 'accuracy', 'value': 60.0,
+                            'prompt_file': train_state.prompt_file(model_dir, 2)}
+  checkpointer = train_state.TrainStateCheckpointer(model_dir, read_only=True)
+  assert checkpointer.all_steps() == [2, 4]  # the latest, and the best kept beyond KEEP=1
+  checkpointer.close()
+
+  for step_flag, step in [('best', 2), ('4', 4), (None, 4)]:
+    flags = [f'--gin.MODEL_DIR={model_dir}'] + (
+        [f'--gin.CHECKPOINT_STEP={step_flag}'] if step_flag else [])
+    assert eval_lib.main(flags) == 0
+    np.testing.assert_array_equal(evaluated.pop(step), prompts[step])
+    assert f'eval step {step} |' in open(tmp_path / 'eval' / 'summary.txt').read().splitlines()[-1]
+  assert eval_lib.main([f'--gin.MODEL_DIR={model_dir}', '--gin.CHECKPOINT_STEP=3']) == 1
+  assert 'No checkpoint of step 3' in capsys.readouterr().err and not evaluated
