@@ -34,6 +34,7 @@ def run_dir(tmp_path_factory):
   model_dir = str(tmp_path_factory.mktemp('export_run'))
   assert cli.main(['train', '--gin_file=runs/smoke.gin', f'--gin.MODEL_DIR={model_dir}',
                    '--gin.TRAIN_STEPS=2', '--gin.CHECKPOINT_PERIOD=1', '--gin.BATCH_SIZE=4',
+                   '--gin.EVAL_PERIOD=None',
                    "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 4}",
                    *TINY_MODEL]) == 0
   return model_dir
