@@ -256,7 +256,9 @@ def test_best_checkpoint_by_the_mixture_mean_and_eval_at_best_or_step(
       '--gin_file=runs/smoke.gin', f'--gin.MODEL_DIR={model_dir}',
       f'--gin.MIXTURE_OR_TASK_NAME={MIXTURE}', '--gin.TRAIN_STEPS=4', '--gin.EVAL_PERIOD=1',
       "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 2}", '--gin.BATCH_SIZE=4',
-      '--gin.PROMPT_LENGTH=2', '--gin.KEEP_CHECKPOINTS=1', "--gin.BEST_METRIC='accuracy'"]) == 0
+      '--gin.PROMPT_LENGTH=2', '--gin.KEEP_CHECKPOINTS=1', "--gin.BEST_METRIC='accuracy'",
+      '--gin.models.get_config.emb_dim=16', '--gin.models.get_config.head_dim=4',
+      '--gin.models.get_config.mlp_dim=32']) == 0
   prompts = {s: prompt_io.load_prompt(train_state.prompt_file(model_dir, s)) for s in SCHEDULE}
   for step, prompt in prompts.items():
     np.testing.assert_array_equal(evaluated.pop(step), prompt)  # each eval saw its step
