@@ -377,8 +377,8 @@ def _compared_values(text: str) -> dict[str, Any]:
 def check_model_dir(configuration: Configuration, *, override: bool) -> None:
   """Refuses to resume a run in MODEL_DIR whose saved configured values differ.
 
-  TRAIN_STEPS, MODEL_DIR and the checkpoint, eval and infer settings may
-  change (`settings.RESUMABLE_FIELDS`); anything else, unless `override`.
+  TRAIN_STEPS, MODEL_DIR, NUM_PARTITIONS and the checkpoint, eval and infer
+  settings may change (`settings.RESUMABLE_FIELDS`); anything else, unless `override`.
   """
   model_dir = configuration.settings.model_dir
   saved_path = config_file(model_dir)

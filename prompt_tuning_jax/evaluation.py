@@ -128,7 +128,8 @@ class Evaluator:
   def evaluate(self, params, step: int) -> dict[str, float]:
     """Flat metrics {'<task>/<metric>': value}.
 
-    Rank classification's are `<task>/rank_classification/<metric>`.
+    Rank classification's are `<task>/rank_classification/<metric>` (a task with
+    score metrics too has them there as well, with the same values).
     """
     results: dict[str, float] = {}
     if self._main is not None:
@@ -137,8 +138,10 @@ class Evaluator:
                                        score_fn=self.score_fn(params))
       results.update(_flatten(metrics.result()))
     for task_name, (evaluator, label_ids) in self._rank.items():
+      # seqio computes every metric of the task: its score metrics (if any) need scores.
       metrics, _ = evaluator.evaluate(compute_metrics=True, step=step,
-                                      predict_fn=self.rank_fn(params, label_ids))
+                                      predict_fn=self.rank_fn(params, label_ids),
+                                      score_fn=self.score_fn(params))
       results.update(_flatten(metrics.result(), infix=RANK_CLASSIFICATION))
     return results
 
