@@ -104,6 +104,17 @@ def test_eval_without_files_reads_the_runs_config(tmp_path):
     config.configure('infer', [], [], [])
 
 
+def test_eval_of_a_prompt_transfer_run_reads_its_checkpoints_not_its_starting_prompt(tmp_path):
+  """A run started from PROMPT_FILE keeps it in config.gin; eval must not read that file."""
+  smoke_config(tmp_path, "--gin.PROMPT_FILE='/source/prompt.npy'").save(str(tmp_path))
+  for command in ('eval', 'infer'):
+    run = config.configure(command, [], [f"MODEL_DIR = '{tmp_path}'"], []).settings
+    assert run.prompt.file is None
+  given = config.configure('eval', [], [f"MODEL_DIR = '{tmp_path}'",
+                                        "PROMPT_FILE = '/other.npy'"], []).settings
+  assert given.prompt.file == '/other.npy'
+
+
 def test_model_dir_with_another_config_is_refused_unless_overridden(tmp_path):
   smoke_config(tmp_path).save(str(tmp_path))
   # Run length, eval settings and the mesh may change on resume (tests/test_train_mesh.py).
