@@ -202,12 +202,13 @@ def declared_topology(name: str) -> Topology:
 
 
 def visible_topology() -> Topology:
-  """The devices this process sees, with the memory each reports.
+  """The devices of all processes, with the memory each reports.
 
-  CPU devices report none; they share the host's physical memory.
+  Only this process's own devices report memory; CPU devices report none
+  (they share the host's physical memory).
   """
   devices = jax.devices()
-  stats = devices[0].memory_stats() or {}
+  stats = jax.local_devices()[0].memory_stats() or {}
   memory = stats.get('bytes_limit')
   if memory is None:
     memory = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') // jax.local_device_count()
