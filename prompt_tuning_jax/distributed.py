@@ -24,12 +24,15 @@ wait in a collective), all stop with an error instead of hanging.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
-from typing import Any, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional
 
 import jax
+
+from prompt_tuning_jax.errors import PeerError
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +129,27 @@ def initialize(env: Mapping[str, str] = os.environ) -> bool:
               jax.process_index(), jax.process_count(), jax.local_device_count(),
               jax.device_count(), chosen.kwargs['heartbeat_timeout_seconds'])
   return True
+
+
+@contextlib.contextmanager
+def peer_failures() -> Iterator[None]:
+  """Reports a runtime error of a multi-process run as a `PeerError` saying what to do.
+
+  When a process dies, the collective the others are in fails (gloo: the
+  connection is reset) or the coordinator stops them; either way a rerun of
+  every process resumes from the last checkpoint. One process: no change.
+  """
+  try:
+    yield
+  except jax.errors.JaxRuntimeError as e:
+    if jax.process_count() == 1:
+      raise
+    first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
+    raise PeerError(
+        f'process {jax.process_index()} of {jax.process_count()}: a step across the processes '
+        f'failed ({first_line}). Most likely another process died or was killed (its log says '
+        'why); every process stops. Rerun all of them to resume from the last checkpoint.'
+    ) from e
 
 
 def is_primary() -> bool:

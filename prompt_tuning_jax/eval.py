@@ -65,7 +65,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   def run(args: argparse.Namespace, configuration: config.Configuration) -> int:
     del args  # No flags besides the configuration's.
     distributed.initialize()
-    metrics = evaluate(configuration.settings, save_config=configuration.save)
+    with distributed.peer_failures():
+      metrics = evaluate(configuration.settings, save_config=configuration.save)
     print('\n'.join(['Eval metrics:'] + [f'  {k}: {v:.4g}' for k, v in sorted(metrics.items())]),
           flush=True)
     return 0

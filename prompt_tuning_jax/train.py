@@ -242,13 +242,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       'e.g. v3-32, 8xA100-80GB (see partitioning.declared_topology)')
 
   def run(args: argparse.Namespace, configuration: config.Configuration) -> int:
+    distributed.initialize()  # Before the dry run too: it plans for every host's devices.
     if args.dry_run:
       report = dry_run.plan(configuration.settings, args.topology)
-      print(report, flush=True)
+      if distributed.is_primary():
+        print(report, flush=True)
       return 0 if report.fits else 1
-    distributed.initialize()
     config.check_model_dir(configuration, override=args.override_model_dir_config)
-    result = train(configuration.settings, save_config=configuration.save)
+    with distributed.peer_failures():
+      result = train(configuration.settings, save_config=configuration.save)
     print('\n'.join(summary_lines(result)), flush=True)
     return 0
 

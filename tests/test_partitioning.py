@@ -394,5 +394,21 @@ def test_single_process_helpers():
   assert distributed.is_primary()
 
 
+
+def test_peer_failures_explain_what_to_do(monkeypatch):
+  from prompt_tuning_jax import distributed  # pylint: disable=g-import-not-at-top
+  from prompt_tuning_jax.errors import PeerError  # pylint: disable=g-import-not-at-top
+  failure = jax.errors.JaxRuntimeError('UNKNOWN: Gloo AllGather failed: reset by peer\ndetails')
+  with pytest.raises(jax.errors.JaxRuntimeError):  # one process: unchanged
+    with distributed.peer_failures():
+      raise failure
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  with pytest.raises(PeerError, match=r'process 0 of 2: a step across the processes failed '
+                     r'\(UNKNOWN: Gloo AllGather failed: reset by peer\)\. Most likely another '
+                     r'process died'):
+    with distributed.peer_failures():
+      raise failure
+
+
 if __name__ == '__main__':
   _run_multidevice_checks(sys.argv[1], sys.argv[2])
