@@ -410,5 +410,21 @@ def test_peer_failures_explain_what_to_do(monkeypatch):
       raise failure
 
 
+
+def test_a_topology_change_on_resume_is_logged(caplog):
+  from prompt_tuning_jax import distributed  # pylint: disable=g-import-not-at-top
+  now = distributed.topology(pt.make_mesh(1))
+  assert now == {'processes': 1, 'devices': jax.device_count(),
+                 'mesh': {'data': jax.device_count(), 'model': 1}}
+  with caplog.at_level('INFO'):
+    distributed.log_topology_change(None, now)  # a checkpoint of before the record
+    distributed.log_topology_change(now, now)
+    assert not caplog.records
+    distributed.log_topology_change(dict(now, processes=2, devices=4, mesh={'data': 4,
+                                                                            'model': 1}), now)
+  assert ('the checkpoint was written by 2 process(es), 4 devices, mesh data=4 x model=1, this '
+          'run has 1 process(es)') in caplog.text
+
+
 if __name__ == '__main__':
   _run_multidevice_checks(sys.argv[1], sys.argv[2])

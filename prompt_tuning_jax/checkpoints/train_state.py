@@ -32,6 +32,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 
+from prompt_tuning_jax import distributed
 from prompt_tuning_jax import train_step
 from prompt_tuning_jax.checkpoints import prompt_io
 from prompt_tuning_jax.checkpoints import t5x as t5x_lib
@@ -132,7 +133,7 @@ class TrainStateCheckpointer:
             META: ocp.args.JsonSave(meta)}),
         metrics=meta.get('metrics'), force=True)
     self._manager.wait_until_finished()
-    if jax.process_index() == 0:  # Orbax writes collectively; the numpy export once.
+    if distributed.is_primary():  # Orbax writes collectively; the numpy export once.
       self.export_numpy(step, state.trainable)
     return step
 
