@@ -24,3 +24,7 @@ class CheckpointError(Error, ValueError):
 
 class DivergedError(Error, RuntimeError):
   """The loss or the trained parameters became NaN or infinite."""
+
+
+class PeerError(Error, RuntimeError):
+  """A collective operation of a multi-process run failed: another process stopped."""
