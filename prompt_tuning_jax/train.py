@@ -8,13 +8,15 @@ skips the batches already seen (see `data.py`), so an interrupted run ends
 with exactly the prompt of an uninterrupted one. Every LOG_PERIOD steps a log
 line and metrics; every EVAL_PERIOD steps an eval; a checkpoint every
 CHECKPOINT_PERIOD steps, at each eval and at the end. A NaN or infinite loss
-stops the run before anything after it is saved.
+stops the run before anything after it is saved. `ptj train` stops cleanly on
+SIGTERM/SIGINT: the step in flight finishes and is saved (`preemption.py`).
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+import signal
 import sys
 import time
 from typing import Any, Callable, Optional, Sequence
@@ -30,21 +32,24 @@ from prompt_tuning_jax import evaluation
 from prompt_tuning_jax import logging_utils
 from prompt_tuning_jax import optim
 from prompt_tuning_jax import partitioning
+from prompt_tuning_jax import preemption
 from prompt_tuning_jax import run_setup
 from prompt_tuning_jax import train_step
 from prompt_tuning_jax.checkpoints import train_state as train_state_lib
-from prompt_tuning_jax.errors import DivergedError
+from prompt_tuning_jax.errors import DivergedError, Stopped
 from prompt_tuning_jax.settings import RunSettings
 
 logger = logging.getLogger('prompt_tuning_jax')
 
 
-def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = None
-          ) -> dict[str, Any]:
+def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = None,
+          stop: Optional[preemption.StopSignals] = None) -> dict[str, Any]:
   """Trains (or resumes) in MODEL_DIR; returns a summary of where things are.
 
   `save_config(directory)` records the configuration once every check passed.
+  When `stop` reports a signal, the step just run is saved and `Stopped` raised.
   """
+  stop = stop or preemption.NoSignals()
   s = run_setup.setup(run, batch_size=run.data.batch_size)
   run_setup.check_sources(s)
   model_dir, steps = run.model_dir, run.train_steps
@@ -129,7 +134,8 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
       window.add(metrics, tokens)
       progress.update()
       is_last = step == steps
-      if step % run.log_period == 0 or is_last:
+      signum = None if is_last else stop.requested()
+      if step % run.log_period == 0 or is_last or signum:
         _check_finite(window, step, last_saved, model_dir)
         values = window.averages()
         values.update(learning_rate=float(lr_fn(step - 1)), **counter.metrics())
@@ -139,8 +145,9 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
         progress.log(logging_utils.format_train_line(step, steps, values, eta))
         writer.write(step, 'train', values)
         window.reset()
-      eval_now = evaluator is not None and (step % run.eval_period == 0 or is_last)
-      if eval_now or step % run.checkpoints.period == 0 or is_last:
+      eval_now = (evaluator is not None and (step % run.eval_period == 0 or is_last)
+                  and not signum)  # A stopping run saves at once: the eval could outlast it.
+      if eval_now or step % run.checkpoints.period == 0 or is_last or signum:
         _check_finite(window, step, last_saved, model_dir)
         if not bool(all_finite(state.trainable)):
           raise DivergedError(
@@ -156,6 +163,10 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
         last_saved = ckpt.save(state, data_position={**data_position, 'step': step},
                                metrics=eval_metrics)
         window.exclude(time.time() - pause)
+      if signum:
+        line = _stopped_line(signum, _paths(model_dir, ckpt, step, s.has_prompt))
+        ckpt.close()
+        raise Stopped(line, signum)
       if not is_last:
         batch, tokens = next_batch()
   finally:
@@ -189,6 +200,13 @@ def _paths(model_dir: str, ckpt: train_state_lib.TrainStateCheckpointer, step: i
   if best is not None:
     out.update(best_step=best, best_prompt_file=prompt_file(best))
   return out
+
+
+def _stopped_line(signum: int, paths: dict[str, Any]) -> str:
+  step = os.path.basename(paths['checkpoint_dir'])
+  prompt = f", prompt file {paths['prompt_file']}" if paths['prompt_file'] else ''
+  return (f'stopped by {signal.Signals(signum).name} after step {step}: saved checkpoint '
+          f"{paths['checkpoint_dir']}{prompt}. Run the same command to resume.")
 
 
 def _check_finite(window: logging_utils.TrainWindow, step: int, last_saved: Optional[int],
@@ -244,7 +262,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       return 0 if report.fits else 1
     distributed.initialize()
     config.check_model_dir(configuration, override=args.override_model_dir_config)
-    result = train(configuration.settings, save_config=configuration.save)
+    with preemption.StopSignals() as stop:
+      result = train(configuration.settings, save_config=configuration.save, stop=stop)
     print('\n'.join(summary_lines(result)), flush=True)
     return 0
 
