@@ -33,6 +33,7 @@ from prompt_tuning_jax import logging_utils
 from prompt_tuning_jax import optim
 from prompt_tuning_jax import partitioning
 from prompt_tuning_jax import preemption
+from prompt_tuning_jax import run_dir
 from prompt_tuning_jax import run_setup
 from prompt_tuning_jax import train_step
 from prompt_tuning_jax.checkpoints import train_state as train_state_lib
@@ -46,7 +47,8 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
           stop: Optional[preemption.StopSignals] = None) -> dict[str, Any]:
   """Trains (or resumes) in MODEL_DIR; returns a summary of where things are.
 
-  `save_config(directory)` records the configuration once every check passed.
+  `save_config(directory)` records the configuration once the run has started: the
+  parameters and the checkpoint restored, the first batch read.
   When `stop` reports a signal, the step just run is saved and `Stopped` raised.
   """
   stop = stop or preemption.NoSignals()
@@ -62,9 +64,6 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
   ckpt = train_state_lib.TrainStateCheckpointer(
       model_dir, keep=run.checkpoints.keep, best_metric=run.evaluation.best_metric,
       best_mode=run.evaluation.best_mode)
-  if save_config is not None and primary:
-    save_config(model_dir)
-
   # Batches are a function of these and the step (see data.py): the data position.
   data_position = {'mixture_or_task_name': run.data.mixture_or_task_name, 'split': 'train',
                    'seed': run.data.seed, 'batch_size': run.data.batch_size}
@@ -120,6 +119,8 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
     return partitioning.global_batch(host, s.mesh), tokens * num_shards
 
   batch, tokens = next_batch()
+  if save_config is not None and primary:
+    save_config(model_dir)
   tick = time.time()
   compiled = step_fn.lower(state, frozen, batch).compile()
   logger.info('Compiled the train step in %.1fs; training steps %d..%d of %d.',
@@ -261,9 +262,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       print(report, flush=True)
       return 0 if report.fits else 1
     distributed.initialize()
-    config.check_model_dir(configuration, override=args.override_model_dir_config)
-    with preemption.StopSignals() as stop:
-      result = train(configuration.settings, save_config=configuration.save, stop=stop)
+    model_dir = configuration.settings.model_dir
+    run_dir.check_writable(model_dir)
+    with run_dir.WriterLock(model_dir, enabled=distributed.is_primary()):
+      config.check_model_dir(configuration, override=args.override_model_dir_config)
+      with preemption.StopSignals() as stop:
+        result = train(configuration.settings, save_config=configuration.save, stop=stop)
     print('\n'.join(summary_lines(result)), flush=True)
     return 0
 
