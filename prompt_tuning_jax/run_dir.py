@@ -21,15 +21,11 @@ import time
 from typing import Any, Optional
 
 from prompt_tuning_jax.errors import UsageError
+from prompt_tuning_jax.remote import is_remote
 
 logger = logging.getLogger('prompt_tuning_jax')
 
 LOCK_FILE = 'train.lock'
-
-
-def is_remote(path: str) -> bool:
-  """Whether `path` names a remote filesystem (gs://, s3://, ...), not a local path."""
-  return '://' in path
 
 
 def check_writable(model_dir: str) -> None:

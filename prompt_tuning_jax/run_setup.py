@@ -24,6 +24,7 @@ from prompt_tuning_jax import data as data_lib
 from prompt_tuning_jax import optim
 from prompt_tuning_jax import partitioning
 from prompt_tuning_jax import prompts as prompts_lib
+from prompt_tuning_jax import remote
 from prompt_tuning_jax.checkpoints import hf as hf_lib
 from prompt_tuning_jax.checkpoints import prompt_io
 from prompt_tuning_jax.checkpoints import sharded as sharded_lib
@@ -63,10 +64,14 @@ def _init_params(model, rng: jax.Array) -> dict:
 
 
 def setup(run: RunSettings, *, batch_size: Optional[int] = None) -> Setup:
-  """Checks the task, the devices (for `batch_size`) and the vocabulary; traces shapes.
+  """Checks the remote paths, the task, the devices (for `batch_size`) and the vocabulary;
+  traces shapes.
 
   Nothing is allocated or compiled.
   """
+  remote.check_reachable(run.model_dir, 'MODEL_DIR', must_exist=False)
+  remote.check_reachable(run.initial_checkpoint_path, 'INITIAL_CHECKPOINT_PATH')
+  remote.check_reachable(run.prompt.file, 'PROMPT_FILE')
   task_name = run.data.mixture_or_task_name
   data_lib.import_task_modules(run.data.module)
   data_lib.get_mixture_or_task(task_name)  # Unknown names fail here.
@@ -78,6 +83,10 @@ def setup(run: RunSettings, *, batch_size: Optional[int] = None) -> Setup:
                      f'NUM_PARTITIONS={run.num_partitions}).')
   abstract = jax.eval_shape(lambda rng: _init_params(run.model, rng), jax.random.PRNGKey(0))
   vocabularies = data_lib.task_vocabularies(task_name)
+  for feature, vocab in vocabularies.items():
+    remote.check_reachable(
+        getattr(vocab, 'sentencepiece_model_file', None), f'The {feature!r} vocabulary',
+        local_copy='set PTJ_VOCAB (or --gin.get_vocabulary.path) to the local file')
   rows = tree_lib.flatten(abstract)['token_embedder/embedding'].shape[0]
   for feature, vocab in vocabularies.items():
     if vocab.vocab_size > rows:
