@@ -123,11 +123,12 @@ def check_sources(s: Setup) -> None:
 
 
 def _is_hf_checkpoint(path: str) -> bool:
+  """A safetensors file, or a directory of Hugging Face files and no T5X `checkpoint` file."""
   if path.endswith(('.safetensors', '.safetensors.index.json')):
     return True
-  return '://' not in path and os.path.isdir(path) and any(
-      os.path.exists(os.path.join(path, f))
-      for f in ('model.safetensors', 'model.safetensors.index.json'))
+  return ('://' not in path and os.path.isdir(path)
+          and not os.path.exists(os.path.join(path, 'checkpoint'))
+          and any(os.path.exists(os.path.join(path, f)) for f in hf_lib.HF_FILES))
 
 
 def load_frozen(s: Setup) -> dict:
@@ -185,6 +186,10 @@ def initial_prompt(s: Setup, params: Mapping[str, Any], settings: PromptSettings
   name = settings.init
   if name == 'class_labels':
     words = data_lib.label_words(task_name, settings.class_labels)
+    if words and len(words) > shape[0]:
+      raise UsageError(f'PROMPT_INIT=class_labels: the {len(words)} class labels {words} do not '
+                       f'fit PROMPT_LENGTH={shape[0]}: lengthen the prompt or choose another '
+                       'PROMPT_INIT.')
     if words:
       logger.info('Prompt initialised from the class labels %s.', words)
       init = prompts_lib.class_labels(embedding,

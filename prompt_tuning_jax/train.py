@@ -113,7 +113,10 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
   counter = data_lib.TruncationCounter(s.lengths)
 
   def next_batch():
-    host = counter.pop(next(batches))
+    try:
+      host = counter.pop(next(batches))
+    except StopIteration:  # The batches repeat the split: it is empty.
+      raise data_lib.no_examples(run.data.mixture_or_task_name, 'train') from None
     tokens = int((host['encoder_input_tokens'] > 0).sum()
                  + (host['decoder_target_tokens'] > 0).sum())
     return partitioning.global_batch(host, s.mesh), tokens * num_shards
@@ -153,7 +156,8 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
         if not bool(all_finite(state.trainable)):
           raise DivergedError(
               f'The trained parameters became NaN/inf by step {step}: training stopped and '
-              f'nothing after step {last_saved} was saved. Lower LEARNING_RATE, or check the data.')
+              f'nothing after it was saved; {_last_good(last_saved, model_dir)}. Lower '
+              'LEARNING_RATE, or check the data.')
         pause = time.time()
         eval_metrics = None
         if eval_now:
@@ -216,11 +220,16 @@ def _check_finite(window: logging_utils.TrainWindow, step: int, last_saved: Opti
   bad = window.first_nonfinite_loss(step)
   if bad is None:
     return
-  where = (f'the last good checkpoint is step {last_saved} in '
-           f'{os.path.join(model_dir, train_state_lib.CHECKPOINT_SUBDIR)}'
-           if last_saved is not None else 'no checkpoint was saved')
   raise DivergedError(f'The loss became {bad[1]} at step {bad[0]}: training stopped and nothing '
-                      f'after it was saved; {where}. Lower LEARNING_RATE, or check the data.')
+                      f'after it was saved; {_last_good(last_saved, model_dir)}. Lower '
+                      'LEARNING_RATE, or check the data.')
+
+
+def _last_good(last_saved: Optional[int], model_dir: str) -> str:
+  if last_saved is None:
+    return 'no checkpoint was saved'
+  return (f'the last good checkpoint is step {last_saved} in '
+          f'{os.path.join(model_dir, train_state_lib.CHECKPOINT_SUBDIR)}')
 
 
 # ------------------------------------------------------------------ command line

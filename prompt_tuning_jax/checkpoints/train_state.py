@@ -131,19 +131,48 @@ class TrainStateCheckpointer:
 
   def save(self, state: train_step.TrainState, *, data_position: Mapping[str, Any],
            metrics: Optional[Mapping[str, float]] = None) -> int:
-    """Writes `state` (atomically) and its numpy prompt export; returns the step."""
+    """Writes `state` (atomically) and its numpy prompt export; returns the step.
+
+    A write that fails (disk full, permissions) leaves nothing of the step behind.
+    """
     step = int(jax.device_get(state.step))
     meta = {'step': step, 'data_position': dict(data_position)}
     if metrics is not None:
       meta['metrics'] = {k: float(v) for k, v in metrics.items()}
-    self._manager.save(
-        step, args=ocp.args.Composite(**{
-            STATE: ocp.args.StandardSave(state._asdict()),
-            META: ocp.args.JsonSave(meta)}),
-        metrics=meta.get('metrics'), force=True)
-    self._manager.wait_until_finished()
-    self.export_numpy(step, state.trainable)
+    previous = self.latest_step()
+    quiet = _WriteErrorFilter()  # Orbax's threads log each failed write with its traceback.
+    logging.getLogger('absl').addFilter(quiet)
+    try:
+      self._manager.save(
+          step, args=ocp.args.Composite(**{
+              STATE: ocp.args.StandardSave(state._asdict()),
+              META: ocp.args.JsonSave(meta)}),
+          metrics=meta.get('metrics'), force=True)
+      self._manager.wait_until_finished()
+      self.export_numpy(step, state.trainable)
+    except OSError as e:
+      self._remove_partial(step)
+      last = (f'the last complete checkpoint is step {previous}' if previous is not None
+              else 'no checkpoint was saved')
+      raise tree_lib.CheckpointError(
+          f'Cannot write the checkpoint of step {step} in {self.model_dir}: '
+          f'{e.strerror or e}. Training stopped; {last}. Free space (or fix the permissions) '
+          'and run the same command to resume.') from e
+    finally:
+      logging.getLogger('absl').removeFilter(quiet)
     return step
+
+  def _remove_partial(self, step: int) -> None:
+    """Deletes what a failed save of `step` wrote (first process only)."""
+    if jax.process_index() != 0:
+      return
+    directory = epath.Path(self._manager.directory)
+    for path in directory.glob(f'{step}.orbax-checkpoint-tmp*'):
+      path.rmtree()
+    if step not in self.all_steps():
+      numpy_dir = epath.Path(numpy_checkpoint_dir(self.model_dir, step))
+      if numpy_dir.exists():
+        numpy_dir.rmtree()
 
   def export_numpy(self, step: int, trainable: Mapping[str, Any]) -> list[str]:
     """Writes every trainable prompt parameter as a float32 .npy file."""
@@ -224,6 +253,13 @@ class TrainStateCheckpointer:
 
   def close(self) -> None:
     self._manager.close()
+
+
+class _WriteErrorFilter(logging.Filter):
+  """Drops log records of OSErrors (the save reports them in one line)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not (record.exc_info and isinstance(record.exc_info[1], OSError))
 
 
 def _abstract(x):
