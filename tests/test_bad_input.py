@@ -85,7 +85,8 @@ def cb_dir(tmp_path, monkeypatch):
 def cb_train(model_dir, *bindings) -> list[str]:
   """`ptj train` of the tiny byte model on CB, read with the shipped mini vocabulary."""
   return ['train', '--gin_file=runs/smoke.gin', f'--gin.MODEL_DIR={model_dir}',
-          '--gin.MIXTURE_OR_TASK_NAME=super_glue_cb_v102', '--gin.models.get_config.vocab_size=8192',
+          '--gin.MIXTURE_OR_TASK_NAME=super_glue_cb_v102',
+          '--gin.models.get_config.vocab_size=8192',
           f"--gin.get_vocabulary.path={pretrained.path('t5_mini/spiece.model')}",
           '--gin.TRAIN_STEPS=1', '--gin.BATCH_SIZE=2', '--gin.PROMPT_LENGTH=3',
           "--gin.TASK_FEATURE_LENGTHS={'inputs': 16, 'targets': 4}", '--gin.EVAL_PERIOD=None',

@@ -172,8 +172,8 @@ def not_utf8(x, monkeypatch):
 
 def divergence(x, monkeypatch):
   window = types.SimpleNamespace(first_nonfinite_loss=lambda step: (812, 'nan'))
-  return [error(train._check_finite, window, 812, last_saved, str(x / 'run'))  # pylint: disable=protected-access
-          for last_saved in (800, None)]
+  check = train._check_finite  # pylint: disable=protected-access
+  return [error(check, window, 812, last_saved, str(x / 'run')) for last_saved in (800, None)]
 
 
 def disk_full(x, monkeypatch):
@@ -192,8 +192,8 @@ def stopped(x, monkeypatch):
   model_dir = str(x / 'run')
   paths = {'checkpoint_dir': os.path.join(model_dir, 'checkpoints', '812'),
            'prompt_file': train_state_lib.prompt_file(model_dir, 812)}
-  return [str(errors.Stopped(train._stopped_line(signal.SIGTERM, paths),  # pylint: disable=protected-access
-                             signal.SIGTERM))]
+  line = train._stopped_line(signal.SIGTERM, paths)  # pylint: disable=protected-access
+  return [str(errors.Stopped(line, signal.SIGTERM))]
 
 
 CASES = {

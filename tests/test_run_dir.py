@@ -64,7 +64,8 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over_and_released(tmp_path, cap
 def test_a_lock_of_another_host_is_refused_and_kept(tmp_path):
   lock = tmp_path / run_dir.LOCK_FILE
   lock.write_text(json.dumps({'host': 'tpu-worker-7', 'pid': 4242, 'started': 'then'}))
-  with pytest.raises(UsageError, match=f'process 4242 on tpu-worker-7, started then.*delete {lock}'):
+  with pytest.raises(UsageError,
+                     match=f'process 4242 on tpu-worker-7, started then.*delete {lock}'):
     with run_dir.WriterLock(str(tmp_path)):
       pass
   assert lock.exists()

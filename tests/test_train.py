@@ -104,6 +104,13 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
   assert np.isfinite(exported_prompt(tmp_path, 3)).all()
 
 
+def test_a_huge_learning_rate_diverges_before_any_checkpoint(tmp_path):
+  with pytest.raises(DivergedError, match=r'became nan at step \d+: training stopped and nothing '
+                                          r'after it was saved; no checkpoint was saved\.'):
+    run(tmp_path, 3, 'LEARNING_RATE = 1e39')
+  assert not os.path.exists(tmp_path / 'checkpoints' / '3')
+
+
 @pytest.mark.parametrize('bindings, changes, error, message', [
     (["MIXTURE_OR_TASK_NAME = 'smoke_sentimant'"], {}, UnknownTaskError, 'Did you mean'),
     ([], dict(model=PromptedT5(small_config(vocab_size=64), prompt_length=3)), UsageError,
