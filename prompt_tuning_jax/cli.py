@@ -23,6 +23,8 @@ COMMANDS = {
                    'line naming its prompt',
     'ensemble': 'score K prompts and their ensemble (majority vote / mean scores) in one pass',
     'neighbors': 'nearest vocabulary pieces of each prompt vector (text report + PNG)',
+    'export': "write MODEL_DIR's checkpoint as a T5X checkpoint, a Hugging Face T5 or a PEFT "
+              'prompt adapter (--format t5x|hf|peft --output DIR)',
 }
 
 
@@ -38,6 +40,9 @@ def command_main(command: str) -> Callable[[Optional[Sequence[str]]], int]:
   if command in ('infer', 'infer_mixed'):
     from prompt_tuning_jax import infer
     return infer.main
+  if command == 'export':
+    from prompt_tuning_jax import export
+    return export.main
   if command == 'ensemble':
     from prompt_tuning_jax.many_prompts import ensemble
     return ensemble.main

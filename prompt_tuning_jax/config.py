@@ -265,6 +265,12 @@ def configure(command: str, files: Sequence[str], bindings: Sequence[str],
     if not os.path.isfile(files[0]):
       raise errors.UsageError(f'{files[0]} does not exist: MODEL_DIR holds no training run. '
                               "Pass the run's files instead, e.g. --gin_file=runs/eval.gin.")
+    # The run's PROMPT_FILE was its starting prompt (prompt transfer); what it trained is
+    # in its checkpoints. Only a PROMPT_FILE given now replaces them.
+    _parse(files, [])
+    given = {m.group(1) for m in map(_MACRO_BINDING.match, bindings) if m}
+    if _bindings('PROMPT_FILE/gin.macro').get('value') and 'PROMPT_FILE' not in given:
+      bindings = ['PROMPT_FILE = None', *bindings]
   _parse(files, [])
   if _bindings(_RUN_SETTINGS):  # Without a run file, `_check_complete` says so.
     _check_macro_names(bindings)
@@ -377,8 +383,8 @@ def _compared_values(text: str) -> dict[str, Any]:
 def check_model_dir(configuration: Configuration, *, override: bool) -> None:
   """Refuses to resume a run in MODEL_DIR whose saved configured values differ.
 
-  TRAIN_STEPS, MODEL_DIR and the checkpoint, eval and infer settings may
-  change (`settings.RESUMABLE_FIELDS`); anything else, unless `override`.
+  TRAIN_STEPS, MODEL_DIR, NUM_PARTITIONS and the checkpoint, eval and infer
+  settings may change (`settings.RESUMABLE_FIELDS`); anything else, unless `override`.
   """
   model_dir = configuration.settings.model_dir
   saved_path = config_file(model_dir)

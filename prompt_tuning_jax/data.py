@@ -5,11 +5,19 @@ The pipeline is `Task.get_dataset` (untrimmed, shuffled with `seed`, repeated)
 (trims and pads to the feature lengths) -> `batch(drop_remainder=True)`.
 Packing is never used: a packed row would share one prompt between examples.
 
-Data position on resume: the batch sequence is a pure function of
-(task, split, feature lengths, batch size, seed), because tf.data shuffles
-deterministically when given a seed. A run resumed at step `s` therefore
-skips the first `s` batches (`start_step`), and sees exactly the batches an
-uninterrupted run would have seen. Skipping re-reads and re-preprocesses the
+The batches are GLOBAL batches, the same on every process: the sequence is a
+pure function of (task, split, feature lengths, batch size, seed) and the
+step, because tf.data shuffles deterministically when given a seed; it does
+not depend on the number of processes or devices. Each process builds the
+whole stream and places only the rows its devices hold
+(`partitioning.global_batch`). The price: every host reads and preprocesses
+every example (what a single host would), not 1/N of them; for prompt
+tuning's tasks (thousands of short examples, tokenised once per epoch) that
+is milliseconds per step, far below a step of the frozen model.
+
+Data position on resume: a run resumed at step `s` skips the first `s`
+batches (`start_step`) and sees exactly the batches an uninterrupted run would
+have seen, on any number of hosts. Skipping re-reads and re-preprocesses the
 skipped examples, which costs seconds for the SuperGLUE-sized tasks.
 """
 from __future__ import annotations
@@ -136,41 +144,45 @@ def _flag_and_trim(lengths: Mapping[str, int], features: Mapping[str, seqio.Feat
   return fn
 
 
-def get_dataset(settings: DataSettings, *, start_step: int = 0, shard_index: int = 0,
-                num_shards: int = 1) -> tf.data.Dataset:
-  """Training batches of model features (+ `truncated` [batch, 2]), from batch `start_step` on.
+def get_dataset(settings: DataSettings, *, start_step: int = 0) -> tf.data.Dataset:
+  """Global training batches of model features (+ `truncated` [batch, 2]), from `start_step` on.
 
-  The 'train' split, shuffled with the seed and repeated; this process reads
-  shard `shard_index` of `num_shards` (multi-host), a slice of each batch.
-  Truncation is counted when no preprocessor of the task needs the sequence
-  length (true of text-to-text classification tasks); otherwise seqio trims
-  as usual and the counts stay 0 (logged once).
+  The 'train' split, shuffled with the seed and repeated; the same batches on
+  every process (see the module docstring). Truncation is counted when no
+  preprocessor of the task needs the sequence length (true of text-to-text
+  classification tasks); otherwise seqio trims as usual and the counts stay 0
+  (logged once).
   """
-  if settings.batch_size % num_shards:
-    raise UsageError(f'BATCH_SIZE={settings.batch_size} is not divisible by the {num_shards} '
-                     'data shards (processes).')
+  ds = global_batches(settings)
+  if start_step:
+    ds = ds.skip(start_step)
+  options = tf.data.Options()
+  options.deterministic = True
+  return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def global_batches(settings: DataSettings) -> tf.data.Dataset:
+  """The endless sequence of global batches: examples in seeded order, converted, batched.
+
+  Whatever forms the batches (this function) must depend only on the
+  settings, never on the process, so that every process sees the same batches.
+  """
   lengths = dict(settings.task_feature_lengths)
   provider = get_mixture_or_task(settings.mixture_or_task_name)
-  shard = seqio.ShardInfo(shard_index, num_shards) if num_shards > 1 else None
   count = not _needs_lengths(provider)
   if not count:
     logging.info('%s: a preprocessor uses the sequence length, so seqio trims the examples '
                  'and truncation is not counted.', settings.mixture_or_task_name)
   # Without a sequence length seqio trims nothing; `_flag_and_trim` does it.
   ds = provider.get_dataset(None if count else lengths, split='train', shuffle=True,
-                            seed=settings.seed, shard_info=shard, num_epochs=None,
+                            seed=settings.seed, num_epochs=None,
                             trim_output_features=not count)
   ds = ds.map(_flag_and_trim(lengths, provider.output_features),
               num_parallel_calls=tf.data.AUTOTUNE)
   converter = seqio.EncDecFeatureConverter(
       pack=False, passthrough_features={TRUNCATED: seqio.FeatureConverter.FeatureSpec(tf.int32)})
   ds = converter(ds, task_feature_lengths={**lengths, TRUNCATED: 2})
-  ds = ds.batch(settings.batch_size // num_shards, drop_remainder=True)
-  if start_step:
-    ds = ds.skip(start_step)
-  options = tf.data.Options()
-  options.deterministic = True
-  return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+  return ds.batch(settings.batch_size, drop_remainder=True)
 
 
 def iterate(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:

@@ -14,18 +14,25 @@ only at the environment, in this order:
    `CLOUD_TPU_TASK_ID`, or Multislice's `MEGASCALE_COORDINATOR_ADDRESS`), a
    SLURM job step of several tasks, or an Open MPI run of several ranks.
 Otherwise this is a single process and nothing is initialised.
+
+Failures: a process that sends no heartbeat for `PTJ_HEARTBEAT_TIMEOUT_SECONDS`
+(default 30; JAX's own default is 100) is dead, and the coordinator then
+stops every other process (non-zero exit, JAX's message "another task died").
+A process that ends waits at most `PTJ_SHUTDOWN_TIMEOUT_SECONDS` (default
+120) for the others to end too; if they do not (one failed while the others
+wait in a collective), all stop with an error instead of hanging.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
-from typing import Any, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional
 
 import jax
-import seqio
 
-from prompt_tuning_jax import partitioning
+from prompt_tuning_jax.errors import PeerError
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +44,25 @@ class Plan:
   reason: str
 
 
+HEARTBEAT_TIMEOUT_SECONDS = 30
+SHUTDOWN_TIMEOUT_SECONDS = 120
+
+
 def plan(env: Mapping[str, str] = os.environ) -> Optional[Plan]:
   """What `initialize()` would do in `env`: a Plan, or None for a single process."""
+  cluster = _cluster(env)
+  if cluster is None:
+    return None
+  timeouts = {
+      'heartbeat_timeout_seconds': _int(env, 'PTJ_HEARTBEAT_TIMEOUT_SECONDS',
+                                        HEARTBEAT_TIMEOUT_SECONDS),
+      'shutdown_timeout_seconds': _int(env, 'PTJ_SHUTDOWN_TIMEOUT_SECONDS',
+                                       SHUTDOWN_TIMEOUT_SECONDS)}
+  return Plan({**cluster.kwargs, **timeouts}, cluster.reason)
+
+
+def _cluster(env: Mapping[str, str]) -> Optional[Plan]:
+  """The cluster `env` describes (coordinator, process count and id), or None."""
   forced = env.get('PTJ_DISTRIBUTED')
   if forced is not None:
     if forced not in ('0', '1'):
@@ -100,10 +124,32 @@ def initialize(env: Mapping[str, str] = os.environ) -> bool:
     return False
   logger.info('Initialising jax.distributed: %s.', chosen.reason)
   jax.distributed.initialize(**chosen.kwargs)
-  logger.info('jax.distributed is up: process %d of %d, %d local / %d global devices.',
-               jax.process_index(), jax.process_count(), jax.local_device_count(),
-               jax.device_count())
+  logger.info('jax.distributed is up: process %d of %d, %d local / %d global devices; a '
+              'process silent for %ds is dead, and then every process stops.',
+              jax.process_index(), jax.process_count(), jax.local_device_count(),
+              jax.device_count(), chosen.kwargs['heartbeat_timeout_seconds'])
   return True
+
+
+@contextlib.contextmanager
+def peer_failures() -> Iterator[None]:
+  """Reports a runtime error of a multi-process run as a `PeerError` saying what to do.
+
+  When a process dies, the collective the others are in fails (gloo: the
+  connection is reset) or the coordinator stops them; either way a rerun of
+  every process resumes from the last checkpoint. One process: no change.
+  """
+  try:
+    yield
+  except jax.errors.JaxRuntimeError as e:
+    if jax.process_count() == 1:
+      raise
+    first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
+    raise PeerError(
+        f'process {jax.process_index()} of {jax.process_count()}: a step across the processes '
+        f'failed ({first_line}). Most likely another process died or was killed (its log says '
+        'why); every process stops. Rerun all of them to resume from the last checkpoint.'
+    ) from e
 
 
 def is_primary() -> bool:
@@ -111,13 +157,23 @@ def is_primary() -> bool:
   return jax.process_index() == 0
 
 
-def data_shard_info(mesh: Optional[jax.sharding.Mesh] = None) -> seqio.ShardInfo:
-  """Which shard of the data this process reads (for seqio's `shard_info`).
 
-  Without a mesh: one shard per process. With a mesh: processes holding the
-  same rows of its `data` axis share a shard (`partitioning.data_shard`).
+def topology(mesh: jax.sharding.Mesh) -> dict[str, Any]:
+  """What a checkpoint records of the machines that wrote it."""
+  return {'processes': jax.process_count(), 'devices': mesh.devices.size,
+          'mesh': {str(name): int(size) for name, size in mesh.shape.items()}}
+
+
+def log_topology_change(saved: Optional[Mapping[str, Any]], now: Mapping[str, Any]) -> None:
+  """Logs how the topology of a resumed run differs from its checkpoint's (if it does).
+
+  A change is allowed: the batches do not depend on it (see `data.py`).
   """
-  if mesh is None:
-    return seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count())
-  index, num_shards = partitioning.data_shard(mesh)
-  return seqio.ShardInfo(index=index, num_shards=num_shards)
+  if not saved or dict(saved) == dict(now):
+    return
+  describe = lambda t: (f"{t['processes']} process(es), {t['devices']} devices, mesh "
+                        + ' x '.join(f'{k}={v}' for k, v in t['mesh'].items()))
+  logger.info('Resuming on another topology: the checkpoint was written by %s, this run has %s. '
+              'The data stream continues unchanged (batches do not depend on the topology); '
+              'the rounding of reductions may differ with the mesh.', describe(saved),
+              describe(now))

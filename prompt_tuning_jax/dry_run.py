@@ -91,6 +91,16 @@ class DryRunReport:
   def fits(self) -> bool:
     return self.total_bytes <= self.usable_bytes
 
+  @property
+  def rows_per_host(self) -> int:
+    """Rows of each global batch one host feeds: its devices' share of the `data` axis.
+
+    Every host reads the whole global batch (see `data.py`) and keeps these.
+    """
+    per_host, partitions = self.topology.devices_per_host, self.mesh_shape[pt.MODEL]
+    data_rows = max(1, per_host // partitions)  # a model group wider than a host: one row
+    return self.batch_size * data_rows // self.mesh_shape[pt.DATA]
+
   def __str__(self) -> str:
     t = self.topology
     lines = [
@@ -125,6 +135,10 @@ class DryRunReport:
         f'  total                 {_gib(self.total_bytes):>12}',
         f'Verdict: {verdict}: {_gib(self.total_bytes)} of {_gib(self.usable_bytes)} usable '
         f'per device ({self.usable_fraction:.0%} of {_gib(t.memory_per_device)}).',
+        f'Per host ({t.num_hosts} host(s) of {t.devices_per_host} devices): '
+        f'{_gib(self.total_bytes * t.devices_per_host)} of device memory; each host reads '
+        f'every global batch ({self.batch_size} examples) and feeds {self.rows_per_host} '
+        'rows of it.',
     ]
     if not self.fits:
       lines.append('  Try more model partitions, a smaller batch (or gradient accumulation), '

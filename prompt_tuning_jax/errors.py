@@ -32,3 +32,7 @@ class Stopped(Error):
   def __init__(self, message: str, signum: int):
     super().__init__(message)
     self.exit_status = 128 + signum
+
+
+class PeerError(Error, RuntimeError):
+  """A collective operation of a multi-process run failed: another process stopped."""

@@ -37,7 +37,7 @@ def evaluate(run: RunSettings, *, save_config: Optional[Callable[[str], None]] =
   s = run_setup.setup(run)
   task_name, settings = run.data.mixture_or_task_name, run.evaluation
   evaluator = evaluation.Evaluator(run.model, task_name, s.lengths, settings,
-                                   class_labels=run.prompt.class_labels)
+                                   class_labels=run.prompt.class_labels, mesh=s.mesh)
   params, step = run_setup.trained_params(s)
   source = run.prompt.file if step is None else f'{run.model_dir} step {step}'
   step = step or 0
@@ -65,7 +65,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   def run(args: argparse.Namespace, configuration: config.Configuration) -> int:
     del args  # No flags besides the configuration's.
     distributed.initialize()
-    metrics = evaluate(configuration.settings, save_config=configuration.save)
+    with distributed.peer_failures():
+      metrics = evaluate(configuration.settings, save_config=configuration.save)
     print('\n'.join(['Eval metrics:'] + [f'  {k}: {v:.4g}' for k, v in sorted(metrics.items())]),
           flush=True)
     return 0

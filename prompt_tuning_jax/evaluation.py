@@ -14,6 +14,11 @@ Three model functions feed seqio's metrics:
 Metric keys are `<task>/<metric>`. `selection_value` averages one metric over
 the tasks that report it: the value used to keep the best checkpoint.
 `evaluate_and_record` is what the train loop and `ptj eval` run at each eval.
+
+With a mesh, each eval batch is split over its `data` axis (every process
+reads the same examples and places its devices' rows) and the outputs are
+gathered back to every process, so each computes the same metrics and
+process 0 writes them once.
 """
 from __future__ import annotations
 
@@ -26,10 +31,12 @@ import jax.numpy as jnp
 import numpy as np
 import seqio
 import tensorflow as tf
+from jax.experimental import multihost_utils
 
 from prompt_tuning_jax import data as data_lib
 from prompt_tuning_jax import decoding
 from prompt_tuning_jax import logging_utils
+from prompt_tuning_jax import partitioning
 from prompt_tuning_jax import scoring
 from prompt_tuning_jax.errors import UsageError
 from prompt_tuning_jax.settings import DECODE, RANK_CLASSIFICATION, EvalSettings
@@ -42,14 +49,14 @@ def _has_predict_metrics(task: seqio.Task) -> bool:
              for m in task.metric_objs)
 
 
-def _batches(ds: tf.data.Dataset, batch_size: int):
-  """(indices [n], encoder tokens [batch_size, L], targets [batch_size, D]) with n <= batch_size.
+def _batches(ds: tf.data.Dataset, batch_size: int, padded_size: int):
+  """(indices [n], encoder tokens [padded_size, L], targets [padded_size, D]), n <= batch_size.
 
-  The last batch is zero-padded to `batch_size` so one compilation serves all.
+  Every batch is zero-padded to `padded_size` so one compilation serves all.
   """
   for index, features in ds.batch(batch_size).as_numpy_iterator():
     n = len(index)
-    pad = lambda x: np.pad(x, [(0, batch_size - n)] + [(0, 0)] * (x.ndim - 1))
+    pad = lambda x: np.pad(x, [(0, padded_size - n)] + [(0, 0)] * (x.ndim - 1))
     yield index, pad(features['encoder_input_tokens']), pad(features['decoder_target_tokens'])
 
 
@@ -57,9 +64,14 @@ class Evaluator:
   """Evaluates params on a task or mixture; build once, call `evaluate` per step."""
 
   def __init__(self, model, mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
-               settings: EvalSettings, *, class_labels: Optional[Sequence[str]] = None):
+               settings: EvalSettings, *, class_labels: Optional[Sequence[str]] = None,
+               mesh: Optional[jax.sharding.Mesh] = None):
     self.model = model
     self.settings = settings
+    self.mesh = mesh
+    # Batches are padded to a multiple of the data-parallel devices.
+    replicas = mesh.shape[partitioning.DATA] if mesh is not None else 1
+    self._padded_size = -(-settings.batch_size // replicas) * replicas
     self.task_feature_lengths = dict(task_feature_lengths)
     self.max_decode_length = int(task_feature_lengths['targets'])
     tasks = data_lib.sub_tasks(mixture_or_task_name)
@@ -99,12 +111,27 @@ class Evaluator:
 
   # ---------------------------------------------------------------- model fns
 
+  def _place(self, rows: np.ndarray) -> jax.Array:
+    """Rows on the devices: split over the mesh's `data` axis, or on the default device."""
+    if self.mesh is None:
+      return jnp.asarray(rows)
+    return partitioning.global_batch({'rows': rows}, self.mesh)['rows']
+
+  def _gather(self, outputs):
+    """Every row of the outputs, on every process."""
+    if self.mesh is None:
+      return jax.device_get(outputs)
+    return multihost_utils.process_allgather(outputs, tiled=True)
+
+  def _model_batches(self, ds):
+    return _batches(ds, self.settings.batch_size, self._padded_size)
+
   def predict_fn(self, params) -> Callable[[tf.data.Dataset], list]:
     def predict(ds):
       out = []
-      for index, tokens, _ in _batches(ds, self.settings.batch_size):
-        predicted, _ = jax.device_get(decoding.jit_decode(
-            self.model, params, jnp.asarray(tokens), max_decode_length=self.max_decode_length,
+      for index, tokens, _ in self._model_batches(ds):
+        predicted, _ = self._gather(decoding.jit_decode(
+            self.model, params, self._place(tokens), max_decode_length=self.max_decode_length,
             decoder=self.settings.decoder, beam_size=self.settings.beam_size,
             alpha=self.settings.alpha))
         out.extend((int(i), _after_eos_zeroed(row)) for i, row in zip(index, predicted))
@@ -114,9 +141,9 @@ class Evaluator:
   def rank_fn(self, params, label_ids: np.ndarray) -> Callable[[tf.data.Dataset], list]:
     def predict(ds):
       out = []
-      for index, tokens, _ in _batches(ds, self.settings.batch_size):
-        best, _ = jax.device_get(scoring.jit_rank_classify(
-            self.model, params, jnp.asarray(tokens), jnp.asarray(label_ids)))
+      for index, tokens, _ in self._model_batches(ds):
+        best, _ = self._gather(scoring.jit_rank_classify(
+            self.model, params, self._place(tokens), jnp.asarray(label_ids)))
         out.extend((int(i), label_ids[b]) for i, b in zip(index, best))
       return out
     return predict
@@ -124,9 +151,9 @@ class Evaluator:
   def score_fn(self, params) -> Callable[[tf.data.Dataset], list]:
     def score(ds):
       out = []
-      for index, tokens, targets in _batches(ds, self.settings.batch_size):
-        scores = jax.device_get(scoring.jit_score_targets(
-            self.model, params, jnp.asarray(tokens), jnp.asarray(targets)))
+      for index, tokens, targets in self._model_batches(ds):
+        scores = self._gather(scoring.jit_score_targets(
+            self.model, params, self._place(tokens), self._place(targets)))
         out.extend((int(i), float(v)) for i, v in zip(index, scores))
       return out
     return score
@@ -136,7 +163,8 @@ class Evaluator:
   def evaluate(self, params, step: int) -> dict[str, float]:
     """Flat metrics {'<task>/<metric>': value}.
 
-    Rank classification's are `<task>/rank_classification/<metric>`.
+    Rank classification's are `<task>/rank_classification/<metric>` (a task with
+    score metrics too has them there as well, with the same values).
     """
     results: dict[str, float] = {}
     if self._main is not None:
@@ -145,8 +173,10 @@ class Evaluator:
                                        score_fn=self.score_fn(params))
       results.update(_flatten(metrics.result()))
     for task_name, (evaluator, label_ids) in self._rank.items():
+      # seqio computes every metric of the task: its score metrics (if any) need scores.
       metrics, _ = evaluator.evaluate(compute_metrics=True, step=step,
-                                      predict_fn=self.rank_fn(params, label_ids))
+                                      predict_fn=self.rank_fn(params, label_ids),
+                                      score_fn=self.score_fn(params))
       results.update(_flatten(metrics.result(), infix=RANK_CLASSIFICATION))
     return results
 

@@ -120,8 +120,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     settings = dataclasses.replace(settings, inference=dataclasses.replace(
         settings.inference, **{k: v for k, v in flags.items() if v}))
     distributed.initialize()
-    path = infer(settings, prompt_files=parse_bank_spec(args.prompt) if args.prompt else None,
-                 label_words=_parse_labels(args.labels), save_config=configuration.save)
+    with distributed.peer_failures():
+      path = infer(settings, prompt_files=parse_bank_spec(args.prompt) if args.prompt else None,
+                   label_words=_parse_labels(args.labels), save_config=configuration.save)
     print(f'Predictions: {path}', flush=True)
     return 0
 

@@ -202,12 +202,13 @@ def declared_topology(name: str) -> Topology:
 
 
 def visible_topology() -> Topology:
-  """The devices this process sees, with the memory each reports.
+  """The devices of all processes, with the memory each reports.
 
-  CPU devices report none; they share the host's physical memory.
+  Only this process's own devices report memory; CPU devices report none
+  (they share the host's physical memory).
   """
   devices = jax.devices()
-  stats = devices[0].memory_stats() or {}
+  stats = jax.local_devices()[0].memory_stats() or {}
   memory = stats.get('bytes_limit')
   if memory is None:
     memory = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') // jax.local_device_count()
@@ -301,32 +302,13 @@ def replicated(mesh: AnyMesh) -> NamedSharding:
 
 
 def global_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-  """Host-local batch rows -> global arrays with the batch dimension over `data`.
+  """The same global batch on every process -> arrays with the batch dimension over `data`.
 
-  Each process passes the rows of its own data shard (`data_shard`); with one
-  process this is a plain sharded `device_put`.
+  Each device gets its rows of `batch` (a process places only those of its
+  own devices), so which example lands where depends on the mesh alone, not
+  on how many processes feed it.
   """
-  _, num_shards = data_shard(mesh)
   sharding = batch_sharding(mesh)
-  out = {}
-  for name, rows in batch.items():
-    rows = np.asarray(rows)
-    global_shape = (rows.shape[0] * num_shards,) + rows.shape[1:]
-    out[name] = jax.make_array_from_process_local_data(sharding, rows, global_shape)
-  return out
-
-
-def data_shard(mesh: Mesh, process_index: Optional[int] = None) -> tuple[int, int]:
-  """(index, count) of the data shard a process feeds (default: this process).
-
-  Processes whose devices hold the same rows of the `data` axis (model
-  parallelism across hosts) must feed the same examples, so they share a
-  shard: there is one shard per distinct set of data rows.
-  """
-  process_index = jax.process_index() if process_index is None else process_index
-  data_axis = mesh.axis_names.index(DATA)
-  rows_of: dict[int, set[int]] = {}
-  for index, device in np.ndenumerate(mesh.devices):
-    rows_of.setdefault(device.process_index, set()).add(index[data_axis])
-  groups = sorted({tuple(sorted(rows)) for rows in rows_of.values()})
-  return groups.index(tuple(sorted(rows_of[process_index]))), len(groups)
+  return {name: jax.make_array_from_callback(np.shape(rows), sharding,
+                                             lambda index, rows=np.asarray(rows): rows[index])
+          for name, rows in batch.items()}

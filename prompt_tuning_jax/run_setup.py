@@ -239,9 +239,14 @@ def trained_params(s: Setup) -> tuple[dict, Optional[int]]:
   The checkpoint is CHECKPOINT_STEP's ('latest', 'best' or a step). Returns
   (device params, the checkpoint step, or None for PROMPT_FILE).
   """
-  run = s.run
-  if run.prompt.file:
+  if s.run.prompt.file:
     return on_devices(build_params(s), s.mesh), None
+  return checkpoint_params(s)
+
+
+def checkpoint_params(s: Setup) -> tuple[dict, int]:
+  """Frozen weights + the trained parameters of MODEL_DIR's CHECKPOINT_STEP; (params, step)."""
+  run = s.run
   wanted = run.checkpoints.step
   ckpt = train_state_lib.TrainStateCheckpointer(run.model_dir, read_only=True, best_metric=(
       _saved_best_metric(run.model_dir) if wanted == BEST else None))

@@ -25,7 +25,7 @@ LATEST, BEST = 'latest', 'best'
 LOSS_NORMALIZATIONS = ('sum', 'mean')
 # RunSettings fields that may change when a run in MODEL_DIR is resumed.
 RESUMABLE_FIELDS = ('model_dir', 'train_steps', 'log_period', 'eval_period', 'checkpoints',
-                    'evaluation', 'inference')
+                    'evaluation', 'inference', 'num_partitions')
 
 
 def _require(condition: bool, message: str) -> None:

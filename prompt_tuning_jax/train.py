@@ -3,9 +3,10 @@
   python -m prompt_tuning_jax.train --gin_file=runs/smoke.gin --gin.MODEL_DIR=/tmp/smoke
 
 `train` resumes from the latest checkpoint in MODEL_DIR. The data position is
-the step: batches are a deterministic function of the seed, and a resumed run
-skips the batches already seen (see `data.py`), so an interrupted run ends
-with exactly the prompt of an uninterrupted one. Every LOG_PERIOD steps a log
+the step: global batches are a deterministic function of the seed, the same on
+any number of processes, and a resumed run skips the batches already seen (see
+`data.py`), so an interrupted run ends with exactly the prompt of an
+uninterrupted one, also when resumed on another number of hosts. Every LOG_PERIOD steps a log
 line and metrics; every EVAL_PERIOD steps an eval; a checkpoint every
 CHECKPOINT_PERIOD steps, at each eval and at the end. A NaN or infinite loss
 stops the run before anything after it is saved. `ptj train` stops cleanly on
@@ -59,7 +60,8 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
   evaluator = None
   if run.eval_period:  # Built now: a missing eval split fails before training.
     evaluator = evaluation.Evaluator(run.model, run.data.mixture_or_task_name, s.lengths,
-                                     run.evaluation, class_labels=run.prompt.class_labels)
+                                     run.evaluation, class_labels=run.prompt.class_labels,
+                                     mesh=s.mesh)
   params = run_setup.build_params(s)
   ckpt = train_state_lib.TrainStateCheckpointer(
       model_dir, keep=run.checkpoints.keep, best_metric=run.evaluation.best_metric,
@@ -67,6 +69,7 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
   # Batches are a function of these and the step (see data.py): the data position.
   data_position = {'mixture_or_task_name': run.data.mixture_or_task_name, 'split': 'train',
                    'seed': run.data.seed, 'batch_size': run.data.batch_size}
+  topology = distributed.topology(s.mesh)  # Recorded; may change on resume.
   opt = run.optimizer
   trainable, frozen = optim.partition(params, opt.trainable_rules)
   tx = optim.partitioned_optimizer(params, opt.optimizer(learning_rate=opt.learning_rate),
@@ -85,6 +88,7 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
     if changed:
       logger.warning("The data differ from the checkpoint's (saved, now): %s; the resumed run "
                      'will not see the batches an uninterrupted one would.', changed)
+    distributed.log_topology_change(meta.get('topology'), topology)
   else:
     state = jax.jit(lambda t, f: train_step.init_train_state(t, f, tx),
                     out_shardings=state_shardings)(run_setup.on_devices(trainable, s.mesh), frozen)
@@ -107,9 +111,8 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
           dropout_rng=jax.random.fold_in(jax.random.PRNGKey(run.data.seed), 2) if dropout else None,
           learning_rate_fn=lambda step: jnp.asarray(lr_fn(step), jnp.float32)),
       donate_argnums=(0,), out_shardings=(state_shardings, partitioning.replicated(s.mesh)))
-  shard_index, num_shards = partitioning.data_shard(s.mesh)
-  batches = data_lib.iterate(data_lib.get_dataset(
-      run.data, start_step=start, shard_index=shard_index, num_shards=num_shards))
+  # Every process reads the same global batches and places its devices' rows.
+  batches = data_lib.iterate(data_lib.get_dataset(run.data, start_step=start))
   counter = data_lib.TruncationCounter(s.lengths)
 
   def next_batch():
@@ -119,7 +122,7 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
       raise data_lib.no_examples(run.data.mixture_or_task_name, 'train') from None
     tokens = int((host['encoder_input_tokens'] > 0).sum()
                  + (host['decoder_target_tokens'] > 0).sum())
-    return partitioning.global_batch(host, s.mesh), tokens * num_shards
+    return partitioning.global_batch(host, s.mesh), tokens
 
   batch, tokens = next_batch()
   if save_config is not None and primary:
@@ -166,7 +169,7 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
           if value is not None:  # Orbax keeps the best checkpoint by this value.
             eval_metrics[run.evaluation.best_metric] = value
         last_saved = ckpt.save(state, data_position={**data_position, 'step': step},
-                               metrics=eval_metrics)
+                               metrics=eval_metrics, topology=topology)
         window.exclude(time.time() - pause)
       if signum:
         line = _stopped_line(signum, _paths(model_dir, ckpt, step, s.has_prompt))
@@ -180,11 +183,13 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
   final = int(jax.device_get(state.step))
   paths = _paths(model_dir, ckpt, final, s.has_prompt)
   best_metric = run.evaluation.best_metric
-  if primary and paths.get('best_step') is not None:
-    train_state_lib.write_json(os.path.join(model_dir, train_state_lib.BEST_CHECKPOINT_FILE), {
-        'step': paths['best_step'], 'metric': best_metric,
-        'value': (ckpt.metrics(paths['best_step']) or {}).get(best_metric),
-        'prompt_file': paths.get('best_prompt_file')})
+  if paths.get('best_step') is not None:
+    # Reading the metrics back is collective (orbax): every process does it.
+    best_value = (ckpt.metrics(paths['best_step']) or {}).get(best_metric)
+    if primary:
+      train_state_lib.write_json(os.path.join(model_dir, train_state_lib.BEST_CHECKPOINT_FILE), {
+          'step': paths['best_step'], 'metric': best_metric, 'value': best_value,
+          'prompt_file': paths.get('best_prompt_file')})
   ckpt.close()
   return {**summary, 'final_step': final, **counter.metrics(), **paths}
 
@@ -266,16 +271,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       'e.g. v3-32, 8xA100-80GB (see partitioning.declared_topology)')
 
   def run(args: argparse.Namespace, configuration: config.Configuration) -> int:
+    distributed.initialize()  # Before the dry run too: it plans for every host's devices.
     if args.dry_run:
       report = dry_run.plan(configuration.settings, args.topology)
-      print(report, flush=True)
+      if distributed.is_primary():
+        print(report, flush=True)
       return 0 if report.fits else 1
-    distributed.initialize()
     model_dir = configuration.settings.model_dir
     run_dir.check_writable(model_dir)
     with run_dir.WriterLock(model_dir, enabled=distributed.is_primary()):
       config.check_model_dir(configuration, override=args.override_model_dir_config)
-      with preemption.StopSignals() as stop:
+      with preemption.StopSignals() as stop, distributed.peer_failures():
         result = train(configuration.settings, save_config=configuration.save, stop=stop)
     print('\n'.join(summary_lines(result)), flush=True)
     return 0

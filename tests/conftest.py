@@ -1,12 +1,14 @@
 """Shared fixtures: tiny models and the location of ../shared."""
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import pathlib
 import tempfile
 
 import gin
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -62,3 +64,30 @@ def toy_batch(batch=2, inputs=7, targets=4, vocab=64, seed=0) -> dict:
   return {'encoder_input_tokens': jnp.asarray(enc), 'decoder_input_tokens': jnp.asarray(dec_in),
           'decoder_target_tokens': jnp.asarray(tgt),
           'decoder_loss_weights': jnp.asarray(tgt > 0, jnp.float32)}
+
+
+@functools.partial(jax.jit, static_argnames=('model',))
+def _log_probs(model, params, inputs, decoder_inputs, valid):
+  logits = model.apply({'params': params}, inputs, decoder_inputs, valid, enable_dropout=False)
+  return jax.nn.log_softmax(logits, axis=-1)
+
+
+def naive_greedy(model, params, encoder_input_tokens, max_decode_length, eos_id=1):
+  """Greedy decoding without the KV cache: the whole model reruns on the growing prefix.
+
+  Returns (tokens [b, max_decode_length], zero after the first EOS; summed log-probs).
+  """
+  inputs = jnp.asarray(encoder_input_tokens)
+  batch = inputs.shape[0]
+  tokens = np.zeros((batch, max_decode_length), np.int32)
+  scores = np.zeros(batch, np.float32)
+  done = np.zeros(batch, bool)
+  valid = jnp.ones((batch, max_decode_length), jnp.int32)
+  for i in range(max_decode_length):
+    decoder_inputs = jnp.asarray(np.pad(tokens[:, :-1], ((0, 0), (1, 0))))
+    log_probs = np.asarray(_log_probs(model, params, inputs, decoder_inputs, valid))[:, i]
+    best = log_probs.argmax(-1)
+    tokens[:, i] = np.where(done, 0, best)
+    scores += np.where(done, 0.0, log_probs[np.arange(batch), best])
+    done |= tokens[:, i] == eos_id
+  return tokens, scores

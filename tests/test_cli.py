@@ -30,7 +30,7 @@ def test_help_lists_the_gin_macros(tmp_path, capsys):
   out = subprocess.run([sys.executable, '-m', 'prompt_tuning_jax.cli', '--help'], cwd=tmp_path,
                        capture_output=True, text=True, check=True).stdout
   assert all(name in out for name in names)
-  for command in ('train', 'eval', 'infer'):
+  for command in ('train', 'eval', 'infer', 'export'):
     with pytest.raises(SystemExit) as e:
       cli.main([command, '--help'])
     assert e.value.code == 0
@@ -104,11 +104,22 @@ def test_eval_without_files_reads_the_runs_config(tmp_path):
     config.configure('infer', [], [], [])
 
 
+def test_eval_of_a_prompt_transfer_run_reads_its_checkpoints_not_its_starting_prompt(tmp_path):
+  """A run started from PROMPT_FILE keeps it in config.gin; eval must not read that file."""
+  smoke_config(tmp_path, "--gin.PROMPT_FILE='/source/prompt.npy'").save(str(tmp_path))
+  for command in ('eval', 'infer'):
+    run = config.configure(command, [], [f"MODEL_DIR = '{tmp_path}'"], []).settings
+    assert run.prompt.file is None
+  given = config.configure('eval', [], [f"MODEL_DIR = '{tmp_path}'",
+                                        "PROMPT_FILE = '/other.npy'"], []).settings
+  assert given.prompt.file == '/other.npy'
+
+
 def test_model_dir_with_another_config_is_refused_unless_overridden(tmp_path):
   smoke_config(tmp_path).save(str(tmp_path))
-  # Run length and eval settings may change on resume.
-  config.check_model_dir(smoke_config(tmp_path, '--gin.TRAIN_STEPS=900', '--gin.EVAL_PERIOD=50'),
-                         override=False)
+  # Run length, eval settings and the mesh may change on resume (tests/test_train_mesh.py).
+  config.check_model_dir(smoke_config(tmp_path, '--gin.TRAIN_STEPS=900', '--gin.EVAL_PERIOD=50',
+                                      '--gin.NUM_PARTITIONS=2'), override=False)
   changed = smoke_config(tmp_path, '--gin.BATCH_SIZE=8', '--gin.PROMPT_LENGTH=4')
   with pytest.raises(UsageError) as e:
     config.check_model_dir(changed, override=False)

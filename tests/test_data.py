@@ -18,9 +18,9 @@ from prompt_tuning_jax.tasks import smoke
 LENGTHS = {'inputs': 64, 'targets': 12}
 
 
-def batches(n, start_step=0, lengths=LENGTHS, batch_size=4, seed=0, **shard):
+def batches(n, start_step=0, lengths=LENGTHS, batch_size=4, seed=0):
   settings = DataSettings(smoke.TASK_NAME, lengths, batch_size, seed=seed, module=None)
-  dataset = data.get_dataset(settings, start_step=start_step, **shard)
+  dataset = data.get_dataset(settings, start_step=start_step)
   return list(itertools.islice(data.iterate(dataset), n))
 
 
@@ -86,35 +86,9 @@ def test_unknown_task_suggests_close_names():
     data.get_mixture_or_task('smoke_sentimnt')
 
 
-def test_lengths_and_sharding_are_checked():
+def test_lengths_are_checked():
   with pytest.raises(UsageError, match="TASK_FEATURE_LENGTHS must have exactly 'inputs' and"):
     DataSettings(smoke.TASK_NAME, {'inputs': 8}, 4, seed=0, module=None)
-  with pytest.raises(UsageError, match='not divisible by the 3 data shards'):
-    data.get_dataset(DataSettings(smoke.TASK_NAME, LENGTHS, 4, seed=0, module=None),
-                     num_shards=3)
-
-
-def _rows(*batches_) -> list[tuple]:
-  """The rows of batches as sorted (encoder input, decoder target) tuples."""
-  return sorted((tuple(row), tuple(target)) for batch in batches_
-                for row, target in zip(batch['encoder_input_tokens'],
-                                       batch['decoder_target_tokens']))
-
-
-def test_shards_split_the_examples_between_them():
-  """Each process reads its seqio shard (the `shard_info` get_dataset passes): the shards
-  of a split, read in order once, hold every example exactly once. (Which examples form
-  a shuffled global batch still depends on the number of processes: issue 13.)"""
-  provider = data.get_mixture_or_task(smoke.TASK_NAME)
-
-  def texts(shard_info=None):
-    dataset = provider.get_dataset(None, split='validation', shuffle=False, num_epochs=1,
-                                   shard_info=shard_info)
-    return [bytes(ex['inputs_pretokenized']) for ex in dataset.as_numpy_iterator()]
-  everything = texts()
-  halves = [texts(seqio.ShardInfo(i, 2)) for i in range(2)]
-  assert len(everything) == 200 and [len(h) for h in halves] == [100, 100]
-  assert sorted(halves[0] + halves[1]) == sorted(everything)
 
 
 def test_missing_task_module_is_a_clear_error():

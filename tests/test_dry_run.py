@@ -25,6 +25,10 @@ def test_xxl_fits_on_v3_32():
   assert 'Verdict: FITS' in text
   assert 'encoder/layers_*/mlp/wi_0/kernel' in text and '(-, model)' in text
   assert 'encoder/prompt/prompt/prompt' in text and 'trainable' in text
+  # 4 hosts of 8 cores; each host is one model group: one of the 4 data rows, 8 examples.
+  assert report.rows_per_host == 8
+  assert ('Per host (4 host(s) of 8 devices): ' in text and
+          'each host reads every global batch (32 examples) and feeds 8 rows of it.' in text)
 
 
 def test_xl_fits_on_eight_80gb_gpus():
@@ -90,3 +94,12 @@ def test_visible_devices_are_the_default_topology():
   report = dry_run_lib.dry_run('t5_1_1_small', 20, 8, {'inputs': 32, 'targets': 4}, 1)
   assert report.topology.num_devices == jax.device_count()
   assert report.topology.memory_per_device > 0
+
+
+def test_rows_per_host_are_the_hosts_share_of_the_data_axis():
+  # 2 nodes of 8 GPUs, 2 partitions: 8 data rows, 4 on each node.
+  nodes = dry_run_lib.dry_run('t5_1_1_small', 20, 32, LENGTHS, 2, '2x8xH100-80GB')
+  assert nodes.mesh_shape == {'data': 8, 'model': 2} and nodes.rows_per_host == 16
+  # A model group wider than a host (16 partitions over 2 hosts): both feed every row.
+  wide = dry_run_lib.dry_run('t5_1_1_small', 20, 32, LENGTHS, 16, '2x8xH100-80GB')
+  assert wide.rows_per_host == 32

@@ -1,12 +1,14 @@
 """Prompt ensembling: hand-computed vote/average, and one batched model pass for K members."""
 from __future__ import annotations
 
+import itertools
+
 import jax
 import numpy as np
 import pytest
 from flax import linen as nn
 
-from conftest import small_config
+from conftest import naive_greedy, small_config
 from prompt_tuning_jax import scoring
 from prompt_tuning_jax.many_prompts import ensemble
 from prompt_tuning_jax.many_prompts.bank import PromptBank
@@ -176,6 +178,14 @@ def test_decode_ensemble_is_one_batched_pass(setup):
   assert counter.batches == [len(MEMBERS) * inputs.shape[0]]
   assert result.member_tokens.shape == (3, 5, 3) and result.member_scores.shape == (3, 5)
   assert len(result.member_texts) == 3 and len(result.vote) == 5
+  for k, member in enumerate(MEMBERS):  # member k equals that prompt alone, decoded without cache
+    alone = params | {'encoder': params['encoder'] | {'prompt': {'prompt': {'prompt': bank[member]}}}}
+    want_tokens, want_scores = naive_greedy(model, alone, inputs, 3)
+    np.testing.assert_array_equal(result.member_tokens[k], want_tokens, err_msg=member)
+    np.testing.assert_allclose(result.member_scores[k], want_scores, atol=1e-5, rtol=0)
+    want_texts = [' '.join(str(t) for t in itertools.takewhile(lambda t: t not in (0, 1), row))
+                  for row in want_tokens.tolist()]  # a row ends at EOS (1) or padding (0)
+    assert result.member_texts[k] == want_texts, member
   assert result.vote == _vote_by_hand(result.member_texts)
   # The members disagree here (measured: examples 0 and 2 are three-way ties, 1 and 4 are 2-1),
   # so the vote is not any single member's output.

@@ -9,7 +9,8 @@ from conftest import REPO
 PACKAGE = 'prompt_tuning_jax'
 # Where each installed package's sources are in the checkout.
 SOURCES = {PACKAGE: REPO / PACKAGE, f'{PACKAGE}.tasks': REPO / 'tasks'}
-COMMANDS = ('cli', 'train', 'eval', 'infer', 'many_prompts.ensemble', 'analysis.neighbors')
+COMMANDS = ('cli', 'train', 'eval', 'infer', 'export', 'many_prompts.ensemble',
+            'analysis.neighbors')
 
 
 def _modules() -> dict[str, pathlib.Path]:

@@ -5,6 +5,7 @@ import os
 import pathlib
 import shutil
 import subprocess
+import time
 
 import pytest
 
@@ -72,3 +73,43 @@ def test_gpu_multi_node_needs_all_three_settings(tmp_path):
          '--gin.NUM_PARTITIONS=2' in result.stdout
   assert 'coordinator=node0:1234 processes=2 id=1' in result.stdout
   assert list((tmp_path / 'logs').glob('gpu-node1-*.log'))
+
+
+def _fake_ptj(directory, model_dir):
+  """A stand-in `ptj`: prints its command and cluster variables; process $FAIL_ID fails."""
+  fake = directory / 'ptj'
+  fake.write_text(
+      '#!/bin/sh\n'
+      'echo "ptj $1 id=$JAX_PROCESS_ID of $JAX_NUM_PROCESSES at $JAX_COORDINATOR_ADDRESS '
+      '$XLA_FLAGS"\n'
+      '[ "$JAX_PROCESS_ID" = "$FAIL_ID" ] && exit 3\n'
+      '[ -n "$FAIL_ID" ] && exec sleep 30\n'
+      f'mkdir -p {model_dir}/inference && echo "{{}}" > '
+      f'{model_dir}/inference/smoke_sentiment_test_step1.jsonl\n')
+  fake.chmod(0o755)
+  return dict(os.environ, PATH=f'{directory}:{os.environ["PATH"]}')
+
+
+def test_local_runs_each_command_as_several_processes(tmp_path):
+  env = _fake_ptj(tmp_path, tmp_path / 'run')
+  result = _run('bash', str(LAUNCH / 'local.sh'), '--processes', '2', '--devices_per_process',
+                '3', str(tmp_path / 'run'), env=env)
+  assert result.returncode == 0, result.stderr
+  lines = result.stdout.splitlines()
+  for command in ('train', 'eval', 'infer'):
+    for i in (0, 1):
+      assert any(line.startswith(f'[p{i}] ptj {command} id={i} of 2 at 127.0.0.1:') and
+                 line.endswith('--xla_force_host_platform_device_count=3') for line in lines), \
+          result.stdout
+  result = _run('bash', str(LAUNCH / 'local.sh'), '--processes', 'two', env=env)
+  assert result.returncode != 0 and 'positive integers' in result.stderr
+
+
+def test_local_stops_the_other_processes_when_one_fails(tmp_path):
+  env = dict(_fake_ptj(tmp_path, tmp_path / 'run'), FAIL_ID='1')
+  tick = time.time()
+  result = _run('bash', str(LAUNCH / 'local.sh'), '--processes', '3', str(tmp_path / 'run'),
+                env=env)
+  assert result.returncode != 0 and time.time() - tick < 20
+  assert "process 1 of 'ptj train' failed; stopping the others" in result.stderr
+  assert '== ptj eval' not in result.stdout

@@ -10,9 +10,12 @@ from conftest import shared_path
 from prompt_tuning_jax import checkpoints
 from prompt_tuning_jax import config
 from prompt_tuning_jax import infer
+from prompt_tuning_jax import inference
 from prompt_tuning_jax import run_setup
+from prompt_tuning_jax import scoring
 from prompt_tuning_jax.analysis import neighbors
 from prompt_tuning_jax.many_prompts import ensemble
+from prompt_tuning_jax.tasks import smoke
 
 V, H = 32128, 768  # a T5 Base embedding table's shape
 
@@ -166,7 +169,30 @@ def test_ensemble_and_mixed_infer_commands_on_a_smoke_run(smoke_run, tmp_path, c
   assert result['num_examples'] == 24 and result['method'] == 'rank_classification'
   assert set(result['metrics']) == {'member/early', 'member/late', 'members_mean',
                                     'ensemble/vote', 'ensemble/average'}
-  assert all(0.0 <= m['accuracy'] <= 100.0 for m in result['metrics'].values())
+  # Each member alone, scored here one prompt at a time: the report's numbers follow.
+  run = config.configure('eval', [], [f'MODEL_DIR = {str(model_dir)!r}']).settings
+  s = run_setup.setup(run)
+  frozen = run_setup.frozen_params_without_prompt(s)
+  examples = inference.examples_from_task(run.data.mixture_or_task_name, run.evaluation.split,
+                                          s.lengths, 24)
+  targets = [ex.extra['target'] for ex in examples]
+  label_ids = scoring.encode_labels(s.vocabularies['targets'], smoke.LABELS)
+  ((_, _, tokens),) = inference.padded_batches(examples, 24, s.lengths['inputs'])
+  member_scores = {}
+  for name, step in [('early', 5), ('late', SMOKE_STEPS)]:
+    params = {**frozen, 'encoder': {**frozen['encoder'], 'prompt': {'prompt': {
+        'prompt': checkpoints.load_prompt(str(prompts[step]))}}}}
+    member_scores[name] = np.asarray(scoring.jit_rank_classify(run.model, params, tokens,
+                                                               label_ids)[1])
+  accuracy = lambda scores: smoke.accuracy(targets, [smoke.LABELS[i] for i in scores.argmax(-1)])
+  metrics = result['metrics']
+  for name, scores in member_scores.items():
+    assert metrics[f'member/{name}'] == pytest.approx(accuracy(scores))
+  assert metrics['members_mean']['accuracy'] == pytest.approx(
+      np.mean([accuracy(scores)['accuracy'] for scores in member_scores.values()]))
+  assert metrics['ensemble/average'] == pytest.approx(
+      accuracy(member_scores['early'] + member_scores['late']))
+  assert metrics['ensemble/vote'] == metrics['member/early']  # 2 members: a 1-1 tie -> the first
   assert 'ensemble/vote' in capsys.readouterr().out
 
   lines = [{'prompt': 'early', 'inputs': 'review: the soup was awful', 'id': 7},
@@ -181,7 +207,6 @@ def test_ensemble_and_mixed_infer_commands_on_a_smoke_run(smoke_run, tmp_path, c
        f'--gin.MODEL_DIR={model_dir}']) == 0
   records = [json.loads(line) for line in out_file.read_text().splitlines()]
   assert [r['prompt'] for r in records] == ['early', 'late', 'late'] and records[0]['id'] == 7
-  from prompt_tuning_jax.tasks import smoke
   assert all(r['prediction'] in smoke.LABELS for r in records)  # the run task's labels
   # An unknown prompt name is one clear error.
   input_file.write_text(json.dumps({'prompt': 'nope', 'inputs': 'x'}) + '\n')

@@ -245,15 +245,14 @@ def test_load_t5x_sharded_equals_load_t5x(eight_devices):
 # ------------------------------------------------------------------ single-process tests
 
 
-def _fake_tpu_devices(shape=(2, 2, 1), cores=2, hosts=1):
+def _fake_tpu_devices(shape=(2, 2, 1), cores=2):
   devices = []
   for x in range(shape[0]):
     for y in range(shape[1]):
       for z in range(shape[2]):
         for core in range(cores):
-          devices.append(types.SimpleNamespace(
-              id=len(devices), coords=(x, y, z), core_on_chip=core,
-              process_index=len(devices) * hosts // (np.prod(shape) * cores)))
+          devices.append(types.SimpleNamespace(id=len(devices), coords=(x, y, z),
+                                               core_on_chip=core, process_index=0))
   return devices
 
 
@@ -277,20 +276,6 @@ def test_model_parallel_submesh_errors():
   assert pt.device_grid(plain, model_parallel_submesh=(2, 1)).shape == (4, 2)
   with pytest.raises(ValueError, match='does not divide'):
     pt.device_grid(plain, num_partitions=3)
-
-
-def test_data_shard_groups_processes_with_the_same_rows():
-  devices = _fake_tpu_devices((2, 2, 1), cores=2, hosts=2)  # processes 0, 0, .., 1, 1
-  assert [d.process_index for d in devices] == [0] * 4 + [1] * 4
-
-  def mesh(num_partitions):
-    return types.SimpleNamespace(axis_names=(pt.DATA, pt.MODEL),
-                                 devices=pt.device_grid(devices, num_partitions))
-
-  assert pt.data_shard(mesh(2), process_index=0) == (0, 2)
-  assert pt.data_shard(mesh(2), process_index=1) == (1, 2)
-  # Model parallelism across both hosts: they feed the same examples.
-  assert pt.data_shard(mesh(8), process_index=1) == (0, 1)
 
 
 def test_shardings_like_params_handles_factored_statistics():
@@ -375,12 +360,17 @@ def test_distributed_plan_clusters():
   explicit = distributed.plan({'JAX_COORDINATOR_ADDRESS': 'h:1234', 'JAX_NUM_PROCESSES': '4',
                                'JAX_PROCESS_ID': '3'})
   assert explicit.kwargs == {'coordinator_address': 'h:1234', 'num_processes': 4,
-                             'process_id': 3}
+                             'process_id': 3, 'heartbeat_timeout_seconds': 30,
+                             'shutdown_timeout_seconds': 120}
   for env in ({'TPU_WORKER_HOSTNAMES': 'w0,w1,w2,w3'}, {'CLOUD_TPU_TASK_ID': '2'},
               {'MEGASCALE_COORDINATOR_ADDRESS': 'c:8080'}, {'PTJ_DISTRIBUTED': '1'},
               {'SLURM_JOB_ID': '7', 'SLURM_NTASKS': '2'}, {'OMPI_COMM_WORLD_SIZE': '2'}):
     chosen = distributed.plan(env)
-    assert chosen is not None and chosen.kwargs == {}, env  # JAX detects the rest
+    assert chosen is not None, env  # JAX detects the rest: only the timeouts are given.
+    assert set(chosen.kwargs) == {'heartbeat_timeout_seconds', 'shutdown_timeout_seconds'}, env
+  faster = distributed.plan({'PTJ_DISTRIBUTED': '1', 'PTJ_HEARTBEAT_TIMEOUT_SECONDS': '10',
+                             'PTJ_SHUTDOWN_TIMEOUT_SECONDS': '20'})
+  assert faster.kwargs == {'heartbeat_timeout_seconds': 10, 'shutdown_timeout_seconds': 20}
 
 
 def test_distributed_plan_errors():
@@ -402,10 +392,38 @@ def test_single_process_helpers():
   assert distributed.initialize({}) is False
   assert distributed.initialize({}) is False  # idempotent
   assert distributed.is_primary()
-  info = distributed.data_shard_info()
-  assert (info.index, info.num_shards) == (0, 1)
-  info = distributed.data_shard_info(pt.make_mesh(1))
-  assert (info.index, info.num_shards) == (0, 1)
+
+
+
+def test_peer_failures_explain_what_to_do(monkeypatch):
+  from prompt_tuning_jax import distributed  # pylint: disable=g-import-not-at-top
+  from prompt_tuning_jax.errors import PeerError  # pylint: disable=g-import-not-at-top
+  failure = jax.errors.JaxRuntimeError('UNKNOWN: Gloo AllGather failed: reset by peer\ndetails')
+  with pytest.raises(jax.errors.JaxRuntimeError):  # one process: unchanged
+    with distributed.peer_failures():
+      raise failure
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  with pytest.raises(PeerError, match=r'process 0 of 2: a step across the processes failed '
+                     r'\(UNKNOWN: Gloo AllGather failed: reset by peer\)\. Most likely another '
+                     r'process died'):
+    with distributed.peer_failures():
+      raise failure
+
+
+
+def test_a_topology_change_on_resume_is_logged(caplog):
+  from prompt_tuning_jax import distributed  # pylint: disable=g-import-not-at-top
+  now = distributed.topology(pt.make_mesh(1))
+  assert now == {'processes': 1, 'devices': jax.device_count(),
+                 'mesh': {'data': jax.device_count(), 'model': 1}}
+  with caplog.at_level('INFO'):
+    distributed.log_topology_change(None, now)  # a checkpoint of before the record
+    distributed.log_topology_change(now, now)
+    assert not caplog.records
+    distributed.log_topology_change(dict(now, processes=2, devices=4, mesh={'data': 4,
+                                                                            'model': 1}), now)
+  assert ('the checkpoint was written by 2 process(es), 4 devices, mesh data=4 x model=1, this '
+          'run has 1 process(es)') in caplog.text
 
 
 if __name__ == '__main__':

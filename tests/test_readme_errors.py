@@ -23,6 +23,7 @@ from conftest import REPO
 
 from prompt_tuning_jax import config
 from prompt_tuning_jax import data
+from prompt_tuning_jax import distributed
 from prompt_tuning_jax import errors
 from prompt_tuning_jax import optim
 from prompt_tuning_jax import pretrained
@@ -176,6 +177,16 @@ def divergence(x, monkeypatch):
   return [error(check, window, 812, last_saved, str(x / 'run')) for last_saved in (800, None)]
 
 
+def peer_died(x, monkeypatch):
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+
+  def collective_of_a_dead_peer():
+    with distributed.peer_failures():
+      raise jax.errors.JaxRuntimeError(
+          'UNKNOWN: Gloo AllGather failed: [pair.cc:534] Connection reset by peer')
+  return [error(collective_of_a_dead_peer)]
+
+
 def disk_full(x, monkeypatch):
   trainable = {'encoder': {'prompt': {'prompt': {'prompt': jnp.ones((2, 4))}}}}
   state = train_step.init_train_state(trainable, {}, optim.partitioned_optimizer(
@@ -215,6 +226,7 @@ CASES = {
     'an empty train or validation file': empty_data_file,
     'a data file that is not UTF-8': not_utf8,
     'divergence': divergence,
+    'a process of a multi-host run died': peer_died,
     'disk full at a save': disk_full,
     'SIGTERM / Ctrl-C (not a mistake; exit 143 / 130)': stopped,
 }

@@ -13,6 +13,7 @@ import pytest
 from conftest import small_config
 
 from prompt_tuning_jax import config
+from prompt_tuning_jax import distributed
 from prompt_tuning_jax import logging_utils
 from prompt_tuning_jax import optim
 from prompt_tuning_jax import run_setup
@@ -176,6 +177,18 @@ def test_checkpointer_keeps_latest_and_best_and_exports_the_prompt(tmp_path):
   np.testing.assert_array_equal(exported_prompt(tmp_path, 5), np.ones((2, 4), np.float32))
   assert sorted(os.listdir(tmp_path / 'numpy_checkpoints')) == [
       f'checkpoint_{s}' for s in range(1, 6)]
+
+
+def test_only_process_0_exports_the_prompt_and_the_topology_is_recorded(tmp_path, monkeypatch):
+  trainable = {'encoder': {'prompt': {'prompt': {'prompt': jnp.ones((2, 4))}}}}
+  tx = optim.partitioned_optimizer(trainable, optim.adafactor())
+  state = train_step.init_train_state(trainable, {}, tx)
+  monkeypatch.setattr(distributed, 'is_primary', lambda: False)
+  ckpt = train_state_lib.TrainStateCheckpointer(str(tmp_path))
+  topology = {'processes': 2, 'devices': 4, 'mesh': {'data': 4, 'model': 1}}
+  ckpt.save(state, data_position={'step': 0}, topology=topology)
+  assert not os.path.exists(tmp_path / 'numpy_checkpoints')
+  assert ckpt.meta(0)['topology'] == topology
 
 
 def test_train_log_line_and_metrics_writer(tmp_path):

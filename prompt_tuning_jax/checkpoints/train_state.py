@@ -5,7 +5,8 @@ Layout under MODEL_DIR:
   checkpoints/<step>/state   the TrainState (step, trainable params, optimiser
                              state); the frozen weights are not written: they
                              come from INITIAL_CHECKPOINT_PATH on every start.
-  checkpoints/<step>/meta    JSON: the data position and the eval metrics.
+  checkpoints/<step>/meta    JSON: the data position, the eval metrics and the
+                             topology (processes, devices, mesh) that wrote it.
   numpy_checkpoints/checkpoint_<step>/encoder.prompt.prompt.prompt
                              the prompt as a float32 .npy array (the original
                              implementation's layout), for every save.
@@ -39,6 +40,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 
+from prompt_tuning_jax import distributed
 from prompt_tuning_jax import train_step
 from prompt_tuning_jax.checkpoints import prompt_io
 from prompt_tuning_jax.checkpoints import t5x as t5x_lib
@@ -130,13 +132,16 @@ class TrainStateCheckpointer:
   # ---------------------------------------------------------------- save / restore
 
   def save(self, state: train_step.TrainState, *, data_position: Mapping[str, Any],
-           metrics: Optional[Mapping[str, float]] = None) -> int:
+           metrics: Optional[Mapping[str, float]] = None,
+           topology: Optional[Mapping[str, Any]] = None) -> int:
     """Writes `state` (atomically) and its numpy prompt export; returns the step.
 
     A write that fails (disk full, permissions) leaves nothing of the step behind.
     """
     step = int(jax.device_get(state.step))
     meta = {'step': step, 'data_position': dict(data_position)}
+    if topology is not None:
+      meta['topology'] = dict(topology)
     if metrics is not None:
       meta['metrics'] = {k: float(v) for k, v in metrics.items()}
     previous = self.latest_step()
@@ -149,7 +154,8 @@ class TrainStateCheckpointer:
               META: ocp.args.JsonSave(meta)}),
           metrics=meta.get('metrics'), force=True)
       self._manager.wait_until_finished()
-      self.export_numpy(step, state.trainable)
+      if distributed.is_primary():  # Orbax writes collectively; the numpy export once.
+        self.export_numpy(step, state.trainable)
     except OSError as e:
       self._remove_partial(step)
       last = (f'the last complete checkpoint is step {previous}' if previous is not None

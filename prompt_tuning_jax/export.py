@@ -1,0 +1,88 @@
+"""The export run: a training run's model or prompt in another format; `ptj export`, `python -m`.
+
+  python -m prompt_tuning_jax.export --gin.MODEL_DIR=/tmp/rte --format peft --output /tmp/rte_peft
+
+Reads MODEL_DIR/config.gin and the checkpoint of CHECKPOINT_STEP ('latest',
+'best' or a step). Formats:
+- `t5x`: the whole model (frozen weights and the trained parameters, the prompt
+  included) as a T5X checkpoint (`checkpoints.save_t5x`): an
+  INITIAL_CHECKPOINT_PATH for another run.
+- `hf`: the T5 without the prompt as a transformers directory (`checkpoints.save_hf`).
+- `peft`: the prompt as a PEFT prompt-tuning adapter (`checkpoints.save_peft_prompt`).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Optional, Sequence
+
+import jax
+
+from prompt_tuning_jax import config
+from prompt_tuning_jax import run_setup
+from prompt_tuning_jax.checkpoints import hf as hf_lib
+from prompt_tuning_jax.checkpoints import peft as peft_lib
+from prompt_tuning_jax.checkpoints import t5x as t5x_lib
+from prompt_tuning_jax.checkpoints import tree as tree_lib
+from prompt_tuning_jax.errors import UsageError
+from prompt_tuning_jax.models import PROMPT_PATH
+from prompt_tuning_jax.settings import RunSettings
+
+logger = logging.getLogger('prompt_tuning_jax')
+
+FORMATS = ('t5x', 'hf', 'peft')
+
+
+def export(run: RunSettings, output_dir: str, export_format: str, *,
+           base_model: Optional[str] = None) -> tuple[str, int]:
+  """Writes CHECKPOINT_STEP of MODEL_DIR to `output_dir` (a new directory) in `export_format`.
+
+  `base_model` is recorded in a PEFT adapter's config (e.g. the `hf` export's
+  directory). Returns (`output_dir`, the step exported).
+  """
+  if export_format not in FORMATS:
+    raise UsageError(f'Unknown export format {export_format!r}; expected one of {FORMATS}.')
+  if os.path.exists(output_dir):
+    raise UsageError(f'{output_dir} already exists: ptj export writes a new directory only.')
+  s = run_setup.setup(run)
+  if export_format == 'peft' and not s.has_prompt:
+    raise UsageError(f'{run.model_dir} trains no prompt (model tuning): nothing to export as '
+                     'a PEFT adapter; use --format t5x or hf.')
+  params, step = run_setup.checkpoint_params(s)
+  flat = tree_lib.flatten(jax.device_get(params))
+  if export_format == 't5x':
+    t5x_lib.save_t5x(tree_lib.unflatten(flat), output_dir, step=step)
+  elif export_format == 'hf':
+    hf_lib.save_hf(tree_lib.unflatten(flat), run.model.config, output_dir, drop_prompt=True)
+  else:
+    peft_lib.save_peft_prompt(flat[PROMPT_PATH], output_dir, base_model_name_or_path=base_model,
+                              config=run.model.config)
+  logger.info('Exported %s step %d as %s to %s.', run.model_dir, step, export_format, output_dir)
+  return output_dir, step
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  """`ptj export`; returns the exit status."""
+  parser = config.gin_parser('export', "write MODEL_DIR's checkpoint (CHECKPOINT_STEP) as a T5X "
+                             'checkpoint, a Hugging Face T5 or a PEFT prompt adapter')
+  parser.add_argument('--format', required=True, choices=FORMATS, dest='export_format',
+                      help='t5x: the whole model (with the prompt); hf: the T5 without the '
+                      'prompt; peft: the prompt as a PEFT prompt-tuning adapter')
+  parser.add_argument('--output', required=True, help='the directory to write (must not exist)')
+  parser.add_argument('--base_model', default=None,
+                      help="peft: the base model recorded in the adapter's config (e.g. the hf "
+                      "export's directory)")
+
+  def run(args: argparse.Namespace, configuration: config.Configuration) -> int:
+    path, step = export(configuration.settings, args.output, args.export_format,
+                        base_model=args.base_model)
+    print(f'Exported step {step} ({args.export_format}): {path}', flush=True)
+    return 0
+
+  return config.run_command('export', parser, argv, run)
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,91 @@
+"""The miniature study's driver (benchmarks/reproduction.py): its plan, its summary, a tiny run."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import gin
+import numpy as np
+import pytest
+
+from benchmarks import reproduction
+from prompt_tuning_jax import cli
+from tests.conftest import shared_path
+
+
+def test_study_plan_lists_every_comparison_once():
+  setting = reproduction.Setting()
+  runs = reproduction.study_runs(setting)
+  assert len(runs) == len(set(runs))
+  sst2 = [r for r in runs if r.task == 'sst2']
+  # Per SST-2 seed: the 4 lengths (20 = the default), 2 more inits, span-only, random
+  # weights, model tuning = 9; seeds 3 and 4 of the default run join for the ensemble.
+  assert len(sst2) == 9 * 3 + 2
+  assert {r.prompt_length for r in sst2} == {1, 5, 20, 100}
+  assert {r.init for r in sst2} == {'random_uniform', 'sampled_vocab', 'class_labels'}
+  default = reproduction.Run('rte')
+  assert [r.seed for r in runs if r == dataclasses.replace(default, seed=r.seed)] == [0, 1, 2, 3, 4]
+  flags = reproduction.train_flags(reproduction.Run('cb', tuning='model'), setting, '/m',
+                                   reproduction.CHECKPOINTS)
+  assert '--gin_file=runs/model_finetune.gin' in flags
+  assert f'--gin.LEARNING_RATE={setting.model_learning_rate}' in flags
+  assert not any(f.startswith('--gin.PROMPT_LENGTH') for f in flags)
+
+
+def test_summary_means_over_the_right_runs():
+  setting = dataclasses.replace(reproduction.QUICK, main_seeds=(0, 1), tasks=('sst2',))
+  results = []
+  for run in reproduction.study_runs(setting):
+    accuracy = 50.0 + run.seed + (10 if run.tuning == 'model' else 0) + run.prompt_length / 10
+    if run.model == 'random':
+      accuracy = 40.0 + run.seed
+    results.append({**dataclasses.asdict(run), 'accuracy': accuracy})
+  summary = reproduction.summarise(results, setting)['sst2']
+  assert summary['prompt_tuning'] == {'mean': 52.5, 'std': 0.5, 'n': 2}  # P=20: 52 and 53
+  assert summary['model_tuning'] == {'mean': 62.5, 'std': 0.5, 'n': 2}  # 60 + seed + 2
+  assert summary['random_weights']['mean'] == 40.5
+  assert np.isclose(summary['prompt_length']['1']['mean'], 50.6)
+  assert summary['init']['random_uniform']['n'] == 2
+
+
+@pytest.fixture
+def in_process_ptj(monkeypatch, restore_ptj_global_state):
+  """Runs the driver's `ptj` commands in this process (one import, one compilation cache)."""
+  calls = []
+
+  def ptj(args, env, log_path):
+    del log_path
+    for name in ('PTJ_GLUE_DIR', 'PTJ_SUPERGLUE_DIR'):
+      monkeypatch.setenv(name, env[name])
+    calls.append(list(args))
+    assert cli.main(list(args)) == 0, args
+    gin.clear_config()
+  monkeypatch.setattr(reproduction, '_ptj', ptj)
+  return calls
+
+
+def test_tiny_study_end_to_end_and_resumable(tmp_path, in_process_ptj):
+  shared_path('data', 'glue', 'SST-2', 'dev.tsv')
+  out = tmp_path / 'study'
+  assert reproduction.main(['--out', str(out), '--tiny', '--shared', str(shared_path())]) == 0
+  report = json.loads((out / 'results.json').read_text())
+  runs = {r['name']: r for r in report['runs']}
+  assert len(runs) == len(reproduction.study_runs(reproduction.TINY))
+  assert [a[0] for a in in_process_ptj] == ['train'] * len(runs) + ['ensemble', 'neighbors']
+  for run in runs.values():
+    assert [step for step, _ in run['curve']] == [1, 2]  # eval every steps // 3 = 1 step
+  # The ensemble re-scores each member's saved prompt on the same examples: each member's
+  # accuracy there is the accuracy its own run reported at its last eval.
+  ensemble = report['ensembles']['sst2']
+  members = [r for r in runs.values() if r['tuning'] == 'prompt' and r['model'] == 'lm_adapted'
+             and r['prompt_length'] == 2 and r['init'] == 'class_labels']
+  assert len(members) == reproduction.TINY.ensemble_size
+  for member in members:
+    assert np.isclose(ensemble[f'member/s{member["seed"]}']['accuracy'], member['accuracy'])
+  assert set(report['neighbors']['sst2']) >= {'label_share', 'random_label_share'}
+  assert (out / 'reproduction.png').stat().st_size > 0
+  assert '| sst2 |' in (out / 'reproduction_tables.md').read_text()
+  # Resumable: a second call finds every result and trains nothing.
+  del in_process_ptj[:]
+  assert reproduction.main(['--out', str(out), '--tiny', '--shared', str(shared_path())]) == 0
+  assert in_process_ptj == []
