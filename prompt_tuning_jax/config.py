@@ -439,7 +439,8 @@ def report_errors(command: str, fn: Callable[[], int]) -> int:
   """Runs `ptj <command>`'s `fn` and returns its status; the one error boundary of `ptj`.
 
   A project error (`errors.Error`) prints one line and returns 1 (PTJ_DEBUG=1
-  re-raises it); anything else is a bug and propagates with its traceback.
+  re-raises it); a run stopped by a signal (`errors.Stopped`) returns 128 +
+  the signal; anything else is a bug and propagates with its traceback.
   """
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   from prompt_tuning_jax import logging_utils  # pylint: disable=g-import-not-at-top
@@ -450,6 +451,9 @@ def report_errors(command: str, fn: Callable[[], int]) -> int:
   except KeyboardInterrupt:
     print(f'ptj {command}: interrupted', file=sys.stderr)
     return 130
+  except errors.Stopped as e:  # Not a mistake: a signal, after saving.
+    print(f'ptj {command}: {e}', file=sys.stderr)
+    return e.exit_status
   except errors.Error as e:
     if os.environ.get('PTJ_DEBUG'):
       raise

@@ -33,8 +33,9 @@ import seqio
 import tensorflow as tf
 
 from prompt_tuning_jax import tasks
-from prompt_tuning_jax.errors import UsageError
+from prompt_tuning_jax.errors import DataError, UsageError
 from prompt_tuning_jax.settings import DataSettings
+from prompt_tuning_jax.tasks import sources as task_sources
 
 # Per-example [inputs_truncated, targets_truncated] (0/1), passed through the
 # feature converter; removed from the batches by `TruncationCounter.pop`.
@@ -187,6 +188,58 @@ def global_batches(settings: DataSettings) -> tf.data.Dataset:
 def iterate(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
   """Numpy batches."""
   return ds.as_numpy_iterator()
+
+
+def split_files(name: str, split: str) -> list[str]:
+  """The local files the tasks of `name` read for `split` (none for TFDS or generated data)."""
+  files = []
+  for task in sub_tasks(name):
+    source = task.source
+    local = getattr(source, 'local', source)  # A benchmark source reads through a LocalSource.
+    if (isinstance(local, task_sources.LocalSource) and getattr(source, 'uses_local_files', True)
+        and split in local.splits):
+      files.append(str(local.path(split)))
+  return files
+
+
+def no_examples(name: str, split: str) -> DataError:
+  """The error for a split without a single example, naming its files."""
+  files = split_files(name, split)
+  where = f' (read from {", ".join(files)}: empty?)' if files else ''
+  return DataError(f'The {split!r} split of {name!r} has no examples{where}.')
+
+
+def examples_with_flags(name: str, split: str, lengths: Mapping[str, int],
+                        num_examples: Optional[int] = None) -> tf.data.Dataset:
+  """The split's examples in order, trimmed as seqio trims, each with its `truncated` flags.
+
+  The flags stay 0 when a preprocessor needs the sequence length (seqio trims).
+  """
+  provider = get_mixture_or_task(name)
+  count = not _needs_lengths(provider)
+  ds = provider.get_dataset(None if count else dict(lengths), split=split, shuffle=False,
+                            num_epochs=1, trim_output_features=not count)
+  if num_examples:
+    ds = ds.take(num_examples)
+  return ds.map(_flag_and_trim(lengths, provider.output_features))
+
+
+def split_counts(name: str, split: str, lengths: Mapping[str, int],
+                 num_examples: Optional[int] = None) -> dict[str, int]:
+  """{'examples', 'truncated_inputs', 'truncated_targets'} of `split`, over the tasks of `name`
+  that have it; DataError when one of them has no example."""
+  totals = {'examples': 0, 'truncated_inputs': 0, 'truncated_targets': 0}
+  for task in sub_tasks(name):
+    if split not in task.splits:
+      continue
+    flags = [ex[TRUNCATED] for ex in
+             examples_with_flags(task.name, split, lengths, num_examples).as_numpy_iterator()]
+    if not flags:
+      raise no_examples(task.name, split)
+    totals['examples'] += len(flags)
+    totals['truncated_inputs'] += int(sum(f[0] for f in flags))
+    totals['truncated_targets'] += int(sum(f[1] for f in flags))
+  return totals
 
 
 class TruncationCounter:

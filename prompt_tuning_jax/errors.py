@@ -26,5 +26,13 @@ class DivergedError(Error, RuntimeError):
   """The loss or the trained parameters became NaN or infinite."""
 
 
+class Stopped(Error):
+  """Training stopped on a signal after saving a checkpoint; `ptj` exits with 128 + the signal."""
+
+  def __init__(self, message: str, signum: int):
+    super().__init__(message)
+    self.exit_status = 128 + signum
+
+
 class PeerError(Error, RuntimeError):
   """A collective operation of a multi-process run failed: another process stopped."""

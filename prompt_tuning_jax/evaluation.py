@@ -100,6 +100,14 @@ class Evaluator:
       raise UsageError(f'Nothing to evaluate on {mixture_or_task_name!r} split '
                        f'{settings.split!r} with methods {tuple(settings.methods)} '
                        '(rank classification needs label words: set CLASS_LABELS).')
+    counts = data_lib.split_counts(mixture_or_task_name, settings.split, task_feature_lengths,
+                                   settings.num_examples)
+    self.truncated = {k: v for k, v in counts.items() if k.startswith('truncated_')}
+    if any(self.truncated.values()):
+      logger.warning('Of the %d %s examples evaluated, %d inputs and %d targets are longer than '
+                     'TASK_FEATURE_LENGTHS=%s and are truncated.', counts['examples'],
+                     settings.split, counts['truncated_inputs'], counts['truncated_targets'],
+                     self.task_feature_lengths)
 
   # ---------------------------------------------------------------- model fns
 

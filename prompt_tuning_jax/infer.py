@@ -53,14 +53,12 @@ def infer(run: RunSettings, *, prompt_files: Optional[Mapping[str, str]] = None,
     records = inference.read_input_file(settings.input_file)[:settings.num_examples or None]
     examples, truncated = inference.examples_from_records(
         records, s.vocabularies['inputs'], s.lengths['inputs'], named_prompts=named_prompts)
-    if truncated:
-      logger.warning('%d of %d inputs were longer than %d tokens and were truncated.',
-                     truncated, len(examples), s.lengths['inputs'])
     name = os.path.splitext(os.path.basename(settings.input_file))[0]
   else:
-    examples = inference.examples_from_task(task_name, settings.split, s.lengths,
-                                            settings.num_examples)
+    examples, truncated = inference.examples_from_task(task_name, settings.split, s.lengths,
+                                                       settings.num_examples)
     name = f'{task_name}_{settings.split}'
+  inference.log_truncated(truncated, len(examples), s.lengths['inputs'])
   task_words = data_lib.label_words(task_name, run.prompt.class_labels)
   if named_prompts:
     bank = PromptBank.from_files(prompt_files, emb_dim=run.model.config.emb_dim)

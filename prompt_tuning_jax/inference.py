@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import pathlib
 from typing import Any, Iterator, Mapping, Optional, Sequence, Union
@@ -36,6 +37,8 @@ from prompt_tuning_jax.many_prompts import mixed
 from prompt_tuning_jax.many_prompts.bank import PromptBank
 from prompt_tuning_jax.settings import DECODE, GREEDY, RANK_CLASSIFICATION
 from prompt_tuning_jax.tasks import sources
+
+logger = logging.getLogger('prompt_tuning_jax')
 
 INPUT_KEYS = ('inputs', 'input')
 PROMPT_KEYS = ('prompt', 'task')  # the field of an input line naming its prompt
@@ -93,21 +96,28 @@ def examples_from_records(records: Sequence[Mapping[str, Any]], vocabulary: seqi
 
 
 def examples_from_task(task_name: str, split: str, lengths: Mapping[str, int],
-                       num_examples: Optional[int] = None) -> list[Example]:
-  """The split's examples in order, with their text (trimmed as seqio trims)."""
+                       num_examples: Optional[int] = None) -> tuple[list[Example], int]:
+  """The split's examples in order, with their text (trimmed as seqio trims), and how many
+  inputs were cut."""
   task = data_lib.get_mixture_or_task(task_name)
-  ds = task.get_dataset(dict(lengths), split=split, shuffle=False, num_epochs=1)
-  if num_examples:
-    ds = ds.take(num_examples)
+  ds = data_lib.examples_with_flags(task_name, split, lengths, num_examples)
   vocab = task.output_features['inputs'].vocabulary
-  examples = []
+  examples, truncated = [], 0
   for ex in ds.as_numpy_iterator():
+    truncated += int(ex[data_lib.TRUNCATED][0])
     text = ex.get('inputs_pretokenized')
     text = text.decode('utf-8') if text is not None else vocab.decode(ex['inputs'].tolist())
     target = ex.get('targets_pretokenized')
     examples.append(Example(text, ex['inputs'].tolist(),
                             {} if target is None else {'target': target.decode('utf-8')}))
-  return examples
+  return examples, truncated
+
+
+def log_truncated(truncated: int, examples: int, input_length: int) -> None:
+  """The warning for inputs cut to the input feature length (none when none was)."""
+  if truncated:
+    logger.warning('%d of %d inputs were longer than %d tokens (TASK_FEATURE_LENGTHS) and were '
+                   'truncated.', truncated, examples, input_length)
 
 
 def padded_batches(examples: Sequence[Example], batch_size: int, length: int

@@ -24,6 +24,7 @@ from prompt_tuning_jax import data as data_lib
 from prompt_tuning_jax import optim
 from prompt_tuning_jax import partitioning
 from prompt_tuning_jax import prompts as prompts_lib
+from prompt_tuning_jax import remote
 from prompt_tuning_jax.checkpoints import hf as hf_lib
 from prompt_tuning_jax.checkpoints import prompt_io
 from prompt_tuning_jax.checkpoints import sharded as sharded_lib
@@ -63,10 +64,14 @@ def _init_params(model, rng: jax.Array) -> dict:
 
 
 def setup(run: RunSettings, *, batch_size: Optional[int] = None) -> Setup:
-  """Checks the task, the devices (for `batch_size`) and the vocabulary; traces shapes.
+  """Checks the remote paths, the task, the devices (for `batch_size`) and the vocabulary;
+  traces shapes.
 
   Nothing is allocated or compiled.
   """
+  remote.check_reachable(run.model_dir, 'MODEL_DIR', must_exist=False)
+  remote.check_reachable(run.initial_checkpoint_path, 'INITIAL_CHECKPOINT_PATH')
+  remote.check_reachable(run.prompt.file, 'PROMPT_FILE')
   task_name = run.data.mixture_or_task_name
   data_lib.import_task_modules(run.data.module)
   data_lib.get_mixture_or_task(task_name)  # Unknown names fail here.
@@ -78,6 +83,10 @@ def setup(run: RunSettings, *, batch_size: Optional[int] = None) -> Setup:
                      f'NUM_PARTITIONS={run.num_partitions}).')
   abstract = jax.eval_shape(lambda rng: _init_params(run.model, rng), jax.random.PRNGKey(0))
   vocabularies = data_lib.task_vocabularies(task_name)
+  for feature, vocab in vocabularies.items():
+    remote.check_reachable(
+        getattr(vocab, 'sentencepiece_model_file', None), f'The {feature!r} vocabulary',
+        local_copy='set PTJ_VOCAB (or --gin.get_vocabulary.path) to the local file')
   rows = tree_lib.flatten(abstract)['token_embedder/embedding'].shape[0]
   for feature, vocab in vocabularies.items():
     if vocab.vocab_size > rows:
@@ -114,11 +123,12 @@ def check_sources(s: Setup) -> None:
 
 
 def _is_hf_checkpoint(path: str) -> bool:
+  """A safetensors file, or a directory of Hugging Face files and no T5X `checkpoint` file."""
   if path.endswith(('.safetensors', '.safetensors.index.json')):
     return True
-  return '://' not in path and os.path.isdir(path) and any(
-      os.path.exists(os.path.join(path, f))
-      for f in ('model.safetensors', 'model.safetensors.index.json'))
+  return ('://' not in path and os.path.isdir(path)
+          and not os.path.exists(os.path.join(path, 'checkpoint'))
+          and any(os.path.exists(os.path.join(path, f)) for f in hf_lib.HF_FILES))
 
 
 def load_frozen(s: Setup) -> dict:
@@ -176,6 +186,10 @@ def initial_prompt(s: Setup, params: Mapping[str, Any], settings: PromptSettings
   name = settings.init
   if name == 'class_labels':
     words = data_lib.label_words(task_name, settings.class_labels)
+    if words and len(words) > shape[0]:
+      raise UsageError(f'PROMPT_INIT=class_labels: the {len(words)} class labels {words} do not '
+                       f'fit PROMPT_LENGTH={shape[0]}: lengthen the prompt or choose another '
+                       'PROMPT_INIT.')
     if words:
       logger.info('Prompt initialised from the class labels %s.', words)
       init = prompts_lib.class_labels(embedding,

@@ -9,13 +9,15 @@ any number of processes, and a resumed run skips the batches already seen (see
 uninterrupted one, also when resumed on another number of hosts. Every LOG_PERIOD steps a log
 line and metrics; every EVAL_PERIOD steps an eval; a checkpoint every
 CHECKPOINT_PERIOD steps, at each eval and at the end. A NaN or infinite loss
-stops the run before anything after it is saved.
+stops the run before anything after it is saved. `ptj train` stops cleanly on
+SIGTERM/SIGINT: the step in flight finishes and is saved (`preemption.py`).
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+import signal
 import sys
 import time
 from typing import Any, Callable, Optional, Sequence
@@ -31,21 +33,26 @@ from prompt_tuning_jax import evaluation
 from prompt_tuning_jax import logging_utils
 from prompt_tuning_jax import optim
 from prompt_tuning_jax import partitioning
+from prompt_tuning_jax import preemption
+from prompt_tuning_jax import run_dir
 from prompt_tuning_jax import run_setup
 from prompt_tuning_jax import train_step
 from prompt_tuning_jax.checkpoints import train_state as train_state_lib
-from prompt_tuning_jax.errors import DivergedError
+from prompt_tuning_jax.errors import DivergedError, Stopped
 from prompt_tuning_jax.settings import RunSettings
 
 logger = logging.getLogger('prompt_tuning_jax')
 
 
-def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = None
-          ) -> dict[str, Any]:
+def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = None,
+          stop: Optional[preemption.StopSignals] = None) -> dict[str, Any]:
   """Trains (or resumes) in MODEL_DIR; returns a summary of where things are.
 
-  `save_config(directory)` records the configuration once every check passed.
+  `save_config(directory)` records the configuration once the run has started: the
+  parameters and the checkpoint restored, the first batch read.
+  When `stop` reports a signal, the step just run is saved and `Stopped` raised.
   """
+  stop = stop or preemption.NoSignals()
   s = run_setup.setup(run, batch_size=run.data.batch_size)
   run_setup.check_sources(s)
   model_dir, steps = run.model_dir, run.train_steps
@@ -59,9 +66,6 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
   ckpt = train_state_lib.TrainStateCheckpointer(
       model_dir, keep=run.checkpoints.keep, best_metric=run.evaluation.best_metric,
       best_mode=run.evaluation.best_mode)
-  if save_config is not None and primary:
-    save_config(model_dir)
-
   # Batches are a function of these and the step (see data.py): the data position.
   data_position = {'mixture_or_task_name': run.data.mixture_or_task_name, 'split': 'train',
                    'seed': run.data.seed, 'batch_size': run.data.batch_size}
@@ -112,12 +116,17 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
   counter = data_lib.TruncationCounter(s.lengths)
 
   def next_batch():
-    host = counter.pop(next(batches))
+    try:
+      host = counter.pop(next(batches))
+    except StopIteration:  # The batches repeat the split: it is empty.
+      raise data_lib.no_examples(run.data.mixture_or_task_name, 'train') from None
     tokens = int((host['encoder_input_tokens'] > 0).sum()
                  + (host['decoder_target_tokens'] > 0).sum())
     return partitioning.global_batch(host, s.mesh), tokens
 
   batch, tokens = next_batch()
+  if save_config is not None and primary:
+    save_config(model_dir)
   tick = time.time()
   compiled = step_fn.lower(state, frozen, batch).compile()
   logger.info('Compiled the train step in %.1fs; training steps %d..%d of %d.',
@@ -132,7 +141,8 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
       window.add(metrics, tokens)
       progress.update()
       is_last = step == steps
-      if step % run.log_period == 0 or is_last:
+      signum = None if is_last else stop.requested()
+      if step % run.log_period == 0 or is_last or signum:
         _check_finite(window, step, last_saved, model_dir)
         values = window.averages()
         values.update(learning_rate=float(lr_fn(step - 1)), **counter.metrics())
@@ -142,13 +152,15 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
         progress.log(logging_utils.format_train_line(step, steps, values, eta))
         writer.write(step, 'train', values)
         window.reset()
-      eval_now = evaluator is not None and (step % run.eval_period == 0 or is_last)
-      if eval_now or step % run.checkpoints.period == 0 or is_last:
+      eval_now = (evaluator is not None and (step % run.eval_period == 0 or is_last)
+                  and not signum)  # A stopping run saves at once: the eval could outlast it.
+      if eval_now or step % run.checkpoints.period == 0 or is_last or signum:
         _check_finite(window, step, last_saved, model_dir)
         if not bool(all_finite(state.trainable)):
           raise DivergedError(
               f'The trained parameters became NaN/inf by step {step}: training stopped and '
-              f'nothing after step {last_saved} was saved. Lower LEARNING_RATE, or check the data.')
+              f'nothing after it was saved; {_last_good(last_saved, model_dir)}. Lower '
+              'LEARNING_RATE, or check the data.')
         pause = time.time()
         eval_metrics = None
         if eval_now:
@@ -159,6 +171,10 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
         last_saved = ckpt.save(state, data_position={**data_position, 'step': step},
                                metrics=eval_metrics, topology=topology)
         window.exclude(time.time() - pause)
+      if signum:
+        line = _stopped_line(signum, _paths(model_dir, ckpt, step, s.has_prompt))
+        ckpt.close()
+        raise Stopped(line, signum)
       if not is_last:
         batch, tokens = next_batch()
   finally:
@@ -196,17 +212,29 @@ def _paths(model_dir: str, ckpt: train_state_lib.TrainStateCheckpointer, step: i
   return out
 
 
+def _stopped_line(signum: int, paths: dict[str, Any]) -> str:
+  step = os.path.basename(paths['checkpoint_dir'])
+  prompt = f", prompt file {paths['prompt_file']}" if paths['prompt_file'] else ''
+  return (f'stopped by {signal.Signals(signum).name} after step {step}: saved checkpoint '
+          f"{paths['checkpoint_dir']}{prompt}. Run the same command to resume.")
+
+
 def _check_finite(window: logging_utils.TrainWindow, step: int, last_saved: Optional[int],
                   model_dir: str) -> None:
   """Raises DivergedError if a loss of the window is NaN/inf (before anything is saved)."""
   bad = window.first_nonfinite_loss(step)
   if bad is None:
     return
-  where = (f'the last good checkpoint is step {last_saved} in '
-           f'{os.path.join(model_dir, train_state_lib.CHECKPOINT_SUBDIR)}'
-           if last_saved is not None else 'no checkpoint was saved')
   raise DivergedError(f'The loss became {bad[1]} at step {bad[0]}: training stopped and nothing '
-                      f'after it was saved; {where}. Lower LEARNING_RATE, or check the data.')
+                      f'after it was saved; {_last_good(last_saved, model_dir)}. Lower '
+                      'LEARNING_RATE, or check the data.')
+
+
+def _last_good(last_saved: Optional[int], model_dir: str) -> str:
+  if last_saved is None:
+    return 'no checkpoint was saved'
+  return (f'the last good checkpoint is step {last_saved} in '
+          f'{os.path.join(model_dir, train_state_lib.CHECKPOINT_SUBDIR)}')
 
 
 # ------------------------------------------------------------------ command line
@@ -249,9 +277,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       if distributed.is_primary():
         print(report, flush=True)
       return 0 if report.fits else 1
-    config.check_model_dir(configuration, override=args.override_model_dir_config)
-    with distributed.peer_failures():
-      result = train(configuration.settings, save_config=configuration.save)
+    model_dir = configuration.settings.model_dir
+    run_dir.check_writable(model_dir)
+    with run_dir.WriterLock(model_dir, enabled=distributed.is_primary()):
+      config.check_model_dir(configuration, override=args.override_model_dir_config)
+      with preemption.StopSignals() as stop, distributed.peer_failures():
+        result = train(configuration.settings, save_config=configuration.save, stop=stop)
     print('\n'.join(summary_lines(result)), flush=True)
     return 0
 

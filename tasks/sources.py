@@ -75,27 +75,33 @@ def require_local_dir(benchmark: str) -> Path:
 # ------------------------------------------------------------------ readers
 
 
-def _open(path: Path):
-  """Opens a split file (a leading BOM is dropped), naming the expected path
-  when it is missing."""
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+  """(line number, text) of each line of a split file (a leading BOM is dropped),
+  naming the expected path when it is missing and the line that is not UTF-8."""
   if not path.is_file():
     raise TaskDataError(f'missing split file: expected {path}')
-  return open(path, encoding='utf-8-sig', newline='')
+  with open(path, 'rb') as f:
+    for lineno, raw in enumerate(f, 1):
+      try:
+        line = raw.decode('utf-8')
+      except UnicodeDecodeError as err:
+        raise TaskDataError(f'{path}:{lineno}: not UTF-8 text (byte 0x{raw[err.start]:02x} at '
+                            f'column {err.start + 1})') from None
+      yield lineno, line.removeprefix('\ufeff') if lineno == 1 else line
 
 
 def read_jsonl(path: Path) -> Iterator[tuple[int, Row]]:
   """(line number, object) for each non-blank line of a jsonl file."""
-  with _open(path) as f:
-    for lineno, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as err:
-        raise TaskDataError(f'{path}:{lineno}: invalid JSON ({err.msg})') from None
-      if not isinstance(row, dict):
-        raise TaskDataError(f'{path}:{lineno}: expected a JSON object')
-      yield lineno, row
+  for lineno, line in _lines(path):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError as err:
+      raise TaskDataError(f'{path}:{lineno}: invalid JSON ({err.msg})') from None
+    if not isinstance(row, dict):
+      raise TaskDataError(f'{path}:{lineno}: expected a JSON object')
+    yield lineno, row
 
 
 def read_tsv(path: Path,
@@ -111,24 +117,22 @@ def read_tsv(path: Path,
   None, so that it keeps its place in the row positions (TFDS's `idx` counts
   it).
   """
-  with _open(path) as f:
-    lines = (line.rstrip('\r\n') for line in f)
-    numbered = enumerate(lines, 1)
-    if fieldnames is None:
-      _, header = next(numbered, (0, ''))
-      fieldnames = header.split('\t')
-    for lineno, line in numbered:
-      if not line:
-        continue
-      values = line.split('\t')
-      if len(values) < len(fieldnames) and skip_short_rows:
-        yield lineno, None
-        continue
-      if len(values) != len(fieldnames):
-        raise TaskDataError(
-            f'{path}:{lineno}: expected {len(fieldnames)} tab-separated '
-            f'fields, found {len(values)}')
-      yield lineno, dict(zip(fieldnames, values))
+  numbered = ((lineno, line.rstrip('\r\n')) for lineno, line in _lines(path))
+  if fieldnames is None:
+    _, header = next(numbered, (0, ''))
+    fieldnames = header.split('\t')
+  for lineno, line in numbered:
+    if not line:
+      continue
+    values = line.split('\t')
+    if len(values) < len(fieldnames) and skip_short_rows:
+      yield lineno, None
+      continue
+    if len(values) != len(fieldnames):
+      raise TaskDataError(
+          f'{path}:{lineno}: expected {len(fieldnames)} tab-separated '
+          f'fields, found {len(values)}')
+    yield lineno, dict(zip(fieldnames, values))
 
 
 def read_rows(path: Path) -> Iterator[tuple[int, Row]]:

@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 import itertools
+import logging
 
 import numpy as np
 import pytest
+import seqio
 
 from prompt_tuning_jax import data
+from prompt_tuning_jax import evaluation
+from prompt_tuning_jax import inference
 from prompt_tuning_jax.errors import UsageError
-from prompt_tuning_jax.settings import DataSettings
+from prompt_tuning_jax.settings import DataSettings, EvalSettings
 from prompt_tuning_jax.tasks import smoke
 
 LENGTHS = {'inputs': 64, 'targets': 12}
@@ -96,3 +100,24 @@ def test_label_words_come_from_the_task_registry_or_class_labels():
   assert data.label_words(smoke.TASK_NAME) == list(smoke.LABELS)
   assert data.label_words(smoke.TASK_NAME, ['bad', 'good']) == ['bad', 'good']
   assert data.label_words('not_a_task') is None
+
+
+def test_eval_and_infer_count_the_examples_they_truncate(caplog):
+  lengths = {'inputs': 40, 'targets': 1}
+  untrimmed = list(seqio.get_mixture_or_task(smoke.TASK_NAME).get_dataset(
+      None, split='validation', shuffle=False, num_epochs=1).take(20).as_numpy_iterator())
+  long_inputs = sum(len(ex['inputs']) > 40 for ex in untrimmed)
+  long_targets = sum(len(ex['targets']) > 1 for ex in untrimmed)
+  assert 0 < long_inputs < 20 and long_targets > 0
+  assert data.split_counts(smoke.TASK_NAME, 'validation', lengths, 20) == {
+      'examples': 20, 'truncated_inputs': long_inputs, 'truncated_targets': long_targets}
+
+  examples, truncated = inference.examples_from_task(smoke.TASK_NAME, 'validation', lengths, 20)
+  assert truncated == long_inputs and len(examples) == 20
+  assert all(len(ex.tokens) <= 40 and ex.tokens[-1] == 1 for ex in examples)  # EOS kept
+
+  settings = EvalSettings('validation', ('decode',), 'greedy', 1, 4, 20, None)
+  with caplog.at_level(logging.WARNING):
+    evaluation.Evaluator(None, smoke.TASK_NAME, lengths, settings)
+  assert (f'Of the 20 validation examples evaluated, {long_inputs} inputs and {long_targets} '
+          'targets are longer than TASK_FEATURE_LENGTHS') in caplog.text

@@ -392,6 +392,22 @@ def test_malformed_tsv_line_names_file_and_line(tmp_path, monkeypatch):
     source.local.read_split('validation')
 
 
+@pytest.mark.parametrize('name, read', [('rows.jsonl', sources.read_jsonl),
+                                        ('rows.tsv', sources.read_tsv)])
+def test_invalid_utf8_names_file_line_and_byte(tmp_path, name, read):
+  path = tmp_path / name
+  path.write_bytes('\ufeff'.encode() + b'{"a": 1}\n{"a": "caf\xe9"}\n')  # latin-1, not UTF-8
+  with pytest.raises(sources.TaskDataError,
+                     match=f'{path}:2: not UTF-8 text \\(byte 0xe9 at column 11\\)'):
+    list(read(path))
+
+
+def test_a_leading_bom_is_dropped(tmp_path):
+  path = tmp_path / 'rows.tsv'
+  path.write_bytes('\ufeffa\tb\r\n1\t2\r\n'.encode())
+  assert list(sources.read_tsv(path)) == [(2, {'a': '1', 'b': '2'})]
+
+
 def test_jsonl_reader_skips_blank_lines(tmp_path):
   path = tmp_path / 'rows.jsonl'
   path.write_text('{"a": 1}\n\n{"a": 2}\n', encoding='utf-8')

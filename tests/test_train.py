@@ -79,6 +79,19 @@ def test_resumed_run_ends_with_exactly_the_uninterrupted_prompt(tmp_path):
   assert run(tmp_path / 'straight', 6)['start_step'] == 6
 
 
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_step(tmp_path, caplog):
+  run(tmp_path, 6)  # checkpoints 3 and 6
+  expected = exported_prompt(tmp_path, 6)
+  for data in (tmp_path / 'checkpoints' / '6' / 'state').glob('**/d/*'):
+    data.write_bytes(data.read_bytes()[:10])  # cut short after the save
+  resumed = run(tmp_path, 6)
+  assert resumed['start_step'] == 3 and resumed['final_step'] == 6
+  assert f"Checkpoint {tmp_path / 'checkpoints' / '6'} cannot be restored" in caplog.text
+  assert 'using step 3, the newest intact one' in caplog.text
+  assert (tmp_path / 'checkpoints' / '6.damaged' / 'state').is_dir()
+  np.testing.assert_array_equal(exported_prompt(tmp_path, 6), expected)
+
+
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
   # From the 5th update on the learning rate is NaN: the prompt becomes NaN.
   lr = lambda step: jnp.where(step >= 4, jnp.nan, 0.3)
@@ -90,6 +103,13 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
   ckpt = train_state_lib.TrainStateCheckpointer(str(tmp_path), read_only=True)
   assert ckpt.latest_step() == 3
   assert np.isfinite(exported_prompt(tmp_path, 3)).all()
+
+
+def test_a_huge_learning_rate_diverges_before_any_checkpoint(tmp_path):
+  with pytest.raises(DivergedError, match=r'became nan at step \d+: training stopped and nothing '
+                                          r'after it was saved; no checkpoint was saved\.'):
+    run(tmp_path, 3, 'LEARNING_RATE = 1e39')
+  assert not os.path.exists(tmp_path / 'checkpoints' / '3')
 
 
 @pytest.mark.parametrize('bindings, changes, error, message', [

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 import safetensors.numpy
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from prompt_tuning_jax.checkpoints import tree as tree_lib
 from prompt_tuning_jax.checkpoints.tree import CheckpointError
@@ -48,6 +48,9 @@ from prompt_tuning_jax.checkpoints.tree import CheckpointError
 SAFETENSORS_FILE = 'model.safetensors'
 INDEX_FILE = 'model.safetensors.index.json'
 CONFIG_FILE = 'config.json'
+# Files that make a directory a Hugging Face checkpoint (read or not).
+HF_FILES = (SAFETENSORS_FILE, INDEX_FILE, 'pytorch_model.bin', 'pytorch_model.bin.index.json',
+            CONFIG_FILE)
 
 # HF `feed_forward_proj` -> T5X `mlp_activations`. HF's 'gated-gelu' is the
 # tanh approximation ("gelu_new"), as is flax's default `gelu`.
@@ -116,13 +119,17 @@ def load_hf(path: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
       raise CheckpointError(f'{config_path}: not valid JSON: {e}') from e
   state = {}
   for file, names in files.items():
-    with safe_open(file, framework='np') as f:
-      available = set(f.keys())
-      for name in names if names is not None else sorted(available):
-        if name not in available:
-          raise CheckpointError(
-              f'{file}: tensor {name!r} listed in {INDEX_FILE} is missing')
-        state[name] = f.get_tensor(name)
+    try:
+      with safe_open(file, framework='np') as f:
+        available = set(f.keys())
+        for name in names if names is not None else sorted(available):
+          if name not in available:
+            raise CheckpointError(
+                f'{file}: tensor {name!r} listed in {INDEX_FILE} is missing')
+          state[name] = f.get_tensor(name)
+    except SafetensorError as e:
+      raise CheckpointError(f'{file}: not a readable safetensors file ({e}): cut short by a '
+                            'failed download or copy?') from e
   tie = None if config is None else _logits_via_embedding(config)
   if tie is False and _LM_HEAD_KEY not in state and config.get('tie_word_embeddings', True):
     # transformers >= 5 always shares lm_head with the embedding and records

@@ -18,6 +18,12 @@ when complete, and lists only complete steps; a run killed mid-write leaves a
 temporary directory that is ignored, so a
 restore always finds the last complete checkpoint.
 
+Damage: a restore of the latest step that fails (files damaged or cut short
+after the save) falls back to the newest step that restores, with a warning
+naming the bad one; a writing checkpointer moves it aside to
+`checkpoints/<step>.damaged`, so that the resumed run can save that step again.
+When no step restores, the newest one's error is raised.
+
 Retention: the latest `keep` steps, plus the best step by `best_metric`
 (when given) among those saved with eval metrics.
 """
@@ -30,6 +36,8 @@ from typing import Any, Mapping, Optional
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
+from jax.experimental import multihost_utils
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 
 from prompt_tuning_jax import distributed
@@ -43,6 +51,11 @@ STATE, META = 'state', 'meta'
 CHECKPOINT_SUBDIR = 'checkpoints'
 NUMPY_SUBDIR = 'numpy_checkpoints'
 BEST_CHECKPOINT_FILE = 'best_checkpoint.json'
+DAMAGED_SUFFIX = '.damaged'
+# What orbax and TensorStore raise for unreadable, cut-short or mismatched checkpoint files.
+_RESTORE_ERRORS = (ValueError, KeyError, TypeError, OSError)
+
+logger = logging.getLogger('prompt_tuning_jax')
 # Trainable parameters exported as numpy files (paths matched with re.search).
 EXPORT_PATTERN = 'prompt'
 
@@ -66,6 +79,7 @@ class TrainStateCheckpointer:
     if keep < 1:
       raise ValueError(f'KEEP_CHECKPOINTS must be at least 1, got {keep}.')
     self.model_dir = model_dir
+    self.read_only = read_only
     self.best_metric = best_metric
     self.best_mode = best_mode
     kept = [policies.LatestN(n=keep)]
@@ -120,22 +134,51 @@ class TrainStateCheckpointer:
   def save(self, state: train_step.TrainState, *, data_position: Mapping[str, Any],
            metrics: Optional[Mapping[str, float]] = None,
            topology: Optional[Mapping[str, Any]] = None) -> int:
-    """Writes `state` (atomically) and its numpy prompt export; returns the step."""
+    """Writes `state` (atomically) and its numpy prompt export; returns the step.
+
+    A write that fails (disk full, permissions) leaves nothing of the step behind.
+    """
     step = int(jax.device_get(state.step))
     meta = {'step': step, 'data_position': dict(data_position)}
     if topology is not None:
       meta['topology'] = dict(topology)
     if metrics is not None:
       meta['metrics'] = {k: float(v) for k, v in metrics.items()}
-    self._manager.save(
-        step, args=ocp.args.Composite(**{
-            STATE: ocp.args.StandardSave(state._asdict()),
-            META: ocp.args.JsonSave(meta)}),
-        metrics=meta.get('metrics'), force=True)
-    self._manager.wait_until_finished()
-    if distributed.is_primary():  # Orbax writes collectively; the numpy export once.
-      self.export_numpy(step, state.trainable)
+    previous = self.latest_step()
+    quiet = _WriteErrorFilter()  # Orbax's threads log each failed write with its traceback.
+    logging.getLogger('absl').addFilter(quiet)
+    try:
+      self._manager.save(
+          step, args=ocp.args.Composite(**{
+              STATE: ocp.args.StandardSave(state._asdict()),
+              META: ocp.args.JsonSave(meta)}),
+          metrics=meta.get('metrics'), force=True)
+      self._manager.wait_until_finished()
+      if distributed.is_primary():  # Orbax writes collectively; the numpy export once.
+        self.export_numpy(step, state.trainable)
+    except OSError as e:
+      self._remove_partial(step)
+      last = (f'the last complete checkpoint is step {previous}' if previous is not None
+              else 'no checkpoint was saved')
+      raise tree_lib.CheckpointError(
+          f'Cannot write the checkpoint of step {step} in {self.model_dir}: '
+          f'{e.strerror or e}. Training stopped; {last}. Free space (or fix the permissions) '
+          'and run the same command to resume.') from e
+    finally:
+      logging.getLogger('absl').removeFilter(quiet)
     return step
+
+  def _remove_partial(self, step: int) -> None:
+    """Deletes what a failed save of `step` wrote (first process only)."""
+    if jax.process_index() != 0:
+      return
+    directory = epath.Path(self._manager.directory)
+    for path in directory.glob(f'{step}.orbax-checkpoint-tmp*'):
+      path.rmtree()
+    if step not in self.all_steps():
+      numpy_dir = epath.Path(numpy_checkpoint_dir(self.model_dir, step))
+      if numpy_dir.exists():
+        numpy_dir.rmtree()
 
   def export_numpy(self, step: int, trainable: Mapping[str, Any]) -> list[str]:
     """Writes every trainable prompt parameter as a float32 .npy file."""
@@ -154,19 +197,11 @@ class TrainStateCheckpointer:
     `abstract_state` holds arrays or `jax.ShapeDtypeStruct`s (with shardings).
     Returns (state, meta).
     """
-    step = self.latest_step() if step is None else step
-    if step is None:
-      raise tree_lib.CheckpointError(f'No checkpoint in {self._manager.directory}.')
     target = jax.tree.map(_abstract, abstract_state._asdict())
-    try:
-      restored = self._manager.restore(step, args=ocp.args.Composite(**{
-          STATE: ocp.args.StandardRestore(target), META: ocp.args.JsonRestore()}))
-    except (ValueError, KeyError, TypeError) as e:
-      raise tree_lib.CheckpointError(
-          f'{self._manager.directory}/{step}: the saved train state does not match this '
-          f'run (different model, prompt length or optimiser?): {e}') from e
+    step, restored = self._restore(step, ocp.args.Composite(**{
+        STATE: ocp.args.StandardRestore(target), META: ocp.args.JsonRestore()}))
     state = train_step.TrainState(**restored[STATE])
-    logging.info('Restored the train state of step %d from %s.', step, self._manager.directory)
+    logger.info('Restored the train state of step %d from %s.', step, self._manager.directory)
     return state, dict(restored[META])
 
   def restore_trainable(self, step: Optional[int] = None) -> tuple[dict[str, Any], int]:
@@ -174,18 +209,63 @@ class TrainStateCheckpointer:
 
     Returns (trainable params as nested dicts of arrays, step).
     """
-    step = self.latest_step() if step is None else step
-    if step is None:
-      raise tree_lib.CheckpointError(f'No checkpoint in {self._manager.directory}.')
-    if step not in self.all_steps():
+    if step is not None and step not in self.all_steps():
       raise tree_lib.CheckpointError(f'No checkpoint of step {step} in {self._manager.directory}; '
                               f'kept steps: {self.all_steps()}.')
-    restored = self._manager.restore(step, args=ocp.args.Composite(**{
+    step, restored = self._restore(step, ocp.args.Composite(**{
         STATE: ocp.args.StandardRestore()}))
     return dict(restored[STATE]['trainable']), step
 
+  def _restore(self, step: Optional[int], args: ocp.args.Composite) -> tuple[int, Any]:
+    """(step, what orbax restored): `step`, or by default the newest step that restores."""
+    steps = [step] if step is not None else sorted(self.all_steps(), reverse=True)
+    if not steps:
+      raise tree_lib.CheckpointError(f'No checkpoint in {self._manager.directory}.')
+    failed = []
+    for candidate in steps:
+      try:
+        restored = self._manager.restore(candidate, args=args)
+      except _RESTORE_ERRORS as e:
+        failed.append((candidate, e))
+        continue
+      if failed:
+        self._set_aside(failed, candidate)
+      return candidate, restored
+    bad, error = failed[0]
+    raise tree_lib.CheckpointError(
+        f'{self._manager.directory}/{bad}: the saved train state does not match this run '
+        f'(different model, prompt length or optimiser?), or its files are damaged: '
+        f'{error}') from error
+
+  def _set_aside(self, failed: list[tuple[int, Exception]], used: int) -> None:
+    """Warns of the steps that did not restore; moves them aside when writing."""
+    directory = epath.Path(self._manager.directory)
+    for bad, error in failed:
+      reason = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
+      moved = ''
+      if not self.read_only:
+        target = directory / f'{bad}{DAMAGED_SUFFIX}'
+        if target.exists():  # damaged before: keep both
+          target = directory / f'{bad}{DAMAGED_SUFFIX}.{len(list(directory.iterdir()))}'
+        moved = f'; moved to {target}'
+        if jax.process_index() == 0:
+          (directory / str(bad)).rename(target)
+      logger.warning('Checkpoint %s cannot be restored (%s): using step %d, the newest intact '
+                     'one, instead%s.', directory / str(bad), reason, used, moved)
+    if not self.read_only:
+      if jax.process_count() > 1:
+        multihost_utils.sync_global_devices('ptj: damaged checkpoints moved aside')
+      self._manager.reload()
+
   def close(self) -> None:
     self._manager.close()
+
+
+class _WriteErrorFilter(logging.Filter):
+  """Drops log records of OSErrors (the save reports them in one line)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not (record.exc_info and isinstance(record.exc_info[1], OSError))
 
 
 def _abstract(x):

@@ -198,8 +198,9 @@ def evaluate_ensemble(run: RunSettings, members: Mapping[str, str],
   params = run_setup.frozen_params_without_prompt(s)
   bank = PromptBank.from_files(members, emb_dim=run.model.config.emb_dim)
   names = list(bank.names)
-  examples = inference.examples_from_task(task_name, settings.split, s.lengths,
-                                          settings.num_examples)
+  examples, truncated = inference.examples_from_task(task_name, settings.split, s.lengths,
+                                                     settings.num_examples)
+  inference.log_truncated(truncated, len(examples), s.lengths['inputs'])
   targets = [ex.extra.get('target') for ex in examples]
   if not examples or any(t is None for t in targets):
     raise DataError(f'{task_name}:{settings.split} has no examples with targets to score.')
