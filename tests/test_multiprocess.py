@@ -202,3 +202,22 @@ def test_a_killed_process_stops_the_other_and_a_restart_resumes(tmp_path):
   restart.wait()
   assert f'Resuming from step {latest}.' in restart.log(0)
   assert _complete_steps(model_dir)[-1] == latest + 2
+
+
+def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
+  """Preemption reaches one host first: every host saves the same step and stops."""
+  model_dir = tmp_path / 'stopped'
+  run = Workers('train', model_dir, 2, 2, '--gin.TRAIN_STEPS=100000', '--gin.EVAL_PERIOD=None',
+                '--gin.CHECKPOINT_PERIOD=100000')
+  deadline = time.time() + 300
+  while not os.path.exists(model_dir / 'metrics.jsonl') and time.time() < deadline:
+    assert run.procs[0].poll() is None, run.log(0)
+    time.sleep(0.2)
+  run.procs[1].send_signal(signal.SIGTERM)  # process 0 gets nothing
+  codes = [p.wait(timeout=120) for p in run.procs]
+  assert codes == [128 + signal.SIGTERM] * 2, (codes, run.log(0)[-2000:], run.log(1)[-2000:])
+  steps = _complete_steps(model_dir)
+  assert len(steps) == 1, steps  # the stop step only (the period is never reached)
+  for i in range(2):
+    assert f'stopped by SIGTERM after step {steps[0]}:' in run.log(i), run.log(i)[-2000:]
+  assert os.path.isfile(_prompt_path(model_dir, steps[0]))

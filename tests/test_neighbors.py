@@ -173,8 +173,8 @@ def test_ensemble_and_mixed_infer_commands_on_a_smoke_run(smoke_run, tmp_path, c
   run = config.configure('eval', [], [f'MODEL_DIR = {str(model_dir)!r}']).settings
   s = run_setup.setup(run)
   frozen = run_setup.frozen_params_without_prompt(s)
-  examples = inference.examples_from_task(run.data.mixture_or_task_name, run.evaluation.split,
-                                          s.lengths, 24)
+  examples, _ = inference.examples_from_task(run.data.mixture_or_task_name, run.evaluation.split,
+                                             s.lengths, 24)
   targets = [ex.extra['target'] for ex in examples]
   label_ids = scoring.encode_labels(s.vocabularies['targets'], smoke.LABELS)
   ((_, _, tokens),) = inference.padded_batches(examples, 24, s.lengths['inputs'])
