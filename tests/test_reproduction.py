@@ -10,7 +10,7 @@ import pytest
 
 from benchmarks import reproduction
 from prompt_tuning_jax import cli
-from tests.conftest import shared_path
+from conftest import shared_path
 
 
 def test_study_plan_lists_every_comparison_once():
