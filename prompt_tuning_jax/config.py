@@ -255,7 +255,8 @@ def configure(command: str, files: Sequence[str], bindings: Sequence[str],
     gin.add_config_file_search_path(path)
   _quiet_gin_path_errors()
   files = [_resolve_file(f, paths) for f in files]
-  if not files and command != 'train':
+  saved_run = not files and command != 'train'
+  if saved_run:
     _parse([], bindings)
     model_dir = _bindings('MODEL_DIR/gin.macro').get('value')
     if not isinstance(model_dir, str):
@@ -265,13 +266,12 @@ def configure(command: str, files: Sequence[str], bindings: Sequence[str],
     if not os.path.isfile(files[0]):
       raise errors.UsageError(f'{files[0]} does not exist: MODEL_DIR holds no training run. '
                               "Pass the run's files instead, e.g. --gin_file=runs/eval.gin.")
-    # The run's PROMPT_FILE was its starting prompt (prompt transfer); what it trained is
-    # in its checkpoints. Only a PROMPT_FILE given now replaces them.
-    _parse(files, [])
-    given = {m.group(1) for m in map(_MACRO_BINDING.match, bindings) if m}
-    if _bindings('PROMPT_FILE/gin.macro').get('value') and 'PROMPT_FILE' not in given:
-      bindings = ['PROMPT_FILE = None', *bindings]
   _parse(files, [])
+  # A saved run's PROMPT_FILE was its starting prompt (prompt transfer); what it trained
+  # is in its checkpoints. Only a PROMPT_FILE given now replaces them.
+  given = {m.group(1) for m in map(_MACRO_BINDING.match, bindings) if m}
+  if saved_run and _bindings('PROMPT_FILE/gin.macro').get('value') and 'PROMPT_FILE' not in given:
+    bindings = ['PROMPT_FILE = None', *bindings]
   if _bindings(_RUN_SETTINGS):  # Without a run file, `_check_complete` says so.
     _check_macro_names(bindings)
   _parse(files, bindings)

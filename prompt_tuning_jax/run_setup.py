@@ -116,7 +116,7 @@ def read_prompt_file(path: str, shape: tuple[int, int]) -> np.ndarray:
 def check_sources(s: Setup) -> None:
   """Cheap checks of the checkpoint path and the prompt file, before any loading."""
   path = s.run.initial_checkpoint_path
-  if path is not None and '://' not in path and not os.path.exists(path):
+  if path is not None and not remote.is_remote(path) and not os.path.exists(path):
     raise CheckpointError(f'INITIAL_CHECKPOINT_PATH {path!r} does not exist.')
   if s.run.prompt.file and s.has_prompt:
     read_prompt_file(s.run.prompt.file, s.prompt_shape)
@@ -126,7 +126,7 @@ def _is_hf_checkpoint(path: str) -> bool:
   """A safetensors file, or a directory of Hugging Face files and no T5X `checkpoint` file."""
   if path.endswith(('.safetensors', '.safetensors.index.json')):
     return True
-  return ('://' not in path and os.path.isdir(path)
+  return (not remote.is_remote(path) and os.path.isdir(path)
           and not os.path.exists(os.path.join(path, 'checkpoint'))
           and any(os.path.exists(os.path.join(path, f)) for f in hf_lib.HF_FILES))
 
