@@ -49,15 +49,35 @@ def _has_predict_metrics(task: seqio.Task) -> bool:
              for m in task.metric_objs)
 
 
-def _batches(ds: tf.data.Dataset, batch_size: int, padded_size: int):
+def _batches(ds: tf.data.Dataset, batch_size: int, padded_size: int,
+             buckets: Optional[Mapping[str, Sequence[int]]] = None):
   """(indices [n], encoder tokens [padded_size, L], targets [padded_size, D]), n <= batch_size.
 
-  Every batch is zero-padded to `padded_size` so one compilation serves all.
+  Every batch is zero-padded to `padded_size` rows. Without `buckets`, L and D
+  are the feature lengths (one compilation serves all); with them, the examples
+  are taken in order of length and each batch is cut to its buckets (the
+  outputs are matched back to the examples by index).
   """
-  for index, features in ds.batch(batch_size).as_numpy_iterator():
-    n = len(index)
-    pad = lambda x: np.pad(x, [(0, padded_size - n)] + [(0, 0)] * (x.ndim - 1))
-    yield index, pad(features['encoder_input_tokens']), pad(features['decoder_target_tokens'])
+  def pad(x, n):
+    return np.pad(x, [(0, padded_size - n)] + [(0, 0)] * (x.ndim - 1))
+
+  if buckets is None:
+    for index, features in ds.batch(batch_size).as_numpy_iterator():
+      yield (index, pad(features['encoder_input_tokens'], len(index)),
+             pad(features['decoder_target_tokens'], len(index)))
+    return
+  parts = list(ds.batch(1024).as_numpy_iterator())
+  if not parts:
+    return
+  index = np.concatenate([p[0] for p in parts])
+  features = {key: np.concatenate([p[1][key] for p in parts])
+              for key in ('encoder_input_tokens', 'decoder_target_tokens')}
+  order = np.argsort(data_lib.example_lengths(features['encoder_input_tokens']), kind='stable')
+  for start in range(0, len(order), batch_size):
+    rows = order[start:start + batch_size]
+    batch = data_lib.cut_to_buckets({k: v[rows] for k, v in features.items()}, buckets)
+    yield (index[rows], pad(batch['encoder_input_tokens'], len(rows)),
+           pad(batch['decoder_target_tokens'], len(rows)))
 
 
 class Evaluator:
@@ -65,8 +85,10 @@ class Evaluator:
 
   def __init__(self, model, mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
                settings: EvalSettings, *, class_labels: Optional[Sequence[str]] = None,
-               mesh: Optional[jax.sharding.Mesh] = None):
+               mesh: Optional[jax.sharding.Mesh] = None,
+               length_buckets: Optional[Mapping[str, Sequence[int]]] = None):
     self.model = model
+    self.length_buckets = length_buckets
     self.settings = settings
     self.mesh = mesh
     # Batches are padded to a multiple of the data-parallel devices.
@@ -124,7 +146,7 @@ class Evaluator:
     return multihost_utils.process_allgather(outputs, tiled=True)
 
   def _model_batches(self, ds):
-    return _batches(ds, self.settings.batch_size, self._padded_size)
+    return _batches(ds, self.settings.batch_size, self._padded_size, self.length_buckets)
 
   def predict_fn(self, params) -> Callable[[tf.data.Dataset], list]:
     def predict(ds):

@@ -77,7 +77,8 @@ def infer(run: RunSettings, *, prompt_files: Optional[Mapping[str, str]] = None,
       run.model, params, examples, s.vocabularies['targets'], input_length=s.lengths['inputs'],
       max_decode_length=s.lengths['targets'], batch_size=ev.batch_size, method=settings.method,
       decoder=ev.decoder, beam_size=ev.beam_size, alpha=ev.alpha,
-      label_words=words if settings.method == RANK_CLASSIFICATION else None, bank=bank)
+      label_words=words if settings.method == RANK_CLASSIFICATION else None, bank=bank,
+      length_buckets=(run.data.length_buckets or {}).get('inputs'))
   output_dir = os.path.join(run.model_dir, INFERENCE_SUBDIR)
   output_file = settings.output_file or os.path.join(output_dir, f'{name}_{suffix}.jsonl')
   if jax.process_index() == 0:

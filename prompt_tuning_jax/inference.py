@@ -120,24 +120,35 @@ def log_truncated(truncated: int, examples: int, input_length: int) -> None:
                    'truncated.', truncated, examples, input_length)
 
 
-def padded_batches(examples: Sequence[Example], batch_size: int, length: int
-                   ) -> Iterator[tuple[int, int, np.ndarray]]:
-  """(start, n, tokens [batch_size, length] int32): the last batch zero-padded to full size."""
-  for start in range(0, len(examples), batch_size):
-    chunk = examples[start:start + batch_size]
-    tokens = np.zeros((batch_size, length), np.int32)
-    for row, ex in enumerate(chunk):
-      tokens[row, :len(ex.tokens)] = ex.tokens
-    yield start, len(chunk), tokens
+def padded_batches(examples: Sequence[Example], batch_size: int, length: int,
+                   buckets: Optional[Sequence[int]] = None
+                   ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """(rows [n], tokens [batch_size, L] int32): examples[rows], zero-padded to a full batch.
+
+  Without `buckets` the examples come in order and L = `length`; with input
+  length buckets they come in order of length and L is the smallest bucket
+  that holds the batch.
+  """
+  lengths = np.array([len(ex.tokens) for ex in examples], np.int64)
+  order = np.argsort(lengths, kind='stable') if buckets else np.arange(len(examples))
+  for start in range(0, len(order), batch_size):
+    rows = order[start:start + batch_size]
+    width = data_lib.bucket_for(int(lengths[rows].max()), buckets) if buckets else length
+    tokens = np.zeros((batch_size, width), np.int32)
+    for row, i in enumerate(rows):
+      tokens[row, :len(examples[i].tokens)] = examples[i].tokens
+    yield rows, tokens
 
 
 def predict(model, params, examples: Sequence[Example], vocabulary: seqio.Vocabulary, *,
             input_length: int, max_decode_length: int, batch_size: int,
             method: str = DECODE, decoder: str = GREEDY, beam_size: int = 4,
             alpha: float = 0.6, label_words: Optional[LabelWords] = None,
-            bank: Optional[PromptBank] = None) -> list[dict[str, Any]]:
-  """One output record per example (see the module docstring).
+            bank: Optional[PromptBank] = None,
+            length_buckets: Optional[Sequence[int]] = None) -> list[dict[str, Any]]:
+  """One output record per example, in the examples' order (see the module docstring).
 
+  With `length_buckets` (of the inputs) the batches are formed by length.
   With a `bank` (mixed-task inference), example i uses the bank's prompt
   `examples[i].prompt` and every batch is one model call whatever its mix
   (greedy decoding); `label_words` may then map each prompt name to its own
@@ -150,9 +161,9 @@ def predict(model, params, examples: Sequence[Example], vocabulary: seqio.Vocabu
   ranker = None
   if method == RANK_CLASSIFICATION:
     ranker = _Ranker(vocabulary, label_words, {ex.prompt for ex in examples})
-  records = []
-  for start, n, tokens in padded_batches(examples, batch_size, input_length):
-    batch = examples[start:start + n]
+  records: list[Optional[dict[str, Any]]] = [None] * len(examples)
+  for rows, tokens in padded_batches(examples, batch_size, input_length, length_buckets):
+    batch, n = [examples[i] for i in rows], len(rows)
     names = [ex.prompt for ex in batch] + [batch[0].prompt] * (batch_size - n)
     if ranker is not None:
       outputs = ranker(model, params, tokens, names, bank)[:n]
@@ -167,9 +178,9 @@ def predict(model, params, examples: Sequence[Example], vocabulary: seqio.Vocabu
       predicted, scores = jax.device_get((predicted, scores))
       outputs = [{'prediction': vocabulary.decode([int(t) for t in row if t != 0]),
                   'score': float(score)} for row, score in zip(predicted[:n], scores[:n])]
-    for offset, (ex, output) in enumerate(zip(batch, outputs)):
+    for i, ex, output in zip(rows, batch, outputs):
       named = {} if ex.prompt is None else {'prompt': ex.prompt}
-      records.append({'index': start + offset, 'input': ex.input, **named, **output, **ex.extra})
+      records[i] = {'index': int(i), 'input': ex.input, **named, **output, **ex.extra}
   return records
 
 

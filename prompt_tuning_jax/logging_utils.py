@@ -7,6 +7,8 @@
 """
 from __future__ import annotations
 
+import collections
+import dataclasses
 import datetime
 import json
 import logging
@@ -91,7 +93,8 @@ def read_metrics(model_dir: str) -> list[dict]:
 
 def format_train_line(step: int, total: int, metrics: Mapping[str, float],
                       eta_seconds: Optional[float]) -> str:
-  """`step 120/300 | loss 2.31 | acc 0.41 | lr 0.3 | 85.2 ex/s | 10.9k tok/s | eta 0:01:02`."""
+  """`step 120/300 | loss 2.31 | acc 0.41 | lr 0.3 | 85.2 ex/s | 10.9k tok/s |
+  pad eff 0.71 [32+16:80 64+16:20] | eta 0:01:02` (batch shapes inputs+targets:steps)."""
   parts = [f'step {step}/{total}', f'loss {metrics["loss"]:.4g}',
            f'acc {metrics["accuracy"]:.3f}']
   if 'learning_rate' in metrics:
@@ -99,6 +102,10 @@ def format_train_line(step: int, total: int, metrics: Mapping[str, float],
   if 'examples_per_second' in metrics:
     parts.append(f'{metrics["examples_per_second"]:.1f} ex/s')
     parts.append(f'{_si(metrics["tokens_per_second"])} tok/s')
+  if 'padding_efficiency' in metrics:
+    shapes = ' '.join(f'{k[len("steps_inputs"):].replace("_targets", "+")}:{int(v)}'
+                      for k, v in metrics.items() if k.startswith('steps_inputs'))
+    parts.append(f'pad eff {metrics["padding_efficiency"]:.2f} [{shapes}]')
   if eta_seconds is not None:
     parts.append(f'eta {datetime.timedelta(seconds=round(eta_seconds))}')
   return ' | '.join(parts)
@@ -138,6 +145,22 @@ class Progress:
       self._bar.close()
 
 
+@dataclasses.dataclass(frozen=True)
+class BatchShape:
+  """What a training batch holds: real tokens, and the positions it is padded to."""
+  tokens: int             # non-padding input + target tokens
+  positions: int          # batch * (input + target length)
+  inputs_length: int
+  targets_length: int
+
+  @classmethod
+  def of(cls, batch: Mapping[str, np.ndarray]) -> 'BatchShape':
+    inputs, targets = batch['encoder_input_tokens'], batch['decoder_target_tokens']
+    return cls(tokens=int((inputs > 0).sum() + (targets > 0).sum()),
+               positions=inputs.size + targets.size,
+               inputs_length=inputs.shape[1], targets_length=targets.shape[1])
+
+
 class TrainWindow:
   """Train metrics of the steps since the last log line, kept on device until read."""
 
@@ -152,13 +175,25 @@ class TrainWindow:
     self._fetched: list[dict] = []
     self.steps_done = 0
     self.tokens_done = 0
+    self.positions_done = 0
+    self.shapes: collections.Counter = collections.Counter()
     self.start = time.time()
     self.excluded = 0.0
 
-  def add(self, metrics: Mapping[str, jax.Array], tokens: int) -> None:
+  def add(self, metrics: Mapping[str, jax.Array], shape: BatchShape) -> None:
     self.pending.append(metrics)
     self.steps_done += 1
-    self.tokens_done += tokens
+    self.tokens_done += shape.tokens
+    self.positions_done += shape.positions
+    self.shapes[shape.inputs_length, shape.targets_length] += 1
+
+  def padding(self) -> dict[str, float]:
+    """`padding_efficiency` (real tokens / padded positions, prompt excluded) and the
+    bucket histogram: `steps_inputs<I>_targets<T>` steps at each batch shape."""
+    out = {'padding_efficiency': self.tokens_done / max(self.positions_done, 1)}
+    for (inputs, targets), count in sorted(self.shapes.items()):
+      out[f'steps_inputs{inputs}_targets{targets}'] = count
+    return out
 
   def exclude(self, seconds: float) -> None:
     """Time spent on eval/checkpoints: not training throughput."""

@@ -23,6 +23,9 @@ DECODERS = (GREEDY, BEAM)
 PROMPT_INITS = ('random_uniform', 'sampled_vocab', 'class_labels', 'from_text')
 LATEST, BEST = 'latest', 'best'
 LOSS_NORMALIZATIONS = ('sum', 'mean')
+# LENGTH_BUCKETS = POW2: each feature's buckets are the powers of two from
+# MIN_BUCKET up to its TASK_FEATURE_LENGTHS value, and that value itself.
+POW2, MIN_BUCKET = 'pow2', 16
 # RunSettings fields that may change when a run in MODEL_DIR is resumed.
 RESUMABLE_FIELDS = ('model_dir', 'train_steps', 'log_period', 'eval_period', 'checkpoints',
                     'evaluation', 'inference', 'num_partitions')
@@ -59,6 +62,10 @@ class DataSettings:
   seed: int
   # Module(s) imported to register the task (MIXTURE_OR_TASK_MODULE).
   module: Union[None, str, Sequence[str]]
+  # LENGTH_BUCKETS: None (every batch padded to TASK_FEATURE_LENGTHS), 'pow2', or
+  # {'inputs': (64, 128, 512), ...}; normalised to {feature: sorted lengths}. The
+  # default keeps the fixed shapes of runs saved before buckets existed.
+  length_buckets: Union[None, str, Mapping[str, Sequence[int]]] = None
 
   def __post_init__(self):
     _require(isinstance(self.mixture_or_task_name, str) and self.mixture_or_task_name,
@@ -75,7 +82,39 @@ class DataSettings:
     _positive(self.batch_size, 'BATCH_SIZE')
     _freeze(self, task_feature_lengths=lengths,
             module=self.module if self.module is None or isinstance(self.module, str)
-            else tuple(self.module))
+            else tuple(self.module),
+            length_buckets=_length_buckets(self.length_buckets, lengths))
+
+
+def _length_buckets(buckets: Any, lengths: Mapping[str, int]
+                    ) -> Optional[dict[str, tuple[int, ...]]]:
+  """LENGTH_BUCKETS as {feature: ascending lengths ending at the feature length}, or None."""
+  if buckets is None:
+    return None
+  if buckets == POW2:
+    out = {}
+    for key, length in lengths.items():
+      powers = [2 ** k for k in range(MIN_BUCKET.bit_length() - 1, length.bit_length())]
+      out[key] = tuple(p for p in powers if p < length) + (length,)
+    return out
+  _require(isinstance(buckets, Mapping) and set(buckets) <= set(lengths),
+           f"LENGTH_BUCKETS must be None, {POW2!r} or a mapping of 'inputs'/'targets' to "
+           f'lengths, got {buckets!r}.')
+  out = {key: (length,) for key, length in lengths.items()}  # A feature not named: fixed.
+  for key, values in buckets.items():
+    name = f'LENGTH_BUCKETS[{key!r}]'
+    values = (values,) if isinstance(values, int) else tuple(values)
+    _require(bool(values) and all(isinstance(v, int) and v >= 1 for v in values),
+             f'{name} must be positive integers, got {values!r}.')
+    _require(list(values) == sorted(set(values)),
+             f'{name} must be in ascending order without repeats, got {values!r}.')
+    _require(values[-1] == lengths[key],
+             f'{name}={values!r} must end at TASK_FEATURE_LENGTHS[{key!r}]={lengths[key]}, '
+             'the length every example is cut to'
+             + (' (longer examples would not fit a bucket).' if values[-1] < lengths[key]
+                else ' (a longer bucket would never be used).'))
+    out[key] = values
+  return out
 
 
 @dataclasses.dataclass(frozen=True)

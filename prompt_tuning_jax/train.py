@@ -61,14 +61,15 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
   if run.eval_period:  # Built now: a missing eval split fails before training.
     evaluator = evaluation.Evaluator(run.model, run.data.mixture_or_task_name, s.lengths,
                                      run.evaluation, class_labels=run.prompt.class_labels,
-                                     mesh=s.mesh)
+                                     mesh=s.mesh, length_buckets=run.data.length_buckets)
   params = run_setup.build_params(s)
   ckpt = train_state_lib.TrainStateCheckpointer(
       model_dir, keep=run.checkpoints.keep, best_metric=run.evaluation.best_metric,
       best_mode=run.evaluation.best_mode)
   # Batches are a function of these and the step (see data.py): the data position.
   data_position = {'mixture_or_task_name': run.data.mixture_or_task_name, 'split': 'train',
-                   'seed': run.data.seed, 'batch_size': run.data.batch_size}
+                   'seed': run.data.seed, 'batch_size': run.data.batch_size,
+                   'length_buckets': run.data.length_buckets}
   topology = distributed.topology(s.mesh)  # Recorded; may change on resume.
   opt = run.optimizer
   trainable, frozen = optim.partition(params, opt.trainable_rules)
@@ -112,7 +113,7 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
           learning_rate_fn=lambda step: jnp.asarray(lr_fn(step), jnp.float32)),
       donate_argnums=(0,), out_shardings=(state_shardings, partitioning.replicated(s.mesh)))
   # Every process reads the same global batches and places its devices' rows.
-  batches = data_lib.iterate(data_lib.get_dataset(run.data, start_step=start))
+  batches = data_lib.train_batches(run.data, start_step=start)
   counter = data_lib.TruncationCounter(s.lengths)
 
   def next_batch():
@@ -120,25 +121,32 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
       host = counter.pop(next(batches))
     except StopIteration:  # The batches repeat the split: it is empty.
       raise data_lib.no_examples(run.data.mixture_or_task_name, 'train') from None
-    tokens = int((host['encoder_input_tokens'] > 0).sum()
-                 + (host['decoder_target_tokens'] > 0).sum())
-    return partitioning.global_batch(host, s.mesh), tokens
+    return partitioning.global_batch(host, s.mesh), logging_utils.BatchShape.of(host)
 
-  batch, tokens = next_batch()
+  batch, shape = next_batch()
   if save_config is not None and primary:
     save_config(model_dir)
-  tick = time.time()
-  compiled = step_fn.lower(state, frozen, batch).compile()
-  logger.info('Compiled the train step in %.1fs; training steps %d..%d of %d.',
-              time.time() - tick, start + 1, steps, steps)
-
   window = logging_utils.TrainWindow(opt.loss_normalization)
+  compiled_steps = {}  # One compiled step per batch shape (one per length-bucket pair).
+
+  def compiled(state, frozen, batch):
+    key = (batch['encoder_input_tokens'].shape, batch['decoder_target_tokens'].shape)
+    if key not in compiled_steps:
+      tick = time.time()
+      compiled_steps[key] = step_fn.lower(state, frozen, batch).compile()
+      window.exclude(time.time() - tick)  # Compiling is not training throughput.
+      logger.info('Compiled the train step for inputs %d / targets %d positions in %.1fs '
+                  '(%d shape(s) so far).', key[0][1], key[1][1], time.time() - tick,
+                  len(compiled_steps))
+    return compiled_steps[key](state, frozen, batch)
+
+  logger.info('Training steps %d..%d of %d.', start + 1, steps, steps)
   progress = logging_utils.Progress(start, steps)
   last_saved = ckpt.latest_step()
   try:
     for step in range(start + 1, steps + 1):
       state, metrics = compiled(state, frozen, batch)
-      window.add(metrics, tokens)
+      window.add(metrics, shape)
       progress.update()
       is_last = step == steps
       signum = None if is_last else stop.requested()
@@ -147,7 +155,8 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
         values = window.averages()
         values.update(learning_rate=float(lr_fn(step - 1)), **counter.metrics())
         values.update(examples_per_second=run.data.batch_size * window.steps_done / window.seconds,
-                      tokens_per_second=window.tokens_done / window.seconds)
+                      tokens_per_second=window.tokens_done / window.seconds,
+                      **window.padding())
         eta = (steps - step) * window.total_seconds / max(step - start, 1)
         progress.log(logging_utils.format_train_line(step, steps, values, eta))
         writer.write(step, 'train', values)
@@ -176,7 +185,7 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
         ckpt.close()
         raise Stopped(line, signum)
       if not is_last:
-        batch, tokens = next_batch()
+        batch, shape = next_batch()
   finally:
     progress.close()
     writer.close()

@@ -103,3 +103,35 @@ def test_rounds_keep_the_fastest_with_every_median():
   kept = train_step._fastest(train_step._fastest(None, slow), fast)  # pylint: disable=protected-access
   assert kept['median_s'] == 1.0 and kept['round_medians_s'] == [2.0, 1.0]
   assert kept['profile'] == {'wall_s_per_call': 2.0}  # the first round's profile is kept
+
+
+def test_workload_tiny_every_side_same_examples(in_process_workers, monkeypatch, tmp_path):
+  del in_process_workers
+  from conftest import shared_path  # pylint: disable=g-import-not-at-top
+  pytest.importorskip('peft', reason='the PEFT sides need the bench extra (torch, peft)')
+  from benchmarks import workload  # pylint: disable=g-import-not-at-top
+  shared = shared_path()
+  for name, value in (('PTJ_VOCAB', shared / 'vocab/t5/spiece.model'),
+                      ('PTJ_GLUE_DIR', shared / 'data/glue'),
+                      ('PTJ_SUPERGLUE_DIR', shared / 'data/super_glue')):
+    monkeypatch.setenv(name, str(value))  # restored after the test
+  out = tmp_path / 'workload.json'
+  workload.main(['--tasks', 'sst2', '--size', 'tiny', '--batch', '4', '--prompt_len', '4',
+                 '--steps', '2', '--rounds', '1', '--eval', '--eval_examples', '8',
+                 '--shared', str(shared), '--json', str(out)])
+  report = json.loads(out.read_text())
+  sides = report['tasks']['sst2']['sides']
+  assert set(sides) == set(workload.SIDES)
+  for side, row in sides.items():
+    assert row['examples_per_s'] > 0 and row['peak_rss_mib'] > 0, side
+  # The same 8 examples on every side: the same real input tokens (same spiece.model).
+  real = {side: row['real_input_tokens_per_example'] for side, row in sides.items()}
+  assert len(set(real.values())) == 1, real
+  assert sides['ours_fixed']['input_positions_per_example'] == 512
+  for side in ('ours_bucketed', 'peft', 'peft_grouped'):
+    assert real['peft'] <= sides[side]['input_positions_per_example'] < 512, side
+  assert set(report['tasks']['sst2']['ratios']) == {
+      'bucketed_over_ours_fixed', 'bucketed_over_peft', 'bucketed_over_peft_grouped'}
+  eval_rows = report['eval_sst2_dev']
+  assert eval_rows['fixed']['examples'] == eval_rows['bucketed']['examples'] == 8
+  assert eval_rows['bucketed']['shapes'] >= 1 and eval_rows['bucketed_over_fixed'] > 0

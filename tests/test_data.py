@@ -20,8 +20,7 @@ LENGTHS = {'inputs': 64, 'targets': 12}
 
 def batches(n, start_step=0, lengths=LENGTHS, batch_size=4, seed=0):
   settings = DataSettings(smoke.TASK_NAME, lengths, batch_size, seed=seed, module=None)
-  dataset = data.get_dataset(settings, start_step=start_step)
-  return list(itertools.islice(data.iterate(dataset), n))
+  return list(itertools.islice(data.train_batches(settings, start_step=start_step), n))
 
 
 def test_batches_have_fixed_shapes_and_t5x_features():

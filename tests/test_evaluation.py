@@ -21,6 +21,7 @@ import tensorflow as tf
 from conftest import small_config
 
 from prompt_tuning_jax import evaluation
+from prompt_tuning_jax import scoring
 from prompt_tuning_jax.models import PromptedT5
 from prompt_tuning_jax.settings import EvalSettings
 from prompt_tuning_jax.tasks import registry
@@ -176,11 +177,12 @@ def case():
               ref_generated=ref_generated)
 
 
-def evaluator(decoder='greedy', beam_size=1, methods=('decode', 'rank_classification')):
+def evaluator(decoder='greedy', beam_size=1, methods=('decode', 'rank_classification'),
+              length_buckets=None):
   settings = EvalSettings(split='validation', methods=methods, decoder=decoder,
                           beam_size=beam_size, batch_size=4, num_examples=None,
                           best_metric='accuracy', alpha=ALPHA)
-  return evaluation.Evaluator(MODEL, MIXTURE, LENGTHS, settings)
+  return evaluation.Evaluator(MODEL, MIXTURE, LENGTHS, settings, length_buckets=length_buckets)
 
 
 def test_greedy_rank_and_score_metrics_equal_the_references(case):
@@ -214,6 +216,28 @@ def test_greedy_rank_and_score_metrics_equal_the_references(case):
   # The checkpoint-selection value: the metric averaged over the tasks that report it.
   assert evaluation.selection_value(metrics, 'accuracy') == pytest.approx(
       (expected[f'{LABELS_TASK}/accuracy'] + expected[f'{GENERATED_TASK}/accuracy']) / 2)
+
+
+def test_length_buckets_give_the_same_metrics(case, monkeypatch):
+  """Examples batched by length, cut to buckets: the metrics of the fixed-shape eval."""
+  shapes = []
+  jit_rank = scoring.jit_rank_classify
+
+  def recording(model, params, tokens, label_ids):
+    shapes.append(tokens.shape[1])
+    return jit_rank(model, params, tokens, label_ids)
+
+  monkeypatch.setattr(scoring, 'jit_rank_classify', recording)
+  fixed = evaluator().evaluate(case['params'], step=7)
+  assert set(shapes) == {LENGTHS['inputs']}
+  shapes.clear()
+  # Sorted inputs are 25..50, 52..55, 55..56 tokens: three shapes.
+  bucketed = evaluator(length_buckets={'inputs': (50, 55, 64), 'targets': (2,)}).evaluate(
+      case['params'], step=7)
+  assert shapes == [50, 55, 64], shapes
+  assert bucketed.keys() == fixed.keys()
+  for key, value in fixed.items():
+    assert bucketed[key] == pytest.approx(value, abs=1e-4), key
 
 
 def test_beam_eval_equals_the_exhaustive_best_output(case):

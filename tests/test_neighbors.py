@@ -177,7 +177,7 @@ def test_ensemble_and_mixed_infer_commands_on_a_smoke_run(smoke_run, tmp_path, c
                                              s.lengths, 24)
   targets = [ex.extra['target'] for ex in examples]
   label_ids = scoring.encode_labels(s.vocabularies['targets'], smoke.LABELS)
-  ((_, _, tokens),) = inference.padded_batches(examples, 24, s.lengths['inputs'])
+  ((_, tokens),) = inference.padded_batches(examples, 24, s.lengths['inputs'])
   member_scores = {}
   for name, step in [('early', 5), ('late', SMOKE_STEPS)]:
     params = {**frozen, 'encoder': {**frozen['encoder'], 'prompt': {'prompt': {

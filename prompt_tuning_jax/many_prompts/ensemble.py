@@ -205,29 +205,38 @@ def evaluate_ensemble(run: RunSettings, members: Mapping[str, str],
   if not examples or any(t is None for t in targets):
     raise DataError(f'{task_name}:{settings.split} has no examples with targets to score.')
   vocabulary = s.vocabularies['targets']
-  member_predictions = {name: [] for name in names}
-  ensemble_predictions: dict[str, list[str]] = {'vote': []}
+  count = len(examples)
+  member_predictions = {name: [None] * count for name in names}
+  ensemble_predictions: dict[str, list] = {'vote': [None] * count}
   if method == RANK_CLASSIFICATION:
     words = data_lib.label_words(task_name, run.prompt.class_labels)
     if not words:
       raise UsageError(f'{task_name} has no label words for rank classification: set '
                        'CLASS_LABELS, or use --method decode.')
     label_ids = scoring.encode_labels(vocabulary, words)
-    ensemble_predictions['average'] = []
-  for _, n, tokens in inference.padded_batches(examples, settings.batch_size, s.lengths['inputs']):
+    ensemble_predictions['average'] = [None] * count
+
+  def put(predictions: list, rows: np.ndarray, values: Sequence) -> None:
+    for i, value in zip(rows, values):
+      predictions[i] = value
+
+  buckets = (run.data.length_buckets or {}).get('inputs')
+  for rows, tokens in inference.padded_batches(examples, settings.batch_size,
+                                               s.lengths['inputs'], buckets):
+    n = len(rows)
     if method == RANK_CLASSIFICATION:
       result = ensemble_rank_classify(run.model, params, bank, names, tokens, label_ids)
       for name, labels in zip(names, result.member_labels):
-        member_predictions[name] += [words[i] for i in labels[:n]]
-      ensemble_predictions['vote'] += [words[i] for i in result.vote[:n]]
-      ensemble_predictions['average'] += [words[i] for i in result.average[:n]]
+        put(member_predictions[name], rows, [words[i] for i in labels[:n]])
+      put(ensemble_predictions['vote'], rows, [words[i] for i in result.vote[:n]])
+      put(ensemble_predictions['average'], rows, [words[i] for i in result.average[:n]])
     else:
       result = ensemble_greedy_decode(run.model, params, bank, names, tokens,
                                       max_decode_length=s.lengths['targets'],
                                       decode_fn=vocabulary.decode)
       for name, texts in zip(names, result.member_texts):
-        member_predictions[name] += texts[:n]
-      ensemble_predictions['vote'] += result.vote[:n]
+        put(member_predictions[name], rows, texts[:n])
+      put(ensemble_predictions['vote'], rows, result.vote[:n])
   metrics = evaluate(targets, member_predictions, ensemble_predictions, _task_metric_fn(task))
   return {'task': task_name, 'split': settings.split, 'method': method,
           'num_examples': len(examples), 'members': dict(members), 'metrics': metrics}
