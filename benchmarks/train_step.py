@@ -25,6 +25,8 @@ import tempfile
 import time
 from typing import Any, Optional, Sequence
 
+import numpy as np
+
 from benchmarks import common
 
 # Each variant changes one thing relative to the base run (flags --dtype etc.).
@@ -48,6 +50,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
     'xla_no_ynn_memory_scheduler': {
         'xla_flags': ('--xla_cpu_experimental_ynn_fusion_type= '
                       '--xla_cpu_enable_concurrency_optimized_scheduler=false')},
+    # The CPU as 2 XLA devices, the batch split over them (data parallelism, as
+    # `ptj` does with a mesh): two thunk executors instead of one.
+    'host_devices_2': {'data_parallel': 2,
+                       'xla_flags': '--xla_force_host_platform_device_count=2'},
+    'host_devices_2_no_ynn': {'data_parallel': 2,
+                              'xla_flags': ('--xla_force_host_platform_device_count=2 '
+                                            '--xla_cpu_experimental_ynn_fusion_type=')},
 }
 
 MODULE = 'benchmarks.train_step'
@@ -115,6 +124,12 @@ def _measure_train(payload: dict) -> dict:
   tx = optim.partitioned_optimizer(optim.merge(trainable, frozen),
                                    optax.adamw(payload['learning_rate']), rules)
   state = train_step_lib.init_train_state(trainable, frozen, tx)
+  if payload.get('data_parallel', 1) > 1:  # batch rows over devices, the rest replicated
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec  # pylint: disable=g-import-not-at-top
+    mesh = Mesh(np.array(jax.devices()[:payload['data_parallel']]), ('data',))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    state, frozen = jax.device_put((state, frozen), replicated)
+    batch = jax.device_put(batch, NamedSharding(mesh, PartitionSpec('data')))
   stepped_model = RematModel(model, payload['remat']) if payload.get('remat') else model
   step = jax.jit(train_step_lib.make_train_step(stepped_model, tx, loss_normalization='mean'),
                  donate_argnums=(0,) if payload['donate'] else ())

@@ -135,3 +135,28 @@ def test_workload_tiny_every_side_same_examples(in_process_workers, monkeypatch,
   eval_rows = report['eval_sst2_dev']
   assert eval_rows['fixed']['examples'] == eval_rows['bucketed']['examples'] == 8
   assert eval_rows['bucketed']['shapes'] >= 1 and eval_rows['bucketed_over_fixed'] > 0
+
+
+def test_time_to_accuracy_tiny(in_process_workers, monkeypatch, tmp_path):
+  del in_process_workers
+  from conftest import shared_path  # pylint: disable=g-import-not-at-top
+  pytest.importorskip('peft', reason='the PEFT side needs the bench extra (torch, peft)')
+  from benchmarks import time_to_accuracy as tta  # pylint: disable=g-import-not-at-top
+  shared = shared_path()
+  monkeypatch.setenv('PTJ_GLUE_DIR', str(shared / 'data/glue'))
+  monkeypatch.setenv('PTJ_VOCAB', '')  # restored after the test; the benchmark sets it
+  out, png = tmp_path / 'tta.json', tmp_path / 'tta.png'
+  tta.main(['--steps', '4', '--eval_every', '2', '--eval_examples', '16', '--batch', '4',
+            '--prompt_len', '3', '--shared', str(shared), '--json', str(out), '--png', str(png)])
+  report = json.loads(out.read_text())
+  assert report['prompt_shape'] == [3, 128]
+  for side in ('ours', 'peft'):
+    curve = report['curves'][side]
+    assert [p['step'] for p in curve] == [0, 2, 4]
+    assert all(0 <= p['accuracy'] <= 100 for p in curve)
+    assert curve[-1]['train_seconds'] > curve[1]['train_seconds'] > 0
+  # Same frozen model, same starting prompt, same rank classification: the same step-0 accuracy.
+  assert report['curves']['ours'][0]['accuracy'] == report['curves']['peft'][0]['accuracy']
+  assert report['target_accuracy'] == pytest.approx(
+      0.9 * max(report['final_accuracy'].values()))
+  assert report['speedup_per_step'] > 0 and png.stat().st_size > 0
