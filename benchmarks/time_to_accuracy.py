@@ -49,8 +49,11 @@ def pretrained_dir() -> str:
 
 
 def _env(payload: dict) -> None:
+  """The task environment and `ptj`'s XLA flags for this CPU kind (before JAX starts)."""
+  from prompt_tuning_jax import cpu_flags  # pylint: disable=g-import-not-at-top
   os.environ['PTJ_VOCAB'] = payload['vocab']
   os.environ.setdefault('PTJ_GLUE_DIR', os.path.join(payload['shared'], 'data', 'glue'))
+  cpu_flags.apply_defaults()
 
 
 def _configure(payload: dict, model_dir: str):

@@ -10,7 +10,7 @@ each in its own fresh process, alternated round by round:
 
 - `ours_fixed`: `data.train_batches` with LENGTH_BUCKETS=None: every batch
   padded to TASK_FEATURE_LENGTHS (512 + 16), as T5X and the original do;
-- `ours_bucketed`: LENGTH_BUCKETS='pow2' (16, 32, .., 512);
+- `ours_bucketed`: LENGTH_BUCKETS='pow2' (inputs 16, 32, .., 512; targets 4, 8, 16);
 - `peft`: PEFT's standard recipe: the same example texts tokenised by
   `transformers.T5Tokenizer` from the same spiece.model, `DataCollatorForSeq2Seq`
   padding each batch to its longest example, batches in the same random order;
@@ -24,7 +24,9 @@ examples. Reported per side: examples/s over the timed steps (data loading
 included, compilation excluded and reported as `compile_s`), padded input
 positions per example (the prompt's 100 not counted), real input tokens per
 example, peak RSS. `--eval` adds rank classification over SST-2 dev, fixed vs
-bucketed (examples/s, compile seconds). Nothing here asserts a timing.
+bucketed (examples/s, compile seconds). Our sides run with the XLA flags `ptj`
+sets on this CPU kind when XLA_FLAGS is unset (`cpu_flags.py`; reported as
+`xla_flags`). Nothing here asserts a timing.
 """
 from __future__ import annotations
 
@@ -58,9 +60,17 @@ def _task_env(shared: str) -> None:
 # ------------------------------------------------------------ workers
 
 
+def _ours_env(payload: dict) -> str:
+  """The task environment and `ptj`'s XLA flags for this CPU kind (before JAX starts)."""
+  from prompt_tuning_jax import cpu_flags  # pylint: disable=g-import-not-at-top
+  _task_env(payload['shared'])
+  cpu_flags.apply_defaults()
+  return os.environ.get('XLA_FLAGS', '')
+
+
 def _ours_train(payload: dict) -> dict:
   """Our data pipeline and train step on the task's first examples."""
-  _task_env(payload['shared'])
+  xla_flags = _ours_env(payload)
   import jax  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
   from prompt_tuning_jax import data  # pylint: disable=g-import-not-at-top
@@ -113,7 +123,8 @@ def _ours_train(payload: dict) -> dict:
           'compile_s': compile_s, 'shapes': len(compiled), 'first_batch_s': first_batch_s,
           'input_positions_per_example': positions / examples,
           'real_input_tokens_per_example': real_inputs / examples,
-          'peak_rss_mib': common.process_peak_rss_mib(), 'backend': jax.default_backend()}
+          'peak_rss_mib': common.process_peak_rss_mib(), 'backend': jax.default_backend(),
+          'xla_flags': xla_flags}
 
 
 def _peft_train(payload: dict) -> dict:
@@ -180,7 +191,7 @@ def t5_tokenizer(spiece_model: str):
 
 def _ours_eval(payload: dict) -> dict:
   """Rank classification over a split, batches fixed or cut to buckets."""
-  _task_env(payload['shared'])
+  xla_flags = _ours_env(payload)
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from prompt_tuning_jax import data  # pylint: disable=g-import-not-at-top
@@ -217,7 +228,8 @@ def _ours_eval(payload: dict) -> dict:
     seconds += time.perf_counter() - tick
   return {'examples_per_s': len(examples) / seconds, 'seconds': seconds,
           'compile_s_incl_first_call': compile_s, 'shapes': len(shapes),
-          'examples': len(examples), 'peak_rss_mib': common.process_peak_rss_mib()}
+          'examples': len(examples), 'peak_rss_mib': common.process_peak_rss_mib(),
+          'xla_flags': xla_flags}
 
 
 def _measure(payload: dict) -> dict:

@@ -443,8 +443,14 @@ def report_errors(command: str, fn: Callable[[], int]) -> int:
   the signal; anything else is a bug and propagates with its traceback.
   """
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  from prompt_tuning_jax import cpu_flags  # pylint: disable=g-import-not-at-top
   from prompt_tuning_jax import logging_utils  # pylint: disable=g-import-not-at-top
   logging_utils.setup_logging()
+  flags = cpu_flags.apply_defaults()
+  if flags:
+    logging.getLogger('prompt_tuning_jax').info(
+        'XLA_FLAGS unset: using the flags measured to pay on this CPU kind, %r (set XLA_FLAGS, '
+        "even to '', to choose your own).", flags)
   enable_compilation_cache()
   try:
     return fn()

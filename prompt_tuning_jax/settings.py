@@ -23,9 +23,11 @@ DECODERS = (GREEDY, BEAM)
 PROMPT_INITS = ('random_uniform', 'sampled_vocab', 'class_labels', 'from_text')
 LATEST, BEST = 'latest', 'best'
 LOSS_NORMALIZATIONS = ('sum', 'mean')
-# LENGTH_BUCKETS = POW2: each feature's buckets are the powers of two from
-# MIN_BUCKET up to its TASK_FEATURE_LENGTHS value, and that value itself.
-POW2, MIN_BUCKET = 'pow2', 16
+# LENGTH_BUCKETS = POW2: each feature's buckets are the powers of two from its
+# MIN_BUCKET up to its TASK_FEATURE_LENGTHS value, and that value itself
+# (targets start lower: class labels are 1-3 tokens).
+POW2 = 'pow2'
+MIN_BUCKET = {'inputs': 16, 'targets': 4}
 # RunSettings fields that may change when a run in MODEL_DIR is resumed.
 RESUMABLE_FIELDS = ('model_dir', 'train_steps', 'log_period', 'eval_period', 'checkpoints',
                     'evaluation', 'inference', 'num_partitions')
@@ -94,7 +96,7 @@ def _length_buckets(buckets: Any, lengths: Mapping[str, int]
   if buckets == POW2:
     out = {}
     for key, length in lengths.items():
-      powers = [2 ** k for k in range(MIN_BUCKET.bit_length() - 1, length.bit_length())]
+      powers = [2 ** k for k in range(MIN_BUCKET[key].bit_length() - 1, length.bit_length())]
       out[key] = tuple(p for p in powers if p < length) + (length,)
     return out
   _require(isinstance(buckets, Mapping) and set(buckets) <= set(lengths),

@@ -23,6 +23,9 @@ SHARED = REPO.parent / 'shared'
 # given PTJ_COMPILATION_CACHE_DIR): later compiles of the same programs are reads.
 XLA_CACHE = os.path.join(tempfile.gettempdir(), 'ptj_test_xla_cache')
 config.enable_compilation_cache(XLA_CACHE)
+# XLA's own defaults in this process and every `ptj` it starts, whatever the CPU kind:
+# `ptj`'s per-CPU defaults (cpu_flags.py) apply only when XLA_FLAGS is unset.
+os.environ.setdefault('XLA_FLAGS', '')
 
 
 @pytest.fixture

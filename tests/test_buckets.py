@@ -42,9 +42,9 @@ def rows(batch):
 
 
 def test_pow2_buckets_end_at_the_feature_lengths():
-  assert settings().length_buckets == {'inputs': (16, 32, 64), 'targets': (12,)}
+  assert settings().length_buckets == {'inputs': (16, 32, 64), 'targets': (4, 8, 12)}
   big = settings(lengths={'inputs': 512, 'targets': 16}).length_buckets
-  assert big == {'inputs': (16, 32, 64, 128, 256, 512), 'targets': (16,)}
+  assert big == {'inputs': (16, 32, 64, 128, 256, 512), 'targets': (4, 8, 16)}
   assert settings(None).length_buckets is None
   # A feature not named keeps its one fixed length.
   assert settings({'inputs': [24, 64]}).length_buckets == {'inputs': (24, 64), 'targets': (12,)}
@@ -87,7 +87,7 @@ def test_batches_are_cut_to_buckets_and_pad_less():
     width = batch['encoder_input_tokens'].shape[1]
     longest = data.example_lengths(batch['encoder_input_tokens']).max()
     assert longest <= width and (width == 16 or longest > width // 2)  # the smallest bucket
-    assert batch['decoder_target_tokens'].shape[1] == 12
+    assert batch['decoder_target_tokens'].shape[1] == 4  # '+' or '-', and EOS
     assert batch[data.TRUNCATED].shape == (BATCH, 2)
   positions = lambda bs: sum(b['encoder_input_tokens'].size for b in bs)
   assert positions(bucketed) < 0.8 * positions(fixed)

@@ -131,3 +131,24 @@ def test_installed_package_finds_gin_files_and_tasks_through_importlib_resources
                        env=dict(os.environ, PYTHONPATH=str(tmp_path / 'site'))).stdout.split()
   assert out[0] == str(tmp_path / 'site' / 'prompt_tuning_jax' / 'gin')
   assert int(out[1]) == len(documented_macros())
+
+
+def test_cpu_flag_defaults_only_for_measured_kinds_and_never_over_the_users():
+  from prompt_tuning_jax import cpu_flags  # pylint: disable=g-import-not-at-top
+  env = {}
+  assert cpu_flags.apply_defaults(env, vendor='AuthenticAMD') == (
+      '--xla_cpu_experimental_ynn_fusion_type=')
+  assert env['XLA_FLAGS'] == '--xla_cpu_experimental_ynn_fusion_type='
+  env = {}
+  assert cpu_flags.apply_defaults(env, vendor='GenuineIntel') is None and env == {}
+  env = {'XLA_FLAGS': ''}  # the user's choice, even empty, is kept
+  assert cpu_flags.apply_defaults(env, vendor='AuthenticAMD') is None
+  assert env == {'XLA_FLAGS': ''}
+
+
+def test_cpu_vendor_reads_cpuinfo(tmp_path):
+  from prompt_tuning_jax import cpu_flags  # pylint: disable=g-import-not-at-top
+  info = tmp_path / 'cpuinfo'
+  info.write_text('processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\n')
+  assert cpu_flags.cpu_vendor(str(info)) == 'GenuineIntel'
+  assert cpu_flags.cpu_vendor(str(tmp_path / 'missing')) is None
