@@ -116,11 +116,11 @@ def test_workload_tiny_every_side_same_examples(in_process_workers, monkeypatch,
                       ('PTJ_SUPERGLUE_DIR', shared / 'data/super_glue')):
     monkeypatch.setenv(name, str(value))  # restored after the test
   out = tmp_path / 'workload.json'
-  workload.main(['--tasks', 'sst2', '--size', 'tiny', '--batch', '4', '--prompt_len', '4',
+  workload.main(['--tasks', 'rte', '--size', 'tiny', '--batch', '4', '--prompt_len', '4',
                  '--steps', '2', '--rounds', '1', '--eval', '--eval_examples', '8',
                  '--shared', str(shared), '--json', str(out)])
   report = json.loads(out.read_text())
-  sides = report['tasks']['sst2']['sides']
+  sides = report['tasks']['rte']['sides']
   assert set(sides) == set(workload.SIDES)
   for side, row in sides.items():
     assert row['examples_per_s'] > 0 and row['peak_rss_mib'] > 0, side
@@ -130,7 +130,7 @@ def test_workload_tiny_every_side_same_examples(in_process_workers, monkeypatch,
   assert sides['ours_fixed']['input_positions_per_example'] == 512
   for side in ('ours_bucketed', 'peft', 'peft_grouped'):
     assert real['peft'] <= sides[side]['input_positions_per_example'] < 512, side
-  assert set(report['tasks']['sst2']['ratios']) == {
+  assert set(report['tasks']['rte']['ratios']) == {
       'bucketed_over_ours_fixed', 'bucketed_over_peft', 'bucketed_over_peft_grouped'}
   eval_rows = report['eval_sst2_dev']
   assert eval_rows['fixed']['examples'] == eval_rows['bucketed']['examples'] == 8

@@ -148,6 +148,7 @@ def test_per_example_loss_and_update_are_the_same_fixed_and_bucketed():
   fixed = {k: np.pad(v, [(0, 0), (0, LENGTHS['inputs' if k == 'encoder_input_tokens' else
                                              'targets'] - v.shape[1])]) for k, v in cut.items()}
 
+  @jax.jit
   def per_example_loss(batch):
     logits = MODEL.apply({'params': params}, batch['encoder_input_tokens'],
                          batch['decoder_input_tokens'], batch['decoder_target_tokens'])

@@ -50,8 +50,10 @@ def start_and_kill_after_first_checkpoint(args, model_dir, cwd):
   assert os.path.isdir(first), output[-3000:]
 
 
+# Length-bucketed (smoke.gin's default is one shape): resume, eval and infer by bucket.
 SMOKE = ['--gin_file=runs/smoke.gin', '--gin.CHECKPOINT_PERIOD=10', '--gin.LOG_PERIOD=10',
-         '--gin.EVAL_PERIOD=20', '--gin.NUM_EVAL_EXAMPLES=40', '--gin.EVAL_BATCH_SIZE=20']
+         '--gin.EVAL_PERIOD=20', '--gin.NUM_EVAL_EXAMPLES=40', '--gin.EVAL_BATCH_SIZE=20',
+         "--gin.LENGTH_BUCKETS='pow2'"]
 
 
 def test_smoke_train_kill_resume_eval_infer(tmp_path, capsys):

@@ -36,7 +36,9 @@ pytestmark = pytest.mark.slow
 
 SMOKE = ('--gin_file=runs/smoke.gin', '--gin.BATCH_SIZE=8', '--gin.LOG_PERIOD=1',
          '--gin.CHECKPOINT_PERIOD=3', '--gin.EVAL_PERIOD=6', '--gin.NUM_EVAL_EXAMPLES=16',
-         '--gin.INFER_NUM_EXAMPLES=12', "--gin.TASK_FEATURE_LENGTHS={'inputs': 48, 'targets': 4}")
+         '--gin.INFER_NUM_EXAMPLES=12', "--gin.TASK_FEATURE_LENGTHS={'inputs': 48, 'targets': 4}",
+         # Every process must form the same bucket for each step.
+         "--gin.LENGTH_BUCKETS='pow2'")
 LOSS_RTOL, PROMPT_ATOL = 1e-5, 1e-4  # Summation order of the all-reduce (module docstring).
 
 
