@@ -156,8 +156,19 @@ def train_flags(run: Run, setting: Setting, model_dir: str,
       f'--gin.NUM_EVAL_EXAMPLES={setting.eval_examples}',
   ]
   if prompt:
-    flags += [f'--gin.PROMPT_LENGTH={run.prompt_length}', f'--gin.PROMPT_INIT={run.init}']
+    flags += [f'--gin.PROMPT_LENGTH={run.prompt_length}',
+              f'--gin.PROMPT_INIT={prompt_init(run, task.name)}']
   return flags
+
+
+def prompt_init(run: Run, task_name: str) -> str:
+  """The run's initialiser; class-label init of a prompt shorter than the task's label
+  words (P=1 of a two-class task) falls back to sampled vocabulary, as the paper fills
+  the rows class labels do not reach (`ptj` itself refuses the combination)."""
+  from prompt_tuning_jax import tasks  # pylint: disable=g-import-not-at-top
+  if run.init == 'class_labels' and run.prompt_length < len(tasks.label_words(task_name)):
+    return 'sampled_vocab'
+  return run.init
 
 
 def eval_curve(model_dir: str) -> list[tuple[int, float]]:

@@ -30,6 +30,13 @@ def test_study_plan_lists_every_comparison_once():
   assert '--gin_file=runs/model_finetune.gin' in flags
   assert f'--gin.LEARNING_RATE={setting.model_learning_rate}' in flags
   assert not any(f.startswith('--gin.PROMPT_LENGTH') for f in flags)
+  # P=1 cannot hold SST-2's two class labels (ptj refuses it): sampled vocabulary instead.
+  one = reproduction.train_flags(reproduction.Run('sst2', prompt_length=1), setting, '/m',
+                                 reproduction.CHECKPOINTS)
+  assert '--gin.PROMPT_INIT=sampled_vocab' in one
+  five = reproduction.train_flags(reproduction.Run('sst2', prompt_length=5), setting, '/m',
+                                  reproduction.CHECKPOINTS)
+  assert '--gin.PROMPT_INIT=class_labels' in five
 
 
 def test_summary_means_over_the_right_runs():
