@@ -70,17 +70,23 @@ def _configure(payload: dict, model_dir: str):
                           bindings).settings
 
 
-def _prepare(payload: dict) -> dict:
-  """Our initial prompt (.npy) and the frozen model as a Hugging Face directory."""
+def _built(payload: dict):
+  """(run, setup, flat params with the initial prompt), built as `ptj train` builds them."""
   _env(payload)
   from prompt_tuning_jax import run_setup  # pylint: disable=g-import-not-at-top
   from prompt_tuning_jax.checkpoints import tree as tree_lib  # pylint: disable=g-import-not-at-top
-  from prompt_tuning_jax.checkpoints import hf  # pylint: disable=g-import-not-at-top
-  from prompt_tuning_jax.models.prompted import PROMPT_PATH  # pylint: disable=g-import-not-at-top
   with tempfile.TemporaryDirectory(prefix='ptj_tta_') as model_dir:
     run = _configure(payload, model_dir)
     s = run_setup.setup(run, batch_size=run.data.batch_size)
-    flat = tree_lib.flatten(run_setup.build_params(s))
+    return run, s, tree_lib.flatten(run_setup.build_params(s))
+
+
+def _prepare(payload: dict) -> dict:
+  """Our initial prompt (.npy) and the frozen model as a Hugging Face directory."""
+  from prompt_tuning_jax.checkpoints import tree as tree_lib  # pylint: disable=g-import-not-at-top
+  from prompt_tuning_jax.checkpoints import hf  # pylint: disable=g-import-not-at-top
+  from prompt_tuning_jax.models.prompted import PROMPT_PATH  # pylint: disable=g-import-not-at-top
+  run, _, flat = _built(payload)
   prompt = np.asarray(flat.pop(PROMPT_PATH), np.float32)
   np.save(payload['prompt_file'], prompt)
   hf.save_hf(tree_lib.unflatten(flat), run.model.config, payload['hf_dir'])
@@ -95,22 +101,17 @@ def _dev_examples(count: Optional[int]):
 
 def _ours(payload: dict) -> dict:
   """Our train step and rank classification, timed; the curve."""
-  _env(payload)
+  run, s, flat = _built(payload)
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from prompt_tuning_jax import data  # pylint: disable=g-import-not-at-top
   from prompt_tuning_jax import inference  # pylint: disable=g-import-not-at-top
   from prompt_tuning_jax import optim  # pylint: disable=g-import-not-at-top
-  from prompt_tuning_jax import run_setup  # pylint: disable=g-import-not-at-top
   from prompt_tuning_jax import scoring  # pylint: disable=g-import-not-at-top
   from prompt_tuning_jax import train_step as train_step_lib  # pylint: disable=g-import-not-at-top
   from prompt_tuning_jax.checkpoints import tree as tree_lib  # pylint: disable=g-import-not-at-top
   from prompt_tuning_jax.models.prompted import PROMPT_PATH  # pylint: disable=g-import-not-at-top
 
-  with tempfile.TemporaryDirectory(prefix='ptj_tta_') as model_dir:
-    run = _configure(payload, model_dir)
-    s = run_setup.setup(run, batch_size=run.data.batch_size)
-    flat = tree_lib.flatten(run_setup.build_params(s))
   flat[PROMPT_PATH] = np.load(payload['prompt_file'])  # the prompt PEFT starts from too
   params = tree_lib.unflatten(flat)
   opt = run.optimizer

@@ -25,7 +25,7 @@ Each batch is then cut to the smallest bucket of each feature that holds its
 longest example (the rows are padded at the end, so cutting the padding
 changes nothing else). Every example still comes exactly once per epoch, the
 batches are still a pure function of the settings and the step (so every
-host agrees on each step's shape), and there are at most one compilation per
+host agrees on each step's shape), and there is at most one compilation per
 bucket pair.
 
 Data position on resume: a run resumed at step `s` skips the first `s`
@@ -220,7 +220,7 @@ def _bucketed(windows: Iterator[dict[str, np.ndarray]], settings: DataSettings,
   size = settings.batch_size
   for index, window in enumerate(windows, first_window):
     order = np.argsort(example_lengths(window['encoder_input_tokens']), kind='stable')
-    batches = order.reshape(-1, size)  # [WINDOW_BATCHES, batch]
+    batches = order.reshape(-1, size)  # [window_batches, batch]
     shuffle = np.random.default_rng([settings.seed, index]).permutation(len(batches))
     for rows in batches[shuffle]:
       yield cut_to_buckets({k: v[rows] for k, v in window.items()}, settings.length_buckets)
