@@ -17,7 +17,7 @@ import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOGS = os.path.join(REPO, 'prompt_tuning_jax', 'pretrained', 't5_mini', 'pretraining')
-STAGES = {'span corruption (from scratch)': os.path.join(LOGS, 'span_metrics.jsonl'),
+STAGES = {'span corruption (word-vector embedding)': os.path.join(LOGS, 'span_metrics.jsonl'),
           'LM adaptation': os.path.join(LOGS, 'lm_metrics.jsonl')}
 
 

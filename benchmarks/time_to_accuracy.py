@@ -64,8 +64,14 @@ def _configure(payload: dict, model_dir: str):
               f"get_vocabulary.path = '{payload['vocab']}'",
               f'TASK_FEATURE_LENGTHS = {LENGTHS}', f"BATCH_SIZE = {payload['batch']}",
               f"PROMPT_LENGTH = {payload['prompt_len']}", "PROMPT_INIT = 'class_labels'",
-              f"LEARNING_RATE = {payload['learning_rate']}", 'DROPOUT_RATE = 0.0',
-              f"SEED = {payload['seed']}", "LENGTH_BUCKETS = 'pow2'"]
+              'DROPOUT_RATE = 0.0', f"SEED = {payload['seed']}", "LENGTH_BUCKETS = 'pow2'"]
+  if payload.get('decay'):  # linearly to 0 over the run, as PEFT's recipe decays
+    bindings += ['LEARNING_RATE = @optax.linear_schedule()',
+                 f"optax.linear_schedule.init_value = {payload['learning_rate']}",
+                 'optax.linear_schedule.end_value = 0.0',
+                 f"optax.linear_schedule.transition_steps = {payload['steps']}"]
+  else:
+    bindings.append(f"LEARNING_RATE = {payload['learning_rate']}")
   return config.configure('train', ['models/t5_mini.gin', 'runs/prompt_finetune.gin'],
                           bindings).settings
 
@@ -278,7 +284,7 @@ def run(args: argparse.Namespace, worker=common.run_worker) -> dict:
   with tempfile.TemporaryDirectory(prefix='ptj_tta_') as tmp:
     base = {'checkpoint': args.checkpoint, 'vocab': args.vocab, 'shared': args.shared,
             'batch': args.batch, 'prompt_len': args.prompt_len, 'seed': args.seed,
-            'learning_rate': args.learning_rate, 'steps': args.steps,
+            'learning_rate': args.learning_rate, 'decay': args.decay, 'steps': args.steps,
             'eval_every': args.eval_every, 'eval_examples': args.eval_examples,
             'prompt_file': os.path.join(tmp, 'prompt.npy'), 'hf_dir': os.path.join(tmp, 'hf')}
     prepared = worker(MODULE, {**base, 'kind': 'prepare'})
@@ -327,6 +333,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   parser.add_argument('--batch', type=int, default=32)
   parser.add_argument('--prompt_len', type=int, default=20)
   parser.add_argument('--learning_rate', type=float, default=0.3, help='ours (Adafactor)')
+  parser.add_argument('--decay', action='store_true',
+                      help='ours: the rate decays linearly to 0 (default: constant, the paper)')
   parser.add_argument('--target_fraction', type=float, default=0.9)
   parser.add_argument('--first', choices=('ours', 'peft'), default='ours')
   parser.add_argument('--seed', type=int, default=0)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
 import sys
@@ -73,6 +74,9 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
   topology = distributed.topology(s.mesh)  # Recorded; may change on resume.
   opt = run.optimizer
   trainable, frozen = optim.partition(params, opt.trainable_rules)
+  sizes = [sum(math.prod(x.shape) for x in jax.tree.leaves(t)) for t in (trainable, frozen)]
+  logger.info('Training %s parameters (TRAINABLE_RULES=%s); %s frozen.', f'{sizes[0]:,}',
+              tuple(opt.trainable_rules), f'{sizes[1]:,}')
   tx = optim.partitioned_optimizer(params, opt.optimizer(learning_rate=opt.learning_rate),
                                    opt.trainable_rules)
   frozen = run_setup.on_devices(frozen, s.mesh)

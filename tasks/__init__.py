@@ -1,5 +1,6 @@
 """SuperGLUE, FewGLUE and GLUE as seqio tasks (see tasks/README.md), and the
-pre-training objectives over local text (`pretraining.py`).
+pre-training objectives over local text (`pretraining.py`), and what the
+pre-training starts from: a vocabulary (`vocab.py`) and word vectors (`word_vectors.py`).
 
 Importing registers the tasks and mixtures; no data is read and nothing is
 downloaded until a dataset is built.
@@ -13,6 +14,7 @@ from .sources import TaskDataError
 from .sources import local_data_dirs
 from .vocab import get_vocabulary
 from .vocab import train_vocabulary
+from .word_vectors import train_word_vectors
 
 __all__ = [
     'TaskDataError',
@@ -21,4 +23,5 @@ __all__ = [
     'label_words',
     'local_data_dirs',
     'train_vocabulary',
+    'train_word_vectors',
 ]

@@ -152,7 +152,8 @@ def pretraining_corpus(files: Optional[Sequence[str]] = None) -> list[str]:
                       f'{CORPUS_ENV} (text files, one paragraph a line).')
 
 
-def _pieces(line: str) -> list[str]:
+def split_long_line(line: str) -> list[str]:
+  """A corpus line cut into pieces of at most MAX_WORDS_PER_PIECE words."""
   words = line.split(' ')
   if len(words) <= MAX_WORDS_PER_PIECE:
     return [line]
@@ -164,7 +165,7 @@ def _pieces(line: str) -> list[str]:
 def _shuffled_lines(files: tuple[str, ...], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
   """(train lines, validation lines): every file's lines, cut to pieces, shuffled with `seed`."""
   lines = np.array([piece for spec in files for line in read_text_lines(spec)
-                    for piece in _pieces(line)], dtype=object)
+                    for piece in split_long_line(line)], dtype=object)
   order = np.random.RandomState(seed).permutation(len(lines))
   if len(lines) <= 2 * VALIDATION_LINES:
     held_out = max(1, len(lines) // 10)

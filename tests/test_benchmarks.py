@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 
 import pytest
 
@@ -160,3 +161,16 @@ def test_time_to_accuracy_tiny(in_process_workers, monkeypatch, tmp_path):
   assert report['target_accuracy'] == pytest.approx(
       0.9 * max(report['final_accuracy'].values()))
   assert report['speedup_per_step'] > 0 and png.stat().st_size > 0
+
+
+@pytest.mark.parametrize('decay', [False, True])
+def test_time_to_accuracy_our_rate_constant_or_decaying(decay, tmp_path, restore_ptj_global_state):
+  from benchmarks import time_to_accuracy as tta  # pylint: disable=g-import-not-at-top
+  payload = {'checkpoint': 'None', 'vocab': os.path.join(tta.pretrained_dir(), 'spiece.model'),
+             'batch': 4, 'prompt_len': 3, 'seed': 0, 'learning_rate': 0.03, 'steps': 10,
+             'decay': decay}
+  rate = tta._configure(payload, str(tmp_path)).optimizer.learning_rate
+  if decay:
+    assert [float(rate(step)) for step in (0, 5, 10)] == pytest.approx([0.03, 0.015, 0.0])
+  else:
+    assert rate == 0.03

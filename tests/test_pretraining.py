@@ -7,8 +7,12 @@ import numpy as np
 import pytest
 import seqio
 
+from prompt_tuning_jax import checkpoints
+from prompt_tuning_jax import pretraining as pretraining_lib
+from prompt_tuning_jax.errors import CheckpointError
 from prompt_tuning_jax.tasks import pretraining
 from prompt_tuning_jax.tasks import vocab as vocab_lib
+from prompt_tuning_jax.tasks import word_vectors
 from prompt_tuning_jax.tasks.sources import TaskDataError
 
 SENTINELS = np.arange(999, 899, -1)  # <extra_id_0> = 999, <extra_id_1> = 998, ...
@@ -235,3 +239,75 @@ def test_long_lines_are_cut_into_pieces_before_the_shuffle(tmp_path):
   assert len(pieces) == 5
   long_pieces = sorted((p for p in pieces if p[0].startswith('w')), key=lambda p: int(p[0][1:]))
   assert [w for p in long_pieces for w in p] == words  # nothing lost, nothing repeated
+
+
+def _write_two_topic_corpus(path, num_lines=300, seed=0):
+  """Lines drawn from one of two disjoint word groups (the first half of WORDS or the second)."""
+  rng = np.random.RandomState(seed)
+  groups = (WORDS[:len(WORDS) // 2], WORDS[len(WORDS) // 2:])
+  with open(path, 'w', encoding='utf-8') as f:
+    for _ in range(num_lines):
+      f.write(' '.join(rng.choice(groups[rng.randint(2)], 12)) + '\n')
+  return groups
+
+
+@pytest.fixture(scope='module')
+def two_topics(tmp_path_factory):
+  """(corpus path, vocabulary path, vocabulary, word groups) of a two-topic corpus."""
+  directory = tmp_path_factory.mktemp('topics')
+  corpus, vocab_path = str(directory / 'topics.txt'), str(directory / 'spiece.model')
+  groups = _write_two_topic_corpus(corpus)
+  vocabulary = vocab_lib.train_vocabulary([corpus], vocab_path, vocab_size=60)
+  return corpus, vocab_path, vocabulary, groups
+
+
+def test_word_vectors_put_co_occurring_pieces_together(two_topics):
+  corpus, vocab_path, vocabulary, groups = two_topics
+  vectors = word_vectors.train_word_vectors([corpus], vocab_path, dim=8)
+  assert vectors.shape == (vocabulary.vocab_size, 8) and vectors.dtype == np.float32
+  # Pieces that never occur in a line with a neighbour: zero rows (EOS, the extra ids).
+  assert not vectors[1].any() and not vectors[-1].any()
+  unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-9)
+
+  def ids(words):  # the words that are one piece of their own
+    return [p[0] for p in (vocabulary.encode(w) for w in words) if len(p) == 1]
+  first, second = ids(groups[0]), ids(groups[1])
+  assert len(first) >= 5 and len(second) >= 5
+  within = np.mean([unit[a] @ unit[b] for g in (first, second) for a in g for b in g if a != b])
+  across = np.mean([unit[a] @ unit[b] for a in first for b in second])
+  assert within > across + 0.5, (within, across)
+
+
+def test_word_vectors_bad_input(two_topics, tmp_path):
+  corpus, vocab_path, _, groups = two_topics
+  with pytest.raises(TaskDataError, match='2 weights for 1 corpus files'):
+    word_vectors.train_word_vectors([corpus], vocab_path, dim=8, weights=[1, 2])
+  with pytest.raises(TaskDataError, match='too few for 500-dimensional'):
+    word_vectors.train_word_vectors([corpus], vocab_path, dim=500)
+  (tmp_path / 'one.txt').write_text(f'{groups[0][0]}\n')
+  with pytest.raises(TaskDataError, match='distinct pieces with a neighbour'):
+    word_vectors.train_word_vectors([str(tmp_path / 'one.txt')], vocab_path, dim=8)
+
+
+def test_initial_checkpoint_with_word_vectors(tmp_path):
+  rng = np.random.RandomState(0)
+  vectors = rng.standard_normal((50, 4)).astype(np.float32) * 0.01
+  vectors[7] = 0.0  # a piece the corpus never showed: keeps its random row
+  path = pretraining_lib.initial_checkpoint('t5_1_1_tiny', str(tmp_path / 'init'),
+                                            word_vectors=vectors, seed=3)
+  table = checkpoints.load_t5x(path)['token_embedder']['embedding']
+  random_table = checkpoints.load_t5x(pretraining_lib.initial_checkpoint(
+      't5_1_1_tiny', str(tmp_path / 'random'), seed=3))['token_embedder']['embedding']
+  rows = np.flatnonzero(np.arange(50) != 7)
+  scale = table[0, 0] / vectors[0, 0]
+  np.testing.assert_allclose(table[rows], vectors[rows] * scale, rtol=1e-5)
+  np.testing.assert_allclose(np.sqrt(np.mean(table[rows] ** 2)),
+                             np.sqrt(np.mean(random_table ** 2)), rtol=1e-5)
+  np.testing.assert_array_equal(table[7], random_table[7])
+  np.testing.assert_array_equal(table[50:], random_table[50:])
+  with pytest.raises(CheckpointError, match='already exists'):
+    pretraining_lib.initial_checkpoint('t5_1_1_tiny', path, word_vectors=vectors)
+  with pytest.raises(CheckpointError, match="do not fit the model's embedding"):
+    pretraining_lib.initial_checkpoint('t5_1_1_tiny', str(tmp_path / 'wide'),
+                                       word_vectors=np.ones((50, 5)))
+  assert not (tmp_path / 'wide').exists()

@@ -23,12 +23,17 @@ def test_study_plan_lists_every_comparison_once():
   assert len(sst2) == 9 * 3 + 2
   assert {r.prompt_length for r in sst2} == {1, 5, 20, 100}
   assert {r.init for r in sst2} == {'random_uniform', 'sampled_vocab', 'class_labels'}
-  default = reproduction.Run('rte')
-  assert [r.seed for r in runs if r == dataclasses.replace(default, seed=r.seed)] == [0, 1, 2, 3, 4]
+  # The SuperGLUE tasks, one seed: the default prompt and the method / frozen-model
+  # comparisons.
+  rte = [r for r in runs if r.task == 'rte']
+  assert rte == [reproduction.Run('rte'), reproduction.Run('rte', model='span_corruption'),
+                 reproduction.Run('rte', model='random'), reproduction.Run('rte', tuning='model')]
   flags = reproduction.train_flags(reproduction.Run('cb', tuning='model'), setting, '/m',
                                    reproduction.CHECKPOINTS)
   assert '--gin_file=runs/model_finetune.gin' in flags
-  assert f'--gin.LEARNING_RATE={setting.model_learning_rate}' in flags
+  assert '--gin.LEARNING_RATE=@optax.linear_schedule()' in flags  # decays to 0
+  assert f'--gin.optax.linear_schedule.init_value={setting.model_learning_rate}' in flags
+  assert f'--gin.optax.linear_schedule.transition_steps={setting.steps}' in flags
   assert not any(f.startswith('--gin.PROMPT_LENGTH') for f in flags)
   # P=1 cannot hold SST-2's two class labels (ptj refuses it): sampled vocabulary instead.
   one = reproduction.train_flags(reproduction.Run('sst2', prompt_length=1), setting, '/m',
@@ -37,6 +42,21 @@ def test_study_plan_lists_every_comparison_once():
   five = reproduction.train_flags(reproduction.Run('sst2', prompt_length=5), setting, '/m',
                                   reproduction.CHECKPOINTS)
   assert '--gin.PROMPT_INIT=class_labels' in five
+
+
+def test_quick_setting_runs_every_part_on_sst2_and_the_default_prompt_elsewhere():
+  runs = reproduction.study_runs(reproduction.QUICK)
+  sst2 = [r for r in runs if r.task == 'sst2']
+  # The default run, P=1, random-uniform init, span-only, random weights, model
+  # tuning, and the second ensemble member.
+  assert len(sst2) == 7
+  assert len(runs) == 9
+  assert {r.tuning for r in sst2} == {'prompt', 'model'}
+  assert {r.model for r in sst2} == {'lm_adapted', 'span_corruption', 'random'}
+  others = [r for r in runs if r.task != 'sst2']
+  assert others == [reproduction.Run(task) for task in ('rte', 'cb')]
+  flags = reproduction.train_flags(others[0], reproduction.QUICK, '/m', reproduction.CHECKPOINTS)
+  assert '--gin.EVAL_PERIOD=150' in flags  # one eval, at the end
 
 
 def test_summary_means_over_the_right_runs():
@@ -80,7 +100,7 @@ def test_tiny_study_end_to_end_and_resumable(tmp_path, in_process_ptj):
   assert len(runs) == len(reproduction.study_runs(reproduction.TINY))
   assert [a[0] for a in in_process_ptj] == ['train'] * len(runs) + ['ensemble', 'neighbors']
   for run in runs.values():
-    assert [step for step, _ in run['curve']] == [1, 2]  # eval every steps // 3 = 1 step
+    assert [step for step, _ in run['curve']] == [1, 2]  # TINY evaluates twice: every step
   # The ensemble re-scores each member's saved prompt on the same examples: each member's
   # accuracy there is the accuracy its own run reported at its last eval.
   ensemble = report['ensembles']['sst2']
