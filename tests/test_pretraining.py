@@ -191,9 +191,9 @@ def test_missing_corpus_is_a_clear_error(restore_ptj_global_state, monkeypatch):
     pretraining.pretraining_corpus()
 
 
-def test_pretraining_through_the_trainer_then_export(tiny_vocab, tmp_path,
+def test_pretraining_through_the_trainer_then_export(tiny_vocab, tmp_path, capsys,
                                                      restore_ptj_global_state):
-  """runs/pretrain.gin trains every weight from scratch; export_t5x writes what trained."""
+  """runs/pretrain.gin trains every weight from scratch; `ptj export` writes what trained."""
   del restore_ptj_global_state
   from prompt_tuning_jax import checkpoints  # pylint: disable=import-outside-toplevel
   from prompt_tuning_jax import cli  # pylint: disable=import-outside-toplevel
@@ -217,15 +217,18 @@ def test_pretraining_through_the_trainer_then_export(tiny_vocab, tmp_path,
   assert rc == 0
   losses = [json.loads(line)['loss'] for line in open(model_dir / 'metrics.jsonl')]
   assert len(losses) == 3 and losses[-1] < losses[0]
-  exported = train_state.export_t5x(str(model_dir), str(tmp_path / 'span_t5x'))
+  exported = str(tmp_path / 'span_t5x')
+  export = ['export', f'--gin.MODEL_DIR={model_dir}', '--format', 't5x', '--output', exported]
+  assert cli.main(export) == 0
   trained, step = train_state.TrainStateCheckpointer(str(model_dir), read_only=True
                                                      ).restore_trainable()
   loaded = checkpoints.flatten(checkpoints.load_t5x(exported))
   assert step == 3 and len(loaded) > 20  # every weight, not a prompt
   for path, value in checkpoints.flatten(trained).items():
     np.testing.assert_array_equal(loaded[path], np.asarray(value), err_msg=path)
-  with pytest.raises(checkpoints.CheckpointError, match='already exists'):
-    train_state.export_t5x(str(model_dir), exported)
+  capsys.readouterr()
+  assert cli.main(export) != 0
+  assert 'already exists' in capsys.readouterr().err
 
 
 def test_long_lines_are_cut_into_pieces_before_the_shuffle(tmp_path):

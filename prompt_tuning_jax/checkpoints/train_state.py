@@ -43,7 +43,6 @@ from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 from prompt_tuning_jax import distributed
 from prompt_tuning_jax import train_step
 from prompt_tuning_jax.checkpoints import prompt_io
-from prompt_tuning_jax.checkpoints import t5x as t5x_lib
 from prompt_tuning_jax.checkpoints import tree as tree_lib
 from prompt_tuning_jax.models import PROMPT_PATH
 
@@ -278,19 +277,3 @@ def _abstract(x):
 def write_json(path: str, value: Mapping[str, Any]) -> None:
   """Writes a small JSON file atomically."""
   tree_lib.write_bytes(path, (json.dumps(value, indent=2, sort_keys=True) + '\n').encode())
-
-
-def export_t5x(model_dir: str, output_path: str, *, step: Optional[int] = None,
-               dtype: Optional[str] = None) -> str:
-  """Writes the trained parameters of a run in MODEL_DIR as a T5X checkpoint.
-
-  Meant for runs that train every weight (pre-training, model tuning): the
-  checkpoint then holds the whole model and loads like a released one
-  (`INITIAL_CHECKPOINT_PATH`). Returns the written directory.
-  """
-  checkpointer = TrainStateCheckpointer(model_dir, read_only=True)
-  try:
-    trainable, step = checkpointer.restore_trainable(step)
-  finally:
-    checkpointer.close()
-  return t5x_lib.save_t5x(jax.device_get(trainable), output_path, step=step, dtype=dtype)
