@@ -16,7 +16,8 @@ for the numbers), rank classification accuracy over the label words, it measures
 - a 5-prompt ensemble (five seeds of the default run) vs its members;
 - the share of trained prompt vectors whose nearest vocabulary pieces include a
   class label (`ptj neighbors`), against random vectors.
-Results: OUT/results.json, OUT/reproduction_tables.md and OUT/reproduction.png
+Results: OUT/results.json, OUT/reproduction_tables.md (the results, and each of the
+paper's claims with its measured difference and verdict) and OUT/reproduction.png
 (`--docs` also writes docs/figures/reproduction.png).
 """
 from __future__ import annotations
@@ -297,6 +298,105 @@ def summarise(results: list[dict[str, Any]], setting: Setting) -> dict[str, Any]
   } for task in setting.tasks}
 
 
+@dataclasses.dataclass(frozen=True)
+class Claim:
+  """One of the paper's directions on one task: `higher` should be >= `lower`."""
+  claim: str
+  task: str
+  higher: Optional[float]
+  lower: Optional[float]
+  noise: Optional[float] = None  # standard error of the difference; None: one seed / one run
+
+  @property
+  def difference(self) -> Optional[float]:
+    if self.higher is None or self.lower is None:
+      return None
+    return self.higher - self.lower
+
+  @property
+  def verdict(self) -> str:
+    """'held' / 'not held', 'within noise' when under two standard errors."""
+    if self.difference is None:
+      return 'not measured'
+    verdict = 'held' if self.difference >= 0 else 'not held'
+    if self.noise is None:
+      return verdict + ' (one run a side: no error bar)'
+    if abs(self.difference) < 2 * self.noise:
+      return verdict + ', within noise'
+    return verdict
+
+
+def _combination(terms: Sequence[tuple[float, dict[str, Any]]]
+                 ) -> tuple[Optional[float], Optional[float]]:
+  """sum(coef * mean) over (coef, stat) and its standard error (None if a term has one seed)."""
+  if any(stat['mean'] is None for _, stat in terms):
+    return None, None
+  value = sum(coef * stat['mean'] for coef, stat in terms)
+  if any(stat['n'] < 2 for _, stat in terms):
+    return value, None
+  # The summary's std is the population std: std / sqrt(n - 1) is the mean's standard error.
+  return value, float(np.sqrt(sum((coef * stat['std']) ** 2 / (stat['n'] - 1)
+                                  for coef, stat in terms)))
+
+
+def claims(report: dict[str, Any]) -> list[Claim]:
+  """The paper's directions, each as measured on every task that ran it."""
+  out = []
+  for task, s in report['summary'].items():
+    def compare(claim: str, higher: dict[str, Any], lower: dict[str, Any]) -> None:
+      difference, noise = _combination([(1.0, higher), (-1.0, lower)])
+      if difference is not None:
+        out.append(Claim(claim, task, higher['mean'], lower['mean'], noise))
+    compare('at small scale model tuning beats prompt tuning (Fig. 1)',
+            s['model_tuning'], s['prompt_tuning'])
+    compare('LM adaptation helps prompt tuning over span corruption only (Fig. 3c)',
+            s['prompt_tuning'], s['span_corruption'])
+    compare('check, not in the paper: a pretrained frozen model beats random weights',
+            s['prompt_tuning'], s['random_weights'])
+    inits = s['init']
+    if {'class_labels', 'random_uniform'} <= set(inits):
+      compare('class-label init beats random uniform at small scale (Fig. 3b)',
+              inits['class_labels'], inits['random_uniform'])
+    if {'sampled_vocab', 'random_uniform'} <= set(inits):
+      compare('sampled-vocabulary init beats random uniform at small scale (Fig. 3b)',
+              inits['sampled_vocab'], inits['random_uniform'])
+    lengths = sorted(s['prompt_length'], key=int)
+    default = str(report['setting']['default_prompt_length'])
+    if len(lengths) >= 3 and lengths[0] != default and lengths[-1] != default:
+      first, last = s['prompt_length'][lengths[0]], s['prompt_length'][lengths[-1]]
+      middle = s['prompt_length'][default]
+      # gain(first -> default) - gain(default -> last) = 2 middle - first - last
+      difference, noise = _combination([(2.0, middle), (-1.0, first), (-1.0, last)])
+      if difference is not None:
+        out.append(Claim(f'gains flatten with length: P={lengths[0]}->{default} gains at least '
+                         f'{default}->{lengths[-1]} (Fig. 3a)', task,
+                         middle['mean'] - first['mean'], last['mean'] - middle['mean'], noise))
+    ensemble = report['ensembles'].get(task, {})
+    members = [v['accuracy'] for k, v in ensemble.items() if k.startswith('member/')]
+    if 'ensemble/vote' in ensemble and members:
+      noise = float(np.std(members, ddof=1) / np.sqrt(len(members))) if len(members) > 1 else None
+      out.append(Claim(f'a {len(members)}-prompt ensemble beats the mean of its members '
+                       '(Table 3)', task, ensemble['ensemble/vote']['accuracy'],
+                       float(np.mean(members)), noise))
+    neighbours = report['neighbors'].get(task, {})
+    if 'label_share' in neighbours:
+      out.append(Claim("class labels among a trained prompt's nearest neighbours, "
+                       'more than for random vectors (Sec. 7), share in %', task,
+                       100 * neighbours['label_share'], 100 * neighbours['random_label_share']))
+  return out
+
+
+def claims_table(report: dict[str, Any]) -> str:
+  """The paper's claims beside what the study measured, as a markdown table."""
+  lines = ['| claim (the paper) | task | measured | against | difference (± s.e.) | verdict |',
+           '|---|---|---|---|---|---|']
+  for c in claims(report):
+    error = '' if c.noise is None else f' ± {c.noise:.1f}'
+    lines.append(f'| {c.claim} | {c.task} | {_percent(c.higher)} | {_percent(c.lower)} | '
+                 f'{c.difference:+.1f}{error} | {c.verdict} |')
+  return '\n'.join(lines) + '\n'
+
+
 def _fmt(stat: dict[str, Any]) -> str:
   if stat['mean'] is None:
     return 'n/a'
@@ -411,16 +511,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                and r['seed'] < setting.ensemble_size]
     report['ensembles'][task] = run_ensemble(members, args.out, env)
     report['neighbors'][task] = run_neighbors(members[0], args.out, env, checkpoints, args.vocab)
+  report['claims'] = [{**dataclasses.asdict(c), 'difference': c.difference,
+                        'verdict': c.verdict} for c in claims(report)]
   with open(os.path.join(args.out, 'results.json'), 'w') as f:
     json.dump(report, f, indent=1)
   with open(os.path.join(args.out, 'reproduction_tables.md'), 'w') as f:
-    f.write(tables(report))
+    f.write(tables(report) + '\n' + claims_table(report))
   figures = [os.path.join(args.out, 'reproduction.png')]
   if args.docs:
     figures.append(os.path.join(REPO, 'docs', 'figures', 'reproduction.png'))
   for path in figures:
     plot(report, path)
-  print(tables(report))
+  print(tables(report) + '\n' + claims_table(report))
   print(f'Wrote {args.out}/results.json, reproduction_tables.md, ' + ', '.join(figures))
   return 0
 

@@ -116,3 +116,46 @@ def test_tiny_study_end_to_end_and_resumable(tmp_path, in_process_ptj):
   del in_process_ptj[:]
   assert reproduction.main(['--out', str(out), '--tiny', '--shared', str(shared_path())]) == 0
   assert in_process_ptj == []
+
+
+def _stat(mean, std=0.0, n=3):
+  return {'mean': mean, 'std': std, 'n': n}
+
+
+def test_claims_verdicts_weigh_the_difference_against_its_noise():
+  summary = {
+      'prompt_tuning': _stat(56.0, 1.0), 'model_tuning': _stat(75.0, 1.0),
+      'span_corruption': _stat(57.0, 1.0),          # 1 point under: not held, within noise
+      'random_weights': _stat(50.0, 1.0),
+      'prompt_length': {'1': _stat(50.0, 1.0), '20': _stat(56.0, 1.0), '100': _stat(57.0, 1.0)},
+      'init': {'random_uniform': _stat(53.0, 1.0), 'sampled_vocab': _stat(54.0, None, 1),
+               'class_labels': _stat(56.0, 1.0)},
+  }
+  report = {'setting': {'default_prompt_length': 20}, 'summary': {'sst2': summary},
+            'ensembles': {'sst2': {'ensemble/vote': {'accuracy': 58.0},
+                                   **{f'member/s{i}': {'accuracy': 55.0 + i} for i in range(3)}}},
+            'neighbors': {'sst2': {'label_share': 0.1, 'random_label_share': 0.0}}}
+  found = {c.claim.split(' (')[0]: c for c in reproduction.claims(report)}
+  model = found['at small scale model tuning beats prompt tuning']
+  assert model.difference == 19.0 and model.verdict == 'held'
+  # Three seeds of std 1 (population) a side: s.e. of the difference sqrt(2 * 1/2) = 1.
+  assert np.isclose(model.noise, 1.0)
+  assert found['LM adaptation helps prompt tuning over span corruption only'].verdict == (
+      'not held, within noise')
+  assert found['class-label init beats random uniform at small scale'].verdict == 'held'
+  # One seed on a side: no error bar, and the verdict says so.
+  sampled = found['sampled-vocabulary init beats random uniform at small scale']
+  assert sampled.noise is None and sampled.verdict.startswith('held (one run')
+  length = [c for c in found.values() if c.claim.startswith('gains flatten')][0]
+  assert (length.higher, length.lower) == (6.0, 1.0) and length.verdict == 'held'
+  ensemble = found['a 3-prompt ensemble beats the mean of its members']
+  assert (ensemble.higher, ensemble.lower) == (58.0, 56.0)
+  assert np.isclose(ensemble.noise, 1 / np.sqrt(3)) and ensemble.verdict == 'held'
+  assert found["class labels among a trained prompt's nearest neighbours, more than for "
+               'random vectors'].difference == 10.0
+  table = reproduction.claims_table(report)
+  assert '| sst2 | 75.0 | 56.0 | +19.0 ± 1.0 | held |' in table
+  # A comparison the study did not run is left out, not reported as held.
+  summary['model_tuning'] = summary['random_weights'] = _stat(None, None, 0)
+  claims = [c.claim for c in reproduction.claims(report)]
+  assert not any('model tuning' in c or 'random weights' in c for c in claims)
