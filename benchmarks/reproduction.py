@@ -303,21 +303,17 @@ class Claim:
   """One of the paper's directions on one task: `higher` should be >= `lower`."""
   claim: str
   task: str
-  higher: Optional[float]
-  lower: Optional[float]
+  higher: float
+  lower: float
   noise: Optional[float] = None  # standard error of the difference; None: one seed / one run
 
   @property
-  def difference(self) -> Optional[float]:
-    if self.higher is None or self.lower is None:
-      return None
+  def difference(self) -> float:
     return self.higher - self.lower
 
   @property
   def verdict(self) -> str:
     """'held' / 'not held', 'within noise' when under two standard errors."""
-    if self.difference is None:
-      return 'not measured'
     verdict = 'held' if self.difference >= 0 else 'not held'
     if self.noise is None:
       return verdict + ' (one run a side: no error bar)'
@@ -372,12 +368,12 @@ def claims(report: dict[str, Any]) -> list[Claim]:
                          f'{default}->{lengths[-1]} (Fig. 3a)', task,
                          middle['mean'] - first['mean'], last['mean'] - middle['mean'], noise))
     ensemble = report['ensembles'].get(task, {})
-    members = [v['accuracy'] for k, v in ensemble.items() if k.startswith('member/')]
-    if 'ensemble/vote' in ensemble and members:
-      noise = float(np.std(members, ddof=1) / np.sqrt(len(members))) if len(members) > 1 else None
-      out.append(Claim(f'a {len(members)}-prompt ensemble beats the mean of its members '
+    members = _stats([v['accuracy'] for k, v in ensemble.items() if k.startswith('member/')])
+    if 'ensemble/vote' in ensemble and members['n']:
+      member_mean, noise = _combination([(1.0, members)])
+      out.append(Claim(f"a {members['n']}-prompt ensemble beats the mean of its members "
                        '(Table 3)', task, ensemble['ensemble/vote']['accuracy'],
-                       float(np.mean(members)), noise))
+                       member_mean, noise))
     neighbours = report['neighbors'].get(task, {})
     if 'label_share' in neighbours:
       out.append(Claim("class labels among a trained prompt's nearest neighbours, "
@@ -515,14 +511,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         'verdict': c.verdict} for c in claims(report)]
   with open(os.path.join(args.out, 'results.json'), 'w') as f:
     json.dump(report, f, indent=1)
+  text = tables(report) + '\n' + claims_table(report)
   with open(os.path.join(args.out, 'reproduction_tables.md'), 'w') as f:
-    f.write(tables(report) + '\n' + claims_table(report))
+    f.write(text)
   figures = [os.path.join(args.out, 'reproduction.png')]
   if args.docs:
     figures.append(os.path.join(REPO, 'docs', 'figures', 'reproduction.png'))
   for path in figures:
     plot(report, path)
-  print(tables(report) + '\n' + claims_table(report))
+  print(text)
   print(f'Wrote {args.out}/results.json, reproduction_tables.md, ' + ', '.join(figures))
   return 0
 
