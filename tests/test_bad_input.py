@@ -165,6 +165,9 @@ def test_disk_full_at_the_first_save_leaves_no_partial_checkpoint(tmp_path, monk
 
   def full_disk(step, **kwargs):  # What a full disk leaves: orbax's temporary directory.
     del kwargs
+    # As orbax's own save does first: let its start-up removal of old temporary directories
+    # finish, so that it does not race with the files written here.
+    ckpt._manager._maybe_await_cleanup_tmp_directory()  # pylint: disable=protected-access
     os.makedirs(tmp_path / 'checkpoints' / f'{step}.orbax-checkpoint-tmp' / 'state')
     os.makedirs(tmp_path / 'numpy_checkpoints' / f'checkpoint_{step}')
     raise OSError(errno.ENOSPC, 'No space left on device')

@@ -173,7 +173,7 @@ class TrainStateCheckpointer:
       return
     directory = epath.Path(self._manager.directory)
     for path in directory.glob(f'{step}.orbax-checkpoint-tmp*'):
-      path.rmtree()
+      path.rmtree(missing_ok=True)  # Orbax's own start-up cleanup may be removing it too.
     if step not in self.all_steps():
       numpy_dir = epath.Path(numpy_checkpoint_dir(self.model_dir, step))
       if numpy_dir.exists():
