@@ -258,4 +258,9 @@ def evaluate_and_record(evaluator: Evaluator, params, step: int,
   for task, values in by_task.items():
     writer.write(step, f'eval/{task}', values)
   best = evaluator.settings.best_metric
-  return dict(metrics), (selection_value(metrics, best) if best else None)
+  value = selection_value(metrics, best) if best else None
+  if best and value is None:
+    names = sorted({key.split('/', 1)[-1] for key in metrics})
+    progress.log(f'BEST_METRIC={best!r} is not among the eval metrics {names}: no best '
+                 'checkpoint is kept. Set BEST_METRIC to one of them, or to None.')
+  return dict(metrics), value

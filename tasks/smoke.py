@@ -8,9 +8,16 @@ Each input is a short review whose sentiment is carried by one or two
 adjectives, e.g. `review: the soup was awful and the staff were rude` -> `-`
 (negative) or `+` (positive). `smoke_sentiment_words` is the same reviews with
 the labels `negative`/`positive` in the vocabulary the model file names (the
-smoke task of a SentencePiece model such as t5_mini). Every split is generated
-from its own seed, so the splits are disjoint in their random draws and
-identical on every machine.
+smoke task of a SentencePiece model such as t5_mini).
+
+`smoke_sentiment_transfer` (the README's main run, on the shipped t5_mini) asks
+what only a pre-trained model can answer: its validation and test reviews use
+adjectives that no training review contains, so a prompt scores above chance
+there only through what the frozen model knows about words. Random frozen
+weights fit its training reviews and stay at chance on the held-out words.
+
+Every split is generated from its own seed, so the splits are disjoint in their
+random draws and identical on every machine.
 """
 from __future__ import annotations
 
@@ -26,6 +33,7 @@ from . import vocab
 
 TASK_NAME = 'smoke_sentiment'
 WORDS_TASK_NAME = 'smoke_sentiment_words'
+TRANSFER_TASK_NAME = 'smoke_sentiment_transfer'
 WORD_LABELS = ('negative', 'positive')
 # One byte each: a frozen model with random weights can learn to emit a one-token
 # label through the prompt within a few hundred steps; longer words it cannot.
@@ -41,17 +49,39 @@ _STAFF = ('the staff were', 'the actors were', 'the hosts were', 'the people wer
           'the music was', 'the view was')
 _GOOD = ('great', 'lovely', 'superb', 'tasty', 'fun', 'nice', 'kind', 'bright', 'calm', 'good')
 _BAD = ('awful', 'boring', 'bland', 'rude', 'dull', 'poor', 'cold', 'dirty', 'noisy', 'bad')
+# The transfer task's adjectives (common in film reviews): training reviews use the first
+# pair of lists, validation and test reviews only the second.
+_TRAIN_BAD = ('lame', 'tedious', 'pointless', 'lousy', 'terrible', 'poor', 'bland', 'cheap',
+              'dull', 'pathetic', 'flat', 'weak', 'awful', 'unfunny', 'ugly', 'dumb', 'boring')
+_TRAIN_GOOD = ('excellent', 'warm', 'fascinating', 'entertaining', 'brilliant', 'moving',
+               'lovely', 'perfect', 'clever', 'superb', 'impressive', 'great', 'enjoyable',
+               'strong', 'solid', 'charming', 'fun', 'beautiful')
+_HELD_OUT_BAD = ('tired', 'bad', 'mediocre', 'annoying', 'stupid', 'disappointing',
+                 'predictable', 'silly', 'painful')
+_HELD_OUT_GOOD = ('fresh', 'smart', 'delightful', 'funny', 'rich', 'wonderful', 'good',
+                  'touching', 'remarkable', 'powerful')
 
 
-def generate(split: str, labels: Sequence[str] = LABELS) -> list[dict[str, str]]:
-  """The examples of `split`: dicts with `inputs` and `targets` text."""
+def generate(split: str, labels: Sequence[str] = LABELS, *,
+             held_out_words: bool = False) -> list[dict[str, str]]:
+  """The examples of `split`: dicts with `inputs` and `targets` text.
+
+  `held_out_words`: the transfer task's adjectives (validation and test never share
+  one with training).
+  """
   if split not in SPLIT_SIZES:
     raise ValueError(f'The smoke task has splits {sorted(SPLIT_SIZES)}, not {split!r}.')
+  if not held_out_words:
+    bad, good = _BAD, _GOOD
+  elif split == 'train':
+    bad, good = _TRAIN_BAD, _TRAIN_GOOD
+  else:
+    bad, good = _HELD_OUT_BAD, _HELD_OUT_GOOD
   rng = np.random.RandomState(_SPLIT_SEEDS[split])
   examples = []
   for _ in range(SPLIT_SIZES[split]):
     label = int(rng.randint(2))
-    words = _GOOD if label else _BAD
+    words = good if label else bad
     text = f'{_SUBJECTS[rng.randint(len(_SUBJECTS))]} was {words[rng.randint(len(words))]}'
     if rng.rand() < 0.5:
       text += f' and {_STAFF[rng.randint(len(_STAFF))]} {words[rng.randint(len(words))]}'
@@ -60,9 +90,9 @@ def generate(split: str, labels: Sequence[str] = LABELS) -> list[dict[str, str]]
 
 
 def _dataset(split: str, shuffle_files: bool = False, seed=None, *,
-             labels: Sequence[str] = LABELS) -> tf.data.Dataset:
+             labels: Sequence[str] = LABELS, held_out_words: bool = False) -> tf.data.Dataset:
   del shuffle_files, seed  # One in-memory "file"; the task pipeline shuffles.
-  examples = generate(split, labels)
+  examples = generate(split, labels, held_out_words=held_out_words)
   return tf.data.Dataset.from_tensor_slices({
       'inputs': [ex['inputs'] for ex in examples],
       'targets': [ex['targets'] for ex in examples],
@@ -81,14 +111,15 @@ def _decode_text(text, example=None, is_target=False) -> str:
 
 
 def register(name: str = TASK_NAME, labels: Sequence[str] = LABELS,
-             vocabulary: seqio.Vocabulary = VOCABULARY) -> None:
+             vocabulary: seqio.Vocabulary = VOCABULARY, *, held_out_words: bool = False) -> None:
   """Registers a smoke task with seqio (once per name)."""
   if name in seqio.TaskRegistry.names():
     return
   seqio.TaskRegistry.add(
       name,
       source=seqio.FunctionDataSource(
-          functools.partial(_dataset, labels=tuple(labels)), splits=tuple(SPLIT_SIZES),
+          functools.partial(_dataset, labels=tuple(labels), held_out_words=held_out_words),
+          splits=tuple(SPLIT_SIZES),
           num_input_examples=dict(SPLIT_SIZES)),
       preprocessors=[seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder(),
                      seqio.preprocessors.append_eos_after_trim],
@@ -105,3 +136,4 @@ register()
 # The same reviews with word labels, in the vocabulary the model file names
 # (`get_vocabulary`): the smoke task of a pre-trained model such as t5_mini.
 register(WORDS_TASK_NAME, WORD_LABELS, vocab.TASK_VOCABULARY)
+register(TRANSFER_TASK_NAME, WORD_LABELS, vocab.TASK_VOCABULARY, held_out_words=True)

@@ -12,15 +12,16 @@ import pytest
 from prompt_tuning_jax import cli
 from prompt_tuning_jax import config
 from prompt_tuning_jax import infer
+from prompt_tuning_jax import pretrained
 from prompt_tuning_jax import run_setup
 from prompt_tuning_jax.errors import UsageError
 
 pytestmark = pytest.mark.usefixtures('restore_ptj_global_state')
 
 
-def smoke_config(model_dir, *bindings, command='train'):
+def smoke_config(model_dir, *bindings, command='train', run_file='runs/smoke.gin'):
   _, parsed = config.split_bindings([f'--gin.MODEL_DIR={model_dir}', *bindings])
-  return config.configure(command, ['runs/smoke.gin'], parsed, [])
+  return config.configure(command, [run_file], parsed, [])
 
 
 def test_help_lists_the_gin_macros(tmp_path, capsys):
@@ -55,6 +56,16 @@ def test_smoke_config_parses_from_the_installed_gin_dir(tmp_path):
   assert run.train_steps == 7
   assert run.data.mixture_or_task_name == 'smoke_sentiment'
   assert run.initial_checkpoint_path is None
+
+
+def test_the_main_run_prompt_tunes_the_shipped_model_on_held_out_words(tmp_path):
+  run = smoke_config(tmp_path, '--gin.TRAIN_STEPS=40',
+                     run_file='runs/smoke_pretrained.gin').settings
+  assert run.data.mixture_or_task_name == 'smoke_sentiment_transfer'
+  assert run.initial_checkpoint_path == pretrained.path('t5_mini/lm_adapted')
+  assert os.path.isdir(run.initial_checkpoint_path)
+  schedule = run.optimizer.learning_rate  # 0.3 decaying linearly to 0 over TRAIN_STEPS
+  assert [float(schedule(step)) for step in (0, 20, 40)] == pytest.approx([0.3, 0.15, 0.0])
 
 
 def test_every_run_file_parses_with_every_model_file():

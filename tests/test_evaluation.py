@@ -21,6 +21,7 @@ import tensorflow as tf
 from conftest import small_config
 
 from prompt_tuning_jax import evaluation
+from prompt_tuning_jax import logging_utils
 from prompt_tuning_jax import scoring
 from prompt_tuning_jax.models import PromptedT5
 from prompt_tuning_jax.settings import EvalSettings
@@ -302,3 +303,24 @@ def test_best_checkpoint_by_the_mixture_mean_and_eval_at_best_or_step(
     assert f'eval step {step} |' in open(tmp_path / 'eval' / 'summary.txt').read().splitlines()[-1]
   assert eval_lib.main([f'--gin.MODEL_DIR={model_dir}', '--gin.CHECKPOINT_STEP=3']) == 1
   assert 'No checkpoint of step 3' in capsys.readouterr().err and not evaluated
+
+
+@pytest.mark.parametrize('best, value', [('rank_classification/accuracy', 60.0), ('f1', None)])
+def test_a_best_metric_no_task_reports_is_said_not_ignored(tmp_path, caplog, best, value):
+  class Reported:  # what the evaluation of a rank-classification-only run reports
+    settings = EvalSettings(split='validation', methods=('rank_classification',),
+                            decoder='greedy', beam_size=1, batch_size=4, num_examples=None,
+                            best_metric=best, alpha=ALPHA)
+
+    def evaluate(self, params, step):
+      del params, step
+      return {'a/rank_classification/accuracy': 50.0, 'b/rank_classification/accuracy': 70.0}
+
+  caplog.set_level('INFO', logger='prompt_tuning_jax')
+  metrics, selected = evaluation.evaluate_and_record(
+      Reported(), None, 5, logging_utils.MetricsWriter(str(tmp_path)), logging_utils.Progress(5, 9))
+  assert len(metrics) == 2 and selected == value
+  said = [r.getMessage() for r in caplog.records if 'BEST_METRIC' in r.getMessage()]
+  assert said == ([] if value else [
+      "BEST_METRIC='f1' is not among the eval metrics ['rank_classification/accuracy']: no best "
+      'checkpoint is kept. Set BEST_METRIC to one of them, or to None.'])

@@ -81,7 +81,7 @@ def _fake_ptj(directory, model_dir):
   fake.write_text(
       '#!/bin/sh\n'
       'echo "ptj $1 id=$JAX_PROCESS_ID of $JAX_NUM_PROCESSES at $JAX_COORDINATOR_ADDRESS '
-      '$XLA_FLAGS"\n'
+      'args=[$*] $XLA_FLAGS"\n'
       '[ "$JAX_PROCESS_ID" = "$FAIL_ID" ] && exit 3\n'
       '[ -n "$FAIL_ID" ] && exec sleep 30\n'
       f'mkdir -p {model_dir}/inference && echo "{{}}" > '
@@ -101,6 +101,14 @@ def test_local_runs_each_command_as_several_processes(tmp_path):
       assert any(line.startswith(f'[p{i}] ptj {command} id={i} of 2 at 127.0.0.1:') and
                  line.endswith('--xla_force_host_platform_device_count=3') for line in lines), \
           result.stdout
+  train = [line for line in lines if '] ptj train ' in line]
+  assert len(train) == 2 and all('--gin_file=runs/smoke_pretrained.gin ' in line for line in train), train
+  result = _run('bash', str(LAUNCH / 'local.sh'), '--run', 'runs/smoke.gin',
+                str(tmp_path / 'run'), '--gin.TRAIN_STEPS=3', env=dict(env, JAX_PROCESS_ID='0'))
+  assert result.returncode == 0, result.stderr
+  assert ('ptj train id=0 of  at  args=[train --gin_file=runs/smoke.gin '
+          f"--gin.MODEL_DIR={tmp_path / 'run'} --gin.TRAIN_STEPS=3]") in result.stdout
+  assert 'ptj infer id=0 of  at  args=[infer --gin.MODEL_DIR=' in result.stdout
   result = _run('bash', str(LAUNCH / 'local.sh'), '--processes', 'two', env=env)
   assert result.returncode != 0 and 'positive integers' in result.stderr
 
