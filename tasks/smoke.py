@@ -14,7 +14,8 @@ smoke task of a SentencePiece model such as t5_mini).
 what only a pre-trained model can answer: its validation and test reviews use
 adjectives that no training review contains, so a prompt scores above chance
 there only through what the frozen model knows about words. Random frozen
-weights fit its training reviews and stay at chance on the held-out words.
+weights fit its training reviews and stay at chance (or below) on the held-out
+words.
 
 Every split is generated from its own seed, so the splits are disjoint in their
 random draws and identical on every machine.

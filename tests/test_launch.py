@@ -102,7 +102,8 @@ def test_local_runs_each_command_as_several_processes(tmp_path):
                  line.endswith('--xla_force_host_platform_device_count=3') for line in lines), \
           result.stdout
   train = [line for line in lines if '] ptj train ' in line]
-  assert len(train) == 2 and all('--gin_file=runs/smoke_pretrained.gin ' in line for line in train), train
+  assert len(train) == 2, train
+  assert all('--gin_file=runs/smoke_pretrained.gin ' in line for line in train), train
   result = _run('bash', str(LAUNCH / 'local.sh'), '--run', 'runs/smoke.gin',
                 str(tmp_path / 'run'), '--gin.TRAIN_STEPS=3', env=dict(env, JAX_PROCESS_ID='0'))
   assert result.returncode == 0, result.stderr
