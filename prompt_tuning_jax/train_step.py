@@ -33,7 +33,7 @@ def cross_entropy_with_z_loss(logits: Array, targets: Array, weights: Array,
   logits [b, d, vocab] float32, targets [b, d] int, weights [b, d].
   Returns (loss per token [b, d], z-loss part per token [b, d]).
   """
-  logits = logits.astype(jnp.float32)
+  logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
   log_z = jax.nn.logsumexp(logits, axis=-1)  # [b, d]
   target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
   z = z_loss * jnp.square(log_z)

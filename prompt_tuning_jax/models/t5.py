@@ -5,7 +5,10 @@ sub-block; no 1/sqrt(head_dim) scaling of attention logits (it is folded into
 the query initialiser); relative-position biases shared by all layers of a
 stack (bidirectional buckets in the encoder, causal in the decoder); logits via
 the embedding (divided by sqrt(emb_dim)) only when they are tied (T5 1.0).
-Parameters and logits are float32; activations run in `config.dtype`.
+Parameters and logits are float32; activations run in `config.dtype`. Norm statistics,
+attention logits, softmax and output logits run in at least float32 (`at_least_float32`):
+a float64 model (under `jax.enable_x64`) computes everything in float64, which tests use as
+the reference when two computations must agree beyond float32 rounding.
 
 Module names are fixed by `name=` strings: they are the checkpoint paths, e.g.
 `encoder/layers_0/attention/query/kernel` [emb, heads * head_dim].
@@ -53,6 +56,11 @@ class T5Config:
 
   def replace(self, **changes) -> 'T5Config':
     return dataclasses.replace(self, **changes)
+
+
+def at_least_float32(dtype: DType) -> DType:
+  """`dtype` widened to float32 (bfloat16 -> float32; float64 stays float64)."""
+  return jnp.promote_types(dtype, jnp.float32)
 
 
 def _t5_1_1(emb, heads, mlp, layers, **kw):
@@ -128,7 +136,7 @@ class LayerNorm(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     scale = self.param('scale', nn.initializers.ones, (x.shape[-1],), jnp.float32)
-    x32 = x.astype(jnp.float32)
+    x32 = x.astype(at_least_float32(x.dtype))
     var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
     y = (x32 * jax.lax.rsqrt(var + self.epsilon)).astype(self.dtype)
     return y * scale.astype(self.dtype)
@@ -153,7 +161,7 @@ class Embed(nn.Module):
 
   def attend(self, x: Array) -> Array:
     """x [..., emb] -> [..., vocab] float32 similarities to every embedding row."""
-    return jnp.dot(x.astype(jnp.float32), self.embedding.T)
+    return jnp.dot(x.astype(at_least_float32(self.embedding.dtype)), self.embedding.T)
 
 
 def relative_position_bucket(relative_position: np.ndarray, bidirectional: bool,
@@ -229,10 +237,10 @@ class MultiHeadAttention(nn.Module):
           query, key, value, bias=None if bias is None else bias.astype(self.dtype),
           scale=1.0)
     else:
-      logits = jnp.einsum('bqhd,bkhd->bhqk', query.astype(jnp.float32),
-                          key.astype(jnp.float32))
+      wide = at_least_float32(query.dtype)
+      logits = jnp.einsum('bqhd,bkhd->bhqk', query.astype(wide), key.astype(wide))
       if bias is not None:
-        logits = logits + bias.astype(jnp.float32)
+        logits = logits + bias.astype(wide)
       weights = jax.nn.softmax(logits).astype(self.dtype)  # [batch, heads, q, k]
       if not deterministic and self.dropout_rate > 0:
         weights = nn.Dropout(self.dropout_rate)(weights, deterministic=False)
@@ -366,7 +374,8 @@ class Encoder(nn.Module):
       mask = masks_lib.combine_masks(mask, masks_lib.make_segment_mask(segment_ids, segment_ids))
     position_bias = RelativePositionBiases(
         cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance,
-        cfg.num_heads, jnp.float32, name='relpos_bias')(length, length, bidirectional=True)
+        cfg.num_heads, at_least_float32(cfg.dtype), name='relpos_bias')(
+            length, length, bidirectional=True)
     bias = masks_lib.mask_to_bias(mask) + position_bias  # [batch, heads, L, L]
     for i in range(cfg.num_encoder_layers):
       x = EncoderLayer(cfg, name=f'layers_{i}')(x, bias, deterministic=deterministic)
@@ -388,7 +397,7 @@ class Decoder(nn.Module):
     cfg = self.config
     relpos = RelativePositionBiases(
         cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance,
-        cfg.num_heads, jnp.float32, name='relpos_bias')
+        cfg.num_heads, at_least_float32(cfg.dtype), name='relpos_bias')
     if decode:
       # The cache masks future positions itself; the bias row is sliced per step.
       length = max_decode_length or decoder_input_tokens.shape[1]
@@ -414,7 +423,7 @@ class Decoder(nn.Module):
     y = _dropout(cfg.dropout_rate, y, deterministic)
     if cfg.logits_via_embedding:
       return self.shared_embedding.attend(y) / jnp.sqrt(jnp.float32(y.shape[-1]))
-    return Dense(cfg.vocab_size, dtype=jnp.float32, name='logits_dense')(y)
+    return Dense(cfg.vocab_size, dtype=at_least_float32(cfg.dtype), name='logits_dense')(y)
 
 
 class T5(nn.Module):
