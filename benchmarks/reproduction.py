@@ -165,7 +165,7 @@ def train_flags(run: Run, setting: Setting, model_dir: str,
       f'--gin.TRAIN_STEPS={setting.steps}', f'--gin.BATCH_SIZE={setting.batch_size}',
       f'--gin.SEED={run.seed}', f'--gin.DROPOUT_RATE={setting.dropout_rate}',
       # Linear decay to 0: at a constant rate the final prompt is a lottery
-      # (docs/reproduction.md, second session).
+      # (docs/reproduction.md, "A constant rate makes the final prompt a lottery").
       '--gin.LEARNING_RATE=@optax.linear_schedule()',
       '--gin.optax.linear_schedule.init_value='
       f'{setting.prompt_learning_rate if prompt else setting.model_learning_rate}',

@@ -2,7 +2,8 @@
 
 A pre-training stage before span corruption: the token embedding of the
 shipped mini T5 starts from these vectors and stays frozen while the rest of
-the network trains (docs/reproduction.md, fourth session). At two CPU hours of
+the network trains (docs/reproduction.md, "Word vectors as the frozen
+embedding"). At two CPU hours of
 pre-training a T5 learns little lexical meaning (its own embeddings put
 "great" and "awful" no closer to their own kind than chance), while counting
 which pieces occur near which, over the same text, takes a minute and does.
