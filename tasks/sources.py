@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import gzip
 import json
 import os
 from pathlib import Path
@@ -29,6 +30,8 @@ ENV_VARS = {
     'superglue': 'PTJ_SUPERGLUE_DIR',
     'fewglue': 'PTJ_FEWGLUE_DIR',
     'glue': 'PTJ_GLUE_DIR',
+    'mrqa': 'PTJ_MRQA_DIR',
+    'summarization': 'PTJ_SUMMARIZATION_DIR',
 }
 
 Row = dict[str, Any]
@@ -48,9 +51,12 @@ class TaskDataError(errors.DataError):
 @gin.configurable
 def local_data_dirs(superglue: Optional[str] = None,
                     fewglue: Optional[str] = None,
-                    glue: Optional[str] = None) -> dict[str, Optional[str]]:
+                    glue: Optional[str] = None,
+                    mrqa: Optional[str] = None,
+                    summarization: Optional[str] = None) -> dict[str, Optional[str]]:
   """Local benchmark directories; an unset one falls back to its env var."""
-  bound = {'superglue': superglue, 'fewglue': fewglue, 'glue': glue}
+  bound = {'superglue': superglue, 'fewglue': fewglue, 'glue': glue, 'mrqa': mrqa,
+           'summarization': summarization}
   return {name: value or os.environ.get(ENV_VARS[name]) or None
           for name, value in bound.items()}
 
@@ -76,12 +82,21 @@ def require_local_dir(benchmark: str) -> Path:
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
-  """(line number, text) of each line of a split file (a leading BOM is dropped),
-  naming the expected path when it is missing and the line that is not UTF-8."""
+  """(line number, text) of each line of a split file (a leading BOM is dropped; a `.gz`
+  file is read through gzip), naming the expected path when it is missing and the line
+  that is not UTF-8."""
   if not path.is_file():
     raise TaskDataError(f'missing split file: expected {path}')
-  with open(path, 'rb') as f:
-    for lineno, raw in enumerate(f, 1):
+  with (gzip.open if path.suffix == '.gz' else open)(path, 'rb') as f:
+    lineno = 0
+    while True:
+      try:
+        raw = f.readline()
+      except (OSError, EOFError) as err:  # A damaged or cut-short gzip file.
+        raise TaskDataError(f'{path}:{lineno + 1}: not a readable gzip file ({err})') from None
+      if not raw:
+        return
+      lineno += 1
       try:
         line = raw.decode('utf-8')
       except UnicodeDecodeError as err:
@@ -281,16 +296,22 @@ class BenchmarkSource(seqio.DataSource):
 
   def __init__(self, benchmark: str, task_dir: str,
                split_files: Mapping[str, str], file_format: FileFormat,
-               tfds_name: Optional[str]):
+               tfds_name: Optional[str], *,
+               tfds_splits: Optional[Mapping[str, str]] = None,
+               tfds_fields: Optional[Mapping[str, str]] = None):
     """Local files are `<dir>/<task_dir>/<split_files[split]>`.
 
-    `tfds_name` None means the benchmark exists only as local files.
+    `tfds_name` None means the benchmark exists only as local files. `tfds_splits` maps a
+    split to the TFDS split that holds it (default: the same name), `tfds_fields` a
+    signature field to the TFDS feature that holds it (default: the same name).
     """
     super().__init__(splits=tuple(split_files))
     self.benchmark = benchmark
     self.tfds_name = tfds_name
     self._task_dir = task_dir
     self._split_files = dict(split_files)
+    self._tfds_splits = {split: (tfds_splits or {}).get(split, split) for split in self.splits}
+    self._tfds_fields = dict(tfds_fields or {})
     self.local = LocalSource(self.splits, self._local_path, file_format)
     self._signature = file_format.signature
 
@@ -305,7 +326,7 @@ class BenchmarkSource(seqio.DataSource):
 
   @functools.cached_property
   def _tfds(self) -> seqio.TfdsDataSource:
-    return seqio.TfdsDataSource(tfds_name=self.tfds_name, splits=self.splits)
+    return seqio.TfdsDataSource(tfds_name=self.tfds_name, splits=self._tfds_splits)
 
   @property
   def supports_arbitrary_sharding(self) -> bool:
@@ -324,6 +345,9 @@ class BenchmarkSource(seqio.DataSource):
       return self.local.get_dataset(split, shard_info=shard_info)
     ds = self._tfds.get_dataset(split=split, shuffle=shuffle, seed=seed,
                                 shard_info=shard_info)
+    if self._tfds_fields:
+      ds = ds.map(lambda ex: {**ex, **{field: ex[feature]
+                                       for field, feature in self._tfds_fields.items()}})
     return ds.map(functools.partial(select, signature=self._signature))
 
   def __repr__(self) -> str:
