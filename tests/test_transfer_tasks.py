@@ -8,8 +8,10 @@ import functools
 import pytest
 import seqio
 
+from prompt_tuning_jax import data
 from prompt_tuning_jax.tasks import registry
 from prompt_tuning_jax.tasks import smoke
+from prompt_tuning_jax.tasks import sources
 from prompt_tuning_jax.tasks import transfer
 from prompt_tuning_jax.tasks import vocab
 
@@ -198,3 +200,17 @@ def test_maps_that_do_not_fit_are_refused(kwargs, message):
   with pytest.raises(ValueError, match=message):
     transfer.register_transfer('never_registered', target, source, mixture='never', **kwargs)
   assert 'never_registered' not in seqio.TaskRegistry.names()
+
+
+def test_a_malformed_target_line_names_its_file_and_line(glue_dir, monkeypatch, tmp_path):
+  (tmp_path / 'MRPC').mkdir()
+  (tmp_path / 'MRPC' / 'dev.tsv').write_text(
+      _tsv(_MRPC_HEADER, (1, 1, 2, 'a', 'b'), (1, 3, 4, 'c')), encoding='utf-8')
+  monkeypatch.setenv('PTJ_GLUE_DIR', str(tmp_path))
+  task = seqio.get_mixture_or_task('glue_mrpc_from_qqp_v002')
+  with pytest.raises(sources.TaskDataError,
+                     match=r'MRPC/dev.tsv:3: expected 5 tab-separated fields, found 4'):
+    task.get_dataset(None, split='validation', shuffle=False)
+  # The messages that name a task's files (an empty split, ...) name the target's.
+  assert data.split_files('glue_mrpc_from_qqp_v002', 'validation') == [
+      str(tmp_path / 'MRPC' / 'dev.tsv')]
