@@ -176,6 +176,10 @@ def test_a_label_map_relabels_examples_and_maps_predictions_back():
                      ('rte sentence1: E. sentence2: F.', 'entailment', 0)]
     assert _metrics(name, ['not_entailment', 'not_entailment', 'entailment']) == {
         'accuracy': pytest.approx(200 / 3)}
+    # Predictions and targets come back as WNLI's classes (accuracy alone cannot tell).
+    task = seqio.get_mixture_or_task(name)
+    assert [task.postprocess_fn(word) for word in ('entailment', 'not_entailment', 'yes')] == [
+        1, 0, -1]
   finally:
     for variant in (name, f'{name}_rank', f'taskless_{name}', f'taskless_{name}_rank'):
       seqio.TaskRegistry.remove(variant)
