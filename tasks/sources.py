@@ -17,6 +17,7 @@ import functools
 import gzip
 import json
 import os
+import zlib
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
@@ -92,7 +93,7 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
     while True:
       try:
         raw = f.readline()
-      except (OSError, EOFError) as err:  # A damaged or cut-short gzip file.
+      except (gzip.BadGzipFile, zlib.error, EOFError) as err:  # Damaged or cut short.
         raise TaskDataError(f'{path}:{lineno + 1}: not a readable gzip file ({err})') from None
       if not raw:
         return
