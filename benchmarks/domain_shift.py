@@ -143,7 +143,7 @@ def run_one(run: Run, out: str, env: dict[str, str]) -> dict[str, Any]:
   os.makedirs(model_dir, exist_ok=True)
   log = os.path.join(model_dir, 'domain_shift.log')
   tick = time.time()
-  if not os.path.isdir(os.path.join(model_dir, 'checkpoints', str(STEPS))):
+  if not os.path.isdir(os.path.join(model_dir, 'checkpoints', str(STEPS))):  # else trained
     _ptj(['train', *train_flags(run, model_dir)], env, log)
   _ptj(['eval', *eval_flags(run, model_dir)], env, log)
   result = {**dataclasses.asdict(run), 'name': run.name, 'model_dir': model_dir,
@@ -156,6 +156,7 @@ def run_one(run: Run, out: str, env: dict[str, str]) -> dict[str, Any]:
 def accuracies(run: Run, model_dir: str) -> dict[str, float]:
   """{'in_domain', 'out_of_domain'}: the run's last-step accuracies on its source's validation
   split and on the target shown as the source."""
+  # Imported here: the driver process itself needs no JAX.
   from prompt_tuning_jax.analysis import tables  # pylint: disable=g-import-not-at-top
   d = direction(run.direction)
   evals = tables.eval_metrics(model_dir, STEPS)
