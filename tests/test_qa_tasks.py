@@ -280,3 +280,23 @@ def test_without_a_directory_tfds_is_read_with_its_test_split(monkeypatch):
   squad = qa.mrqa_source(qa.IN_DOMAIN)
   squad.get_dataset('validation', shuffle=False)
   assert _FakeTfds.asked[-1] == ('mrqa/squad:1.0.0', 'validation')
+
+
+def test_the_synthetic_squad_reads_as_the_task_and_its_spans_are_the_answers(tmp_path,
+                                                                              monkeypatch):
+  from benchmarks import synthetic_mrqa  # pylint: disable=import-outside-toplevel
+  synthetic_mrqa.write(str(tmp_path), train=3, dev=2, seed=0)
+  monkeypatch.setenv('PTJ_MRQA_DIR', str(tmp_path))
+  rows = [row for _, row in qa.read_mrqa(tmp_path / 'dev' / 'SQuAD.jsonl.gz')]
+  for row in rows:
+    for q in row['qas']:
+      (start, end), = q['detected_answers'][0]['char_spans']
+      assert row['context'][start:end + 1] == q['answers'][0]
+      # The question names a person whose fact holds the answer: the span follows the name.
+      name = next(n for n in synthetic_mrqa.NAMES if n in q['question'].rstrip('?').split())
+      assert row['context'].index(name) < start
+  examples = _examples('mrqa_squad_v001', 'validation')
+  assert len(examples) == 2 * synthetic_mrqa.QUESTIONS_PER_CONTEXT
+  assert [_text(ex, 'targets') for ex in examples] == [
+      q['answers'][0] for row in rows for q in row['qas']]
+  assert len(_examples('mrqa_squad_v001', 'train')) == 3 * synthetic_mrqa.QUESTIONS_PER_CONTEXT
