@@ -60,7 +60,7 @@ def test_model_finetune_trains_every_weight_of_plain_t5(tmp_path):
   run = configure(tmp_path, "MIXTURE_OR_TASK_NAME = 't'",
                   files=('models/t5_1_1_small.gin', 'runs/model_finetune.gin')).settings
   assert type(run.model) is T5
-  assert run.optimizer.trainable_rules == optim.MODEL_TUNING_RULES
+  assert run.trainable_rules == optim.MODEL_TUNING_RULES
   assert run.optimizer.learning_rate == 0.001
 
 
