@@ -70,20 +70,17 @@ def _get_config(name: Optional[str] = None, **overrides):
   return models.get_config(name, **overrides)
 
 
+def _t5(config, method=None):
+  """T5 with its trainable method (METHOD: gin/methods/*.gin); None: model tuning."""
+  from prompt_tuning_jax import models  # pylint: disable=g-import-not-at-top
+  return models.T5(config) if method is None else models.T5(config, method=method)
+
+
 def _prompted_t5(config, prompt_length: int = 100, prompt_placement: str = 'prefix'):
-  """T5 with a soft prompt; its initial value comes from the run's PromptSettings."""
-  if not isinstance(prompt_length, int) or prompt_length < 1:
-    raise errors.UsageError(f'PROMPT_LENGTH must be a positive number of prompt vectors, got '
-                            f'{prompt_length!r}.')
+  """T5 with prompt tuning, as configurations written before gin/methods/ name it."""
   from prompt_tuning_jax import models  # pylint: disable=g-import-not-at-top
   return models.PromptedT5(config, prompt_length=prompt_length,
                            prompt_placement=prompt_placement)
-
-
-def _t5(config):
-  """Plain T5 (model tuning, the paper's baseline)."""
-  from prompt_tuning_jax import models  # pylint: disable=g-import-not-at-top
-  return models.T5(config)
 
 
 @functools.cache
@@ -91,6 +88,7 @@ def _register_configurables() -> None:
   """Gives the library's names to gin, once; imports the tasks (their own configurables)."""
   import optax  # pylint: disable=g-import-not-at-top
   from prompt_tuning_jax import data  # pylint: disable=g-import-not-at-top
+  from prompt_tuning_jax import methods  # pylint: disable=g-import-not-at-top
   from prompt_tuning_jax import optim  # pylint: disable=g-import-not-at-top
   from prompt_tuning_jax import pretrained  # pylint: disable=g-import-not-at-top
   data.import_task_modules()  # get_vocabulary, local_data_dirs
@@ -98,6 +96,8 @@ def _register_configurables() -> None:
   gin.external_configurable(_get_config, 'get_config', module='models')
   gin.external_configurable(_prompted_t5, 'PromptedT5', module='models')
   gin.external_configurable(_t5, 'T5', module='models')
+  for cls in methods.METHODS:
+    gin.external_configurable(cls, cls.__name__, module='methods')
   for fn in (optim.adafactor, optim.inverse_sqrt_schedule):
     gin.external_configurable(fn, fn.__name__, module='optim')
   for fn in (optax.adamw, optax.adam, optax.sgd, optax.constant_schedule, optax.linear_schedule,

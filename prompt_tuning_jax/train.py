@@ -66,19 +66,19 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
   params = run_setup.build_params(s)
   ckpt = train_state_lib.TrainStateCheckpointer(
       model_dir, keep=run.checkpoints.keep, best_metric=run.evaluation.best_metric,
-      best_mode=run.evaluation.best_mode)
+      best_mode=run.evaluation.best_mode, exports=s.method.exports)
   # Batches are a function of these and the step (see data.py): the data position.
   data_position = {'mixture_or_task_name': run.data.mixture_or_task_name, 'split': 'train',
                    'seed': run.data.seed, 'batch_size': run.data.batch_size,
                    'length_buckets': run.data.length_buckets}
   topology = distributed.topology(s.mesh)  # Recorded; may change on resume.
   opt = run.optimizer
-  trainable, frozen = optim.partition(params, opt.trainable_rules)
+  trainable, frozen = optim.partition(params, run.trainable_rules)
   sizes = [sum(math.prod(x.shape) for x in jax.tree.leaves(t)) for t in (trainable, frozen)]
   logger.info('Training %s parameters (TRAINABLE_RULES=%s); %s frozen.', f'{sizes[0]:,}',
-              tuple(opt.trainable_rules), f'{sizes[1]:,}')
+              run.trainable_rules, f'{sizes[1]:,}')
   tx = optim.partitioned_optimizer(params, opt.optimizer(learning_rate=opt.learning_rate),
-                                   opt.trainable_rules)
+                                   run.trainable_rules)
   frozen = run_setup.on_devices(frozen, s.mesh)
   abstract_state = jax.eval_shape(lambda t, f: train_step.init_train_state(t, f, tx), trainable,
                                   frozen)
@@ -104,7 +104,7 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
   if start >= steps:
     logger.info('MODEL_DIR already holds step %d >= TRAIN_STEPS=%d: nothing to train.',
                 start, steps)
-    return {**summary, 'final_step': start, **_paths(model_dir, ckpt, start, s.has_prompt)}
+    return {**summary, 'final_step': start, **_paths(model_dir, ckpt, start, s.method.prompt_file)}
 
   lr = opt.learning_rate
   lr_fn = lr if callable(lr) else (lambda step: lr)
@@ -185,7 +185,7 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
                                metrics=eval_metrics, topology=topology)
         window.exclude(time.time() - pause)
       if signum:
-        line = _stopped_line(signum, _paths(model_dir, ckpt, step, s.has_prompt))
+        line = _stopped_line(signum, _paths(model_dir, ckpt, step, s.method.prompt_file))
         ckpt.close()
         raise Stopped(line, signum)
       if not is_last:
@@ -194,7 +194,7 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
     progress.close()
     writer.close()
   final = int(jax.device_get(state.step))
-  paths = _paths(model_dir, ckpt, final, s.has_prompt)
+  paths = _paths(model_dir, ckpt, final, s.method.prompt_file)
   best_metric = run.evaluation.best_metric
   if paths.get('best_step') is not None:
     # Reading the metrics back is collective (orbax): every process does it.
@@ -213,8 +213,10 @@ def all_finite(tree) -> jax.Array:
 
 
 def _paths(model_dir: str, ckpt: train_state_lib.TrainStateCheckpointer, step: int,
-           has_prompt: bool) -> dict:
-  prompt_file = lambda s: train_state_lib.prompt_file(model_dir, s) if has_prompt else None
+           prompt_name: Optional[str]) -> dict:
+  """Where the run's files are; `prompt_name`: the method's plain prompt export, if any."""
+  prompt_file = lambda s: (os.path.join(train_state_lib.numpy_checkpoint_dir(model_dir, s),
+                                        prompt_name) if prompt_name else None)
   out = {'checkpoint_dir': os.path.join(model_dir, train_state_lib.CHECKPOINT_SUBDIR, str(step)),
          'prompt_file': prompt_file(step),
          'metrics_file': os.path.join(model_dir, logging_utils.METRICS_FILE),

@@ -24,6 +24,7 @@ from prompt_tuning_jax.checkpoints import train_state as train_state_lib
 from prompt_tuning_jax.checkpoints.tree import CheckpointError
 from prompt_tuning_jax.data import UnknownTaskError
 from prompt_tuning_jax.errors import DivergedError, UsageError
+from prompt_tuning_jax.methods import PromptTuning
 from prompt_tuning_jax.models import PromptedT5
 from prompt_tuning_jax.tasks import smoke
 
@@ -165,7 +166,8 @@ def test_checkpointer_keeps_latest_and_best_and_exports_the_prompt(tmp_path):
   frozen = {'decoder': {'w': jnp.zeros((4,))}}
   tx = optim.partitioned_optimizer(optim.merge(trainable, frozen), optim.adafactor())
   state = train_step.init_train_state(trainable, frozen, tx)
-  ckpt = train_state_lib.TrainStateCheckpointer(str(tmp_path), keep=2, best_metric='accuracy')
+  ckpt = train_state_lib.TrainStateCheckpointer(str(tmp_path), keep=2, best_metric='accuracy',
+                                                exports=PromptTuning().exports)
   for step, accuracy in zip(range(1, 6), [10.0, 90.0, 20.0, 30.0, 40.0]):
     state = state._replace(step=jnp.asarray(step, jnp.int32))
     ckpt.save(state, data_position={'step': step}, metrics={'accuracy': accuracy})
@@ -184,7 +186,7 @@ def test_only_process_0_exports_the_prompt_and_the_topology_is_recorded(tmp_path
   tx = optim.partitioned_optimizer(trainable, optim.adafactor())
   state = train_step.init_train_state(trainable, {}, tx)
   monkeypatch.setattr(distributed, 'is_primary', lambda: False)
-  ckpt = train_state_lib.TrainStateCheckpointer(str(tmp_path))
+  ckpt = train_state_lib.TrainStateCheckpointer(str(tmp_path), exports=PromptTuning().exports)
   topology = {'processes': 2, 'devices': 4, 'mesh': {'data': 4, 'model': 1}}
   ckpt.save(state, data_position={'step': 0}, topology=topology)
   assert not os.path.exists(tmp_path / 'numpy_checkpoints')
@@ -209,7 +211,7 @@ def test_model_tuning_trains_every_weight_and_reloads(tmp_path):
   t5 = T5(small_config(vocab_size=384))
   model_tuning = settings(tmp_path, 2, "TRAINABLE_RULES = ('.*',)", 'CHECKPOINT_PERIOD = 2',
                           'LEARNING_RATE = 1e-3', model=t5)
-  assert model_tuning.optimizer.trainable_rules == optim.MODEL_TUNING_RULES
+  assert model_tuning.trainable_rules == optim.MODEL_TUNING_RULES
   result = train.train(model_tuning)
   assert result['final_step'] == 2 and result['prompt_file'] is None
   assert not os.path.exists(tmp_path / 'numpy_checkpoints' / 'checkpoint_2')
