@@ -75,6 +75,7 @@ def setup(run: RunSettings, *, batch_size: Optional[int] = None) -> Setup:
   task_name = run.data.mixture_or_task_name
   data_lib.import_task_modules(run.data.module)
   data_lib.get_mixture_or_task(task_name)  # Unknown names fail here.
+  data_lib.check_sources_available(task_name)  # Offline TFDS fails here, not after retries.
   mesh = partitioning.make_mesh(run.num_partitions)
   data_parallel = mesh.shape[partitioning.DATA]
   if batch_size is not None and batch_size % data_parallel:
