@@ -107,21 +107,33 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, Row]]:
 
 def read_tsv(path: Path,
              fieldnames: Optional[Sequence[str]] = None,
-             skip_short_rows: bool = False
+             skip_short_rows: bool = False,
+             required: Sequence[str] = ()
              ) -> Iterator[tuple[int, Optional[Row]]]:
   """(line number, {column: value}) for each data row of a tab-separated file.
 
   Columns are named by the header row, or by `fieldnames` for a headerless
-  file. No quoting (as GLUE's files and TFDS's reader). A row with another
-  number of fields is an error, except that `skip_short_rows` drops rows with
-  too few (TFDS drops the few truncated QQP rows): such a row is yielded as
-  None, so that it keeps its place in the row positions (TFDS's `idx` counts
-  it).
+  file. No quoting (as GLUE's files and TFDS's reader). A header without the
+  `required` columns is an error (none of them: the file has no header). A
+  row with another number of fields is an error, except that `skip_short_rows`
+  drops rows with too few (TFDS drops the few truncated QQP rows): such a row
+  is yielded as None, so that it keeps its place in the row positions (TFDS's
+  `idx` counts it).
   """
   numbered = ((lineno, line.rstrip('\r\n')) for lineno, line in _lines(path))
   if fieldnames is None:
     _, header = next(numbered, (0, ''))
     fieldnames = header.split('\t')
+    missing = [column for column in required if column not in fieldnames]
+    if missing and len(missing) == len(required):
+      raise TaskDataError(
+          f'{path}:1: missing header row: the first line must name the columns '
+          f'(tab-separated, {", ".join(map(repr, required))} among them); it reads '
+          f'{header[:80]!r}')
+    if missing:
+      raise TaskDataError(f'{path}:1: the header row has no column '
+                          f'{", ".join(map(repr, missing))} (it names '
+                          f'{", ".join(map(repr, fieldnames))})')
   for lineno, line in numbered:
     if not line:
       continue
@@ -136,10 +148,11 @@ def read_tsv(path: Path,
     yield lineno, dict(zip(fieldnames, values))
 
 
-def read_rows(path: Path) -> Iterator[tuple[int, Row]]:
-  """`read_jsonl` or `read_tsv` (with header), by the file's extension."""
+def read_rows(path: Path, required: Sequence[str] = ()) -> Iterator[tuple[int, Row]]:
+  """`read_jsonl` or `read_tsv` (with a header naming the `required` columns), by the file's
+  extension."""
   if path.suffix == '.tsv':
-    return read_tsv(path)
+    return read_tsv(path, required=required)
   return read_jsonl(path)
 
 

@@ -591,12 +591,19 @@ def test_rank_variant_scores_like_decoding(name, split):
      ':2: expected 6 tab-separated fields, found 7'),
     ('MRPC/dev.tsv', _tsv(_MRPC_HEADER, (2, 1, 2, 'a', 'b')),
      ":2: label '2' is not one of ['not_equivalent', 'equivalent']"),
+    # A file without its header row: the header is missing, not a field of line 2.
+    ('SST-2/dev.tsv', 'a fine film .\t1\nawful .\t0\n',
+     ":1: missing header row: the first line must name the columns (tab-separated, 'sentence' "
+     "among them); it reads 'a fine film .\\t1'"),
+    ('RTE/dev.tsv', 'index\tsentence_1\tsentence2\tlabel\n0\ta\tb\tentailment\n',
+     ":1: the header row has no column 'sentence1' (it names 'index', 'sentence_1', "
+     "'sentence2', 'label')"),
 ])
 def test_malformed_row_names_file_and_line(own_glue_dir, name, text, message):
   path = own_glue_dir / name
   path.write_text(text, encoding='utf-8')
   key = {'CoLA': 'cola', 'RTE': 'rte', 'STS-B': 'stsb', 'QQP': 'qqp',
-         'MRPC': 'mrpc'}[name.split('/')[0]]
+         'MRPC': 'mrpc', 'SST-2': 'sst2'}[name.split('/')[0]]
   task = seqio.get_mixture_or_task(f'glue_{key}_v002')
   with pytest.raises(sources.TaskDataError) as err:
     task.get_dataset(sequence_length=None, split='validation', shuffle=False)
