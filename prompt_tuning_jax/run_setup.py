@@ -114,13 +114,17 @@ def read_prompt_file(path: str, shape: tuple[int, int]) -> np.ndarray:
         f'PROMPT_FILE: {e} (the model expects (PROMPT_LENGTH, emb dim) = {shape}).') from e
 
 
-def check_sources(s: Setup) -> None:
-  """Cheap checks of the checkpoint path and the prompt file, before any loading."""
+def check_sources(s: Setup, *, trained: bool = False) -> None:
+  """Cheap checks, before any data or weights are read: the checkpoint path, the prompt
+  file (shape and values) and, for `trained` runs (eval, infer), that MODEL_DIR holds the
+  CHECKPOINT_STEP to read when no PROMPT_FILE is given."""
   path = s.run.initial_checkpoint_path
   if path is not None and not remote.is_remote(path) and not os.path.exists(path):
     raise CheckpointError(f'INITIAL_CHECKPOINT_PATH {path!r} does not exist.')
   if s.run.prompt.file and s.has_prompt:
     read_prompt_file(s.run.prompt.file, s.prompt_shape)
+  elif trained:
+    _checkpoint_to_read(s.run)
 
 
 def _is_hf_checkpoint(path: str) -> bool:
@@ -245,9 +249,9 @@ def trained_params(s: Setup) -> tuple[dict, Optional[int]]:
   return checkpoint_params(s)
 
 
-def checkpoint_params(s: Setup) -> tuple[dict, int]:
-  """Frozen weights + the trained parameters of MODEL_DIR's CHECKPOINT_STEP; (params, step)."""
-  run = s.run
+def _checkpoint_to_read(run: RunSettings
+                        ) -> tuple[train_state_lib.TrainStateCheckpointer, Optional[int]]:
+  """MODEL_DIR's checkpoints and the step CHECKPOINT_STEP names (None: the latest), checked."""
   wanted = run.checkpoints.step
   ckpt = train_state_lib.TrainStateCheckpointer(run.model_dir, read_only=True, best_metric=(
       _saved_best_metric(run.model_dir) if wanted == BEST else None))
@@ -256,6 +260,17 @@ def checkpoint_params(s: Setup) -> tuple[dict, int]:
         f'Nothing to load: no checkpoint in {run.model_dir}/{train_state_lib.CHECKPOINT_SUBDIR} '
         'and PROMPT_FILE is not set. Train first, or pass --gin.PROMPT_FILE=...')
   step = {LATEST: None, BEST: ckpt.best_step()}.get(wanted, wanted)
+  if step is not None and step not in ckpt.all_steps():
+    raise CheckpointError(f'CHECKPOINT_STEP={step}: no checkpoint of step {step} in '
+                          f'{run.model_dir}/{train_state_lib.CHECKPOINT_SUBDIR}; kept steps: '
+                          f'{ckpt.all_steps()}.')
+  return ckpt, step
+
+
+def checkpoint_params(s: Setup) -> tuple[dict, int]:
+  """Frozen weights + the trained parameters of MODEL_DIR's CHECKPOINT_STEP; (params, step)."""
+  run = s.run
+  ckpt, step = _checkpoint_to_read(run)
   trainable, step = ckpt.restore_trainable(step)
   flat = tree_lib.flatten(load_frozen(s))
   expected = tree_lib.flatten(s.abstract)
