@@ -75,7 +75,6 @@ def setup(run: RunSettings, *, batch_size: Optional[int] = None) -> Setup:
   task_name = run.data.mixture_or_task_name
   data_lib.import_task_modules(run.data.module)
   data_lib.get_mixture_or_task(task_name)  # Unknown names fail here.
-  data_lib.check_sources_available(task_name)  # Offline TFDS fails here, not after retries.
   mesh = partitioning.make_mesh(run.num_partitions)
   data_parallel = mesh.shape[partitioning.DATA]
   if batch_size is not None and batch_size % data_parallel:
@@ -114,10 +113,12 @@ def read_prompt_file(path: str, shape: tuple[int, int]) -> np.ndarray:
         f'PROMPT_FILE: {e} (the model expects (PROMPT_LENGTH, emb dim) = {shape}).') from e
 
 
-def check_sources(s: Setup, *, trained: bool = False) -> None:
+def check_sources(s: Setup, *, trained: bool = False, task_data: bool = True) -> None:
   """Cheap checks, before any data or weights are read: the checkpoint path, the prompt
-  file (shape and values) and, for `trained` runs (eval, infer), that MODEL_DIR holds the
-  CHECKPOINT_STEP to read when no PROMPT_FILE is given."""
+  file (shape and values), for `trained` runs (eval, infer) that MODEL_DIR holds the
+  CHECKPOINT_STEP to read when no PROMPT_FILE is given, and when the `task_data` will be
+  read, that a TFDS download it needs can be made (offline: one line, not minutes of
+  retries)."""
   path = s.run.initial_checkpoint_path
   if path is not None and not remote.is_remote(path) and not os.path.exists(path):
     raise CheckpointError(f'INITIAL_CHECKPOINT_PATH {path!r} does not exist.')
@@ -125,6 +126,8 @@ def check_sources(s: Setup, *, trained: bool = False) -> None:
     read_prompt_file(s.run.prompt.file, s.prompt_shape)
   elif trained:
     _checkpoint_to_read(s.run)
+  if task_data:
+    data_lib.check_sources_available(s.run.data.mixture_or_task_name)
 
 
 def _is_hf_checkpoint(path: str) -> bool:
@@ -215,7 +218,7 @@ def initial_prompt(s: Setup, params: Mapping[str, Any], settings: PromptSettings
 
 def build_params(s: Setup) -> dict:
   """Frozen weights + initial prompt, as a host parameter tree."""
-  check_sources(s)
+  check_sources(s, task_data=False)
   flat = tree_lib.flatten(load_frozen(s))
   prompt = s.run.prompt
   if s.has_prompt:
