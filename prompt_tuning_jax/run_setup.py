@@ -264,7 +264,7 @@ def _checkpoint_to_read(run: RunSettings
         'and PROMPT_FILE is not set. Train first, or pass --gin.PROMPT_FILE=...')
   step = {LATEST: None, BEST: ckpt.best_step()}.get(wanted, wanted)
   if step is not None and step not in ckpt.all_steps():
-    raise CheckpointError(f'CHECKPOINT_STEP={step}: no checkpoint of step {step} in '
+    raise CheckpointError(f'No checkpoint of step {step} (CHECKPOINT_STEP) in '
                           f'{run.model_dir}/{train_state_lib.CHECKPOINT_SUBDIR}; kept steps: '
                           f'{ckpt.all_steps()}.')
   return ckpt, step

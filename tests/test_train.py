@@ -180,7 +180,7 @@ def test_prompt_file_of_the_wrong_shape_is_refused(tmp_path):
 
 @pytest.mark.parametrize('bindings, message', [
     ([], 'Nothing to load: no checkpoint in'),
-    (['CHECKPOINT_STEP = 7'], r'CHECKPOINT_STEP=7: no checkpoint of step 7 in .*; kept steps: '
+    (['CHECKPOINT_STEP = 7'], r'No checkpoint of step 7 \(CHECKPOINT_STEP\) in .*; kept steps: '
      r'\[3\]'),
     (["PROMPT_FILE = '{wrong_shape}'"], r'expected prompt shape \[3, 16\], got \[3, 17\]'),
 ])
