@@ -63,6 +63,14 @@ def _get_config(name: Optional[str] = None, **overrides):
   from prompt_tuning_jax import models  # pylint: disable=g-import-not-at-top
   if name is None:
     raise errors.UsageError(_NO_MODEL)
+  if name not in models.PRESETS:
+    raise errors.UsageError(f'Unknown model preset {name!r} ({_MODEL_CONFIG}.name).'
+                            f'{_did_you_mean(name, models.PRESETS)}')
+  fields = [f.name for f in dataclasses.fields(models.T5Config)]
+  for key in overrides:
+    if key not in fields:
+      raise errors.UsageError(f'{_MODEL_CONFIG}.{key}: T5Config has no field {key!r}.'
+                              f'{_did_you_mean(key, fields)}')
   if isinstance(overrides.get('dtype'), str):
     overrides['dtype'] = getattr(jnp, overrides['dtype'])  # e.g. jnp.bfloat16
   if 'mlp_activations' in overrides:
@@ -275,6 +283,8 @@ def configure(command: str, files: Sequence[str], bindings: Sequence[str],
   if _bindings(_RUN_SETTINGS):  # Without a run file, `_check_complete` says so.
     _check_macro_names(bindings)
   _parse(files, bindings)
+  if not saved_run:  # A saved config.gin holds only what its run's files set.
+    _check_file_macros([f for f in files if not f.startswith(gin_dir() + os.sep)])
   _check_complete()
   run = gin.get_configurable(_RUN_SETTINGS)()
   return Configuration(run, gin.config_str())
@@ -283,17 +293,73 @@ def configure(command: str, files: Sequence[str], bindings: Sequence[str],
 _MACRO_BINDING = re.compile(r'\s*([A-Z][A-Z0-9_]*)\s*=')
 
 
+def _did_you_mean(name: str, known: Sequence[str]) -> str:
+  close = difflib.get_close_matches(name, list(known), n=3)
+  return f' Did you mean {", ".join(close)}?' if close else ''
+
+
+def _defined_macros() -> list[str]:
+  return sorted(scope for scope, selector in gin.config._CONFIG  # pylint: disable=protected-access
+                if selector == 'gin.macro')
+
+
 def _check_macro_names(bindings: Sequence[str]) -> None:
   """Every macro a binding sets is one the gin files define: a typo is not a new macro."""
-  known = sorted(scope for scope, selector in gin.config._CONFIG  # pylint: disable=protected-access
-                 if selector == 'gin.macro')
+  known = _defined_macros()
   for binding in bindings:
     match = _MACRO_BINDING.match(binding)
     if match and match.group(1) not in known:
       name = match.group(1)
-      close = difflib.get_close_matches(name, known, n=3)
-      hint = f' Did you mean {", ".join(close)}?' if close else ' (`ptj --help` lists them.)'
+      hint = _did_you_mean(name, known) or ' (`ptj --help` lists them.)'
       raise errors.UsageError(f'--gin.{name}: no gin file defines the macro {name}.{hint}')
+
+
+def _used_macros() -> set[str]:
+  """The macros some parsed binding refers to (%NAME), macros' values included."""
+  used = set()
+
+  def visit(value: Any) -> None:
+    if isinstance(value, gin.config.ConfigurableReference):
+      if value.selector == 'gin.macro':
+        used.add('/'.join(value.scopes))
+    elif isinstance(value, (list, tuple, set)):
+      for item in value:
+        visit(item)
+    elif isinstance(value, dict):
+      for item in value.values():
+        visit(item)
+
+  for params in gin.config._CONFIG.values():  # pylint: disable=protected-access
+    for value in params.values():
+      visit(value)
+  return used
+
+
+@functools.cache
+def _project_macros() -> frozenset[str]:
+  """The macros the project's own gin files set (run blocks, model and prompt files)."""
+  names = set()
+  for root, _, filenames in os.walk(gin_dir()):
+    for filename in filenames:
+      if filename.endswith('.gin'):
+        with open(os.path.join(root, filename)) as f:
+          names.update(m.group(1) for m in map(_MACRO_BINDING.match, f) if m)
+  return frozenset(names)
+
+
+def _check_file_macros(files: Sequence[str]) -> None:
+  """A macro a user's gin file sets is one a project gin file sets, or one some binding uses:
+  a typo (LERNING_RATE) is not a new macro that nothing reads."""
+  known = _project_macros() | _used_macros()
+  for path in files:
+    with open(path) as f:
+      for lineno, line in enumerate(f, 1):
+        match = _MACRO_BINDING.match(line)
+        if match and match.group(1) not in known:
+          name = match.group(1)
+          raise errors.UsageError(
+              f'{path}:{lineno}: {name}: no gin file of the project defines the macro {name} '
+              f'and no binding uses it.{_did_you_mean(name, sorted(known))}')
 
 
 def _bindings(selector: str) -> dict[str, Any]:

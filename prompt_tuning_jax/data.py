@@ -140,6 +140,15 @@ def _tagged_dataset(provider: seqio.Task | seqio.Mixture, sequence_length, **kwa
   return provider._sample_fn(datasets, provider._get_all_mixing_rates(tasks), seed)
 
 
+def check_sources_available(name: str) -> None:
+  """Each task of `name` can read its data: a TFDS download it needs can be made (else
+  one line naming the local files to use instead)."""
+  for task in sub_tasks(name):
+    check = getattr(task.source, 'check_available', None)  # tasks.sources.BenchmarkSource
+    if check is not None:
+      check()
+
+
 def label_words(task_name: str, class_labels: Optional[Sequence[str]] = None
                 ) -> Optional[list[str]]:
   """The label words of a task: `class_labels` (CLASS_LABELS) when set, else the task's own.

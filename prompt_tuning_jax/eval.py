@@ -35,6 +35,7 @@ def evaluate(run: RunSettings, *, save_config: Optional[Callable[[str], None]] =
   `save_config(directory)` records the configuration in MODEL_DIR/eval.
   """
   s = run_setup.setup(run)
+  run_setup.check_sources(s, trained=True)  # Before the eval data are read.
   task_name, settings = run.data.mixture_or_task_name, run.evaluation
   evaluator = evaluation.Evaluator(run.model, task_name, s.lengths, settings,
                                    class_labels=run.prompt.class_labels, mesh=s.mesh,

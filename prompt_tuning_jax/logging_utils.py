@@ -49,14 +49,40 @@ def setup_logging(level: int = logging.INFO) -> None:
 
 
 class MetricsWriter:
-  """Appends metrics to MODEL_DIR/metrics.jsonl and TensorBoard; no-op if not primary."""
+  """Appends metrics to MODEL_DIR/metrics.jsonl and TensorBoard; no-op if not primary.
 
-  def __init__(self, model_dir: str, enabled: bool = True):
+  A training run resumed at `resume_step` first drops the records of later steps (written
+  before the run stopped, and about to be written again), and TensorBoard purges them too.
+  """
+
+  def __init__(self, model_dir: str, enabled: bool = True, resume_step: Optional[int] = None):
     self.model_dir = model_dir
     self.enabled = enabled
     self._writers = {}
+    self._purge_step = None if resume_step is None else resume_step + 1
     if enabled:
       os.makedirs(model_dir, exist_ok=True)
+      if resume_step is not None:
+        self._drop_after(resume_step)
+
+  def _drop_after(self, step: int) -> None:
+    path = os.path.join(self.model_dir, METRICS_FILE)
+    if not os.path.exists(path):
+      return
+    with open(path) as f:
+      lines = f.readlines()
+
+    def kept(line: str) -> bool:
+      try:
+        return json.loads(line)['step'] <= step
+      except (ValueError, KeyError, TypeError):  # A line cut short by the kill.
+        return False
+
+    keep = [line.rstrip('\n') + '\n' for line in lines if kept(line)]
+    if keep != lines:
+      with open(path + '.tmp', 'w') as f:
+        f.writelines(keep)
+      os.replace(path + '.tmp', path)
 
   def write(self, step: int, split: str, metrics: Mapping[str, float]) -> None:
     if not self.enabled:
@@ -74,7 +100,7 @@ class MetricsWriter:
     if name not in self._writers:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       self._writers[name] = SummaryWriter(
-          os.path.join(self.model_dir, TENSORBOARD_SUBDIR, name))
+          os.path.join(self.model_dir, TENSORBOARD_SUBDIR, name), purge_step=self._purge_step)
     return self._writers[name]
 
   def close(self) -> None:

@@ -124,14 +124,22 @@ def read_prompt_file(path: str, shape: tuple[int, ...]) -> np.ndarray:
         f'PROMPT_FILE: {e} (the model expects (PROMPT_LENGTH, emb dim) = {shape}).') from e
 
 
-def check_sources(s: Setup) -> None:
-  """Cheap checks of the checkpoint path and the prompt file, before any loading."""
+def check_sources(s: Setup, *, trained: bool = False, task_data: bool = True) -> None:
+  """Cheap checks, before any data or weights are read: the checkpoint path, the prompt
+  file (shape and values), for `trained` runs (eval, infer) that MODEL_DIR holds the
+  CHECKPOINT_STEP to read when no PROMPT_FILE is given, and when the `task_data` will be
+  read, that a TFDS download it needs can be made (offline: one line, not minutes of
+  retries)."""
   path = s.run.initial_checkpoint_path
   if path is not None and not remote.is_remote(path) and not os.path.exists(path):
     raise CheckpointError(f'INITIAL_CHECKPOINT_PATH {path!r} does not exist.')
-  if s.run.prompt.file:
+  if s.run.prompt.file and s.prompt_shapes:
     for shape in set(s.prompt_shapes.values()):
       read_prompt_file(s.run.prompt.file, shape)
+  elif trained:
+    _checkpoint_to_read(s.run)
+  if task_data:
+    data_lib.check_sources_available(s.run.data.mixture_or_task_name)
 
 
 def _is_hf_checkpoint(path: str) -> bool:
@@ -239,7 +247,7 @@ def _initial_values(s: Setup, params: Sequence[str]) -> dict[str, np.ndarray]:
 
 def build_params(s: Setup) -> dict:
   """Frozen weights + the method's starting parameters, as a host parameter tree."""
-  check_sources(s)
+  check_sources(s, task_data=False)
   flat = tree_lib.flatten(load_frozen(s))
   prompt = s.run.prompt
   for index, (param, shape) in enumerate(s.prompt_shapes.items()):
@@ -278,9 +286,9 @@ def trained_params(s: Setup) -> tuple[dict, Optional[int]]:
   return checkpoint_params(s)
 
 
-def checkpoint_params(s: Setup) -> tuple[dict, int]:
-  """Frozen weights + the trained parameters of MODEL_DIR's CHECKPOINT_STEP; (params, step)."""
-  run = s.run
+def _checkpoint_to_read(run: RunSettings
+                        ) -> tuple[train_state_lib.TrainStateCheckpointer, Optional[int]]:
+  """MODEL_DIR's checkpoints and the step CHECKPOINT_STEP names (None: the latest), checked."""
   wanted = run.checkpoints.step
   ckpt = train_state_lib.TrainStateCheckpointer(run.model_dir, read_only=True, best_metric=(
       _saved_best_metric(run.model_dir) if wanted == BEST else None))
@@ -289,6 +297,17 @@ def checkpoint_params(s: Setup) -> tuple[dict, int]:
         f'Nothing to load: no checkpoint in {run.model_dir}/{train_state_lib.CHECKPOINT_SUBDIR} '
         'and PROMPT_FILE is not set. Train first, or pass --gin.PROMPT_FILE=...')
   step = {LATEST: None, BEST: ckpt.best_step()}.get(wanted, wanted)
+  if step is not None and step not in ckpt.all_steps():
+    raise CheckpointError(f'No checkpoint of step {step} (CHECKPOINT_STEP) in '
+                          f'{run.model_dir}/{train_state_lib.CHECKPOINT_SUBDIR}; kept steps: '
+                          f'{ckpt.all_steps()}.')
+  return ckpt, step
+
+
+def checkpoint_params(s: Setup) -> tuple[dict, int]:
+  """Frozen weights + the trained parameters of MODEL_DIR's CHECKPOINT_STEP; (params, step)."""
+  run = s.run
+  ckpt, step = _checkpoint_to_read(run)
   trainable, step = ckpt.restore_trainable(step)
   flat = tree_lib.flatten(load_frozen(s))
   expected = tree_lib.flatten(s.abstract)

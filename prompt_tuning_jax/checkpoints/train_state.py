@@ -96,7 +96,7 @@ class TrainStateCheckpointer:
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policies.AnyPreservationPolicy(kept),
         enable_async_checkpointing=False, cleanup_tmp_directories=not read_only,
-        create=not read_only, read_only=read_only)
+        create=False, read_only=read_only)  # checkpoints/ appears with the first save.
     self._manager = ocp.CheckpointManager(
         os.path.join(os.path.abspath(model_dir), CHECKPOINT_SUBDIR), options=options,
         item_names=(STATE, META))
