@@ -34,6 +34,7 @@ from prompt_tuning_jax import train
 from prompt_tuning_jax import train_step
 from prompt_tuning_jax.checkpoints import hf
 from prompt_tuning_jax.checkpoints import train_state as train_state_lib
+from prompt_tuning_jax.methods.prompt_tuning import PromptTuning
 from prompt_tuning_jax.tasks import sources
 
 pytestmark = pytest.mark.usefixtures('restore_ptj_global_state')
@@ -226,7 +227,7 @@ def prompt_far_beyond_the_embedding(x, monkeypatch):
   prompt = np.full((3, 4), 1.73e9, np.float32)
   growth = train._PromptGrowth(  # pylint: disable=protected-access
       {'token_embedder': {'embedding': embedding}, 'encoder': {'prompt': {'prompt': {
-          'prompt': prompt}}}}, stop=True)
+          'prompt': prompt}}}}, PromptTuning(length=3), stop=True)
   last_good = train._last_good(800, str(x / 'run'))  # pylint: disable=protected-access
   return [error(growth.check, {'encoder': {'prompt': {'prompt': {'prompt': prompt}}}}, 812,
                 last_good)]
