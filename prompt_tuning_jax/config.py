@@ -386,15 +386,19 @@ def check_model_dir(configuration: Configuration, *, override: bool) -> None:
   TRAIN_STEPS, MODEL_DIR, NUM_PARTITIONS and the checkpoint, eval and infer
   settings may change (`settings.RESUMABLE_FIELDS`); anything else, unless `override`.
   """
+  from prompt_tuning_jax import storage  # pylint: disable=g-import-not-at-top
   model_dir = configuration.settings.model_dir
   saved_path = config_file(model_dir)
-  if not os.path.isfile(saved_path):
+  try:
+    saved_text = storage.read(saved_path)
+  except OSError as e:
+    raise errors.UsageError(f'{saved_path} cannot be read ({e}).') from e
+  if saved_text is None:
     return
-  with open(saved_path) as f:
-    try:
-      saved = _compared_values(f.read())
-    except errors.UsageError as e:
-      raise errors.UsageError(f'{saved_path} does not parse ({e}): use another MODEL_DIR.') from e
+  try:
+    saved = _compared_values(saved_text.decode())
+  except errors.UsageError as e:
+    raise errors.UsageError(f'{saved_path} does not parse ({e}): use another MODEL_DIR.') from e
   current = _compared_values(configuration.text)  # Last: gin holds the run's configuration.
   diffs = [f'  {name}: {saved.get(name, _UNSET)!r} -> {current.get(name, _UNSET)!r}'
            for name in sorted(saved.keys() | current.keys())
@@ -453,6 +457,8 @@ def report_errors(command: str, fn: Callable[[], int]) -> int:
         "even to '', to choose your own).", flags)
   enable_compilation_cache()
   try:
+    from prompt_tuning_jax import remote  # pylint: disable=g-import-not-at-top
+    remote.bound_retries()  # Before anything touches gs://.
     return fn()
   except KeyboardInterrupt:
     print(f'ptj {command}: interrupted', file=sys.stderr)
