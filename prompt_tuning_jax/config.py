@@ -457,8 +457,6 @@ def report_errors(command: str, fn: Callable[[], int]) -> int:
         "even to '', to choose your own).", flags)
   enable_compilation_cache()
   try:
-    from prompt_tuning_jax import remote  # pylint: disable=g-import-not-at-top
-    remote.bound_retries()  # Before anything touches gs://.
     return fn()
   except KeyboardInterrupt:
     print(f'ptj {command}: interrupted', file=sys.stderr)

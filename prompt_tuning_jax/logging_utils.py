@@ -59,6 +59,7 @@ class MetricsWriter:
     self.model_dir = model_dir
     self.enabled = enabled
     self._writers = {}
+    self._event_files = _ObjectEventFiles()
     if enabled and not storage.is_gcs(model_dir):
       os.makedirs(model_dir, exist_ok=True)
 
@@ -74,6 +75,7 @@ class MetricsWriter:
       for name, value in metrics.items():
         writer.add_scalar(prefix + name, float(value), int(step))
       writer.flush()
+      self._event_files.check()
     except OSError as e:
       raise StorageError(
           f'Cannot write the metrics of step {step} to {self.model_dir}: {e}. The run stopped; '
@@ -84,35 +86,43 @@ class MetricsWriter:
     if name not in self._writers:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       from tensorboardX import record_writer  # pylint: disable=g-import-not-at-top
-      record_writer.register_writer_factory('gs', _ObjectEventFiles())
-      # Written at each `write` (flush); never from tensorboardX's own timer thread.
+      record_writer.register_writer_factory('gs', self._event_files)
+      # Flushed by `write`; tensorboardX's own timer thread waits a day (its longest wait).
       self._writers[name] = SummaryWriter(
-          os.path.join(self.model_dir, TENSORBOARD_SUBDIR, name), flush_secs=10**9)
+          os.path.join(self.model_dir, TENSORBOARD_SUBDIR, name), flush_secs=24 * 3600)
     return self._writers[name]
 
   def close(self) -> None:
     for writer in self._writers.values():
-      try:
-        writer.close()
-      except OSError as e:  # The run's own error (or its end) is what matters now.
-        logger.warning('Could not write the last TensorBoard events: %s', e)
+      writer.close()
+    try:
+      self._event_files.check()
+    except OSError as e:  # The run's own error (or its end) is what matters now.
+      logger.warning('Could not write the last TensorBoard events: %s', e)
 
 
 class _ObjectEventFile:
-  """A TensorBoard event file on gs://: kept in memory, the object rewritten at each flush."""
+  """A TensorBoard event file on gs://: kept in memory, the object rewritten at each flush.
+
+  A failed write is kept (`error`), not raised inside tensorboardX, and stops later ones.
+  """
 
   def __init__(self, path: str):
     self.path = path
     self.data = bytearray()
     self.flushed = 0
+    self.error: Optional[OSError] = None
 
   def write(self, data: bytes) -> None:
     self.data += data
 
   def flush(self) -> None:
-    if len(self.data) > self.flushed:
-      storage.write(self.path, bytes(self.data))
-      self.flushed = len(self.data)
+    if self.error is None and len(self.data) > self.flushed:
+      try:
+        storage.write(self.path, bytes(self.data))
+        self.flushed = len(self.data)
+      except OSError as e:
+        self.error = e
 
   def close(self) -> None:
     self.flush()
@@ -121,11 +131,21 @@ class _ObjectEventFile:
 class _ObjectEventFiles:
   """tensorboardX's writer factory for gs:// (`record_writer.register_writer_factory`)."""
 
+  def __init__(self):
+    self.opened: list[_ObjectEventFile] = []
+
   def open(self, path: str) -> _ObjectEventFile:
-    return _ObjectEventFile(path)
+    self.opened.append(_ObjectEventFile(path))
+    return self.opened[-1]
 
   def directory_check(self, path: str) -> None:
     del path  # Buckets have no directories to create.
+
+  def check(self) -> None:
+    """Raises the first failed write of an event file."""
+    for event_file in self.opened:
+      if event_file.error is not None:
+        raise event_file.error
 
 
 def read_metrics(model_dir: str) -> list[dict]:

@@ -50,9 +50,13 @@ def retry_budget() -> dict:
 def bound_retries() -> None:
   """Bounds the retries of TensorFlow's GCS file system likewise (unless set already).
 
-  Call before the first gs:// access: TensorFlow reads these when it first uses gs://.
+  TensorFlow reads these once, when it is imported: `prompt_tuning_jax/__init__.py` calls
+  this first. A bad $PTJ_REMOTE_TIMEOUT_S is reported later, by the first probe.
   """
-  delay_us = int(timeout_s() / _RETRIES * 1e6)
+  try:
+    delay_us = int(timeout_s() / _RETRIES * 1e6)
+  except UsageError:
+    return
   for name, value in (('GCS_RETRY_CONFIG_MAX_RETRIES', _RETRIES),
                       ('GCS_RETRY_CONFIG_INIT_DELAY_TIME_US', min(delay_us, 1_000_000)),
                       ('GCS_RETRY_CONFIG_MAX_DELAY_TIME_US', delay_us)):

@@ -85,7 +85,11 @@ class WriterLock:
       return self
     if self._create():
       return self
-    other = self._read(self.path)
+    try:
+      other = self._read(self.path)
+    except OSError as e:
+      raise UsageError(f'MODEL_DIR {os.path.dirname(self.path)}: cannot read the lock '
+                       f'{self.path} ({e}).') from e
     if other['host'] != self.owner['host'] or _alive(other['pid']):
       raise UsageError(
           f"MODEL_DIR {os.path.dirname(self.path)} is in use by another ptj train: process "
@@ -93,10 +97,15 @@ class WriterLock:
           f'to end or use another MODEL_DIR; if that run is gone, delete {self.path}.')
     # Stale: its process is dead. Locally it is moved aside first, so that of two runs taking
     # it over at once only one finds the stale lock under the moved name; on gs:// it is
-    # deleted, and of two runs re-creating it only one succeeds.
+    # deleted only while it is still that lock (by generation), then re-created.
     if storage.is_gcs(self.path):
-      storage.delete(self.path)
-      taken = self._create()
+      try:
+        raw = storage.read(self.path)
+        taken = (raw is not None and json.loads(raw) == other
+                 and storage.delete(self.path, only_if=raw) and self._create())
+      except OSError as e:
+        raise UsageError(f'MODEL_DIR {os.path.dirname(self.path)}: cannot take over the '
+                         f'lock {self.path} ({e}).') from e
     else:
       aside = f'{self.path}.stale.{os.getpid()}'
       try:
@@ -134,11 +143,11 @@ class WriterLock:
 
   @staticmethod
   def _read(path: str, missing_ok: bool = False) -> Optional[dict[str, Any]]:
+    data = storage.read(path)  # OSError: the caller says what it was doing.
     try:
-      data = storage.read(path)
       owner = json.loads(data) if data is not None else None
-    except (ValueError, OSError) as e:
-      data, owner = b'', str(e)
+    except ValueError as e:
+      owner = str(e)
     if data is None:
       if missing_ok:
         return None

@@ -112,17 +112,26 @@ def create(path: str, data: bytes) -> bool:
     os.remove(tmp)
 
 
-def delete(path: str) -> None:
-  """Removes the file (nothing if it does not exist)."""
+def delete(path: str, *, only_if: Optional[bytes] = None) -> bool:
+  """Removes the file; with `only_if`, only while it holds exactly those bytes (on gs://
+  atomically: conditioned on the generation read). True if it was removed."""
   if not is_gcs(path):
+    if only_if is not None and read(path) != only_if:
+      return False
     try:
       os.remove(path)
+      return True
     except FileNotFoundError:
-      pass
-    return
+      return False
   store, key = _object(path)
   try:
-    store.write(key, None).result()
+    if only_if is None:
+      store.write(key, None).result()
+      return True
+    current = store.read(key).result()
+    if current.state != 'value' or bytes(current.value) != only_if:
+      return False
+    return bool(store.write(key, None, if_equal=current.stamp.generation).result().generation)
   except ValueError as e:
     raise _failed(path, e) from e
 

@@ -121,7 +121,7 @@ class Emulator:
   def api(self, method: str, path: str, body: bytes = b'', headers=None
           ) -> tuple[int, dict, bytes]:
     """One request to the server itself: (status, headers, body)."""
-    connection = http.client.HTTPConnection('127.0.0.1', self.port, timeout=30)
+    connection = http.client.HTTPConnection('127.0.0.1', self.port, timeout=120)
     try:
       connection.request(method, path, body=body, headers=headers or {})
       response = connection.getresponse()

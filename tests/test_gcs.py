@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -90,52 +91,62 @@ CB_RUN = ['--gin_file=models/t5_mini.gin', '--gin_file=runs/prompt_finetune.gin'
           '--gin.BEST_METRIC=None', f'--gin.MODEL_DIR={RUN}']
 
 
-def ptj_train(gcs, *bindings, timeout_s: str = '10') -> subprocess.Popen:
-  env = dict(os.environ, **gcs.env, PTJ_COMPILATION_CACHE_DIR=XLA_CACHE,
-             PTJ_REMOTE_TIMEOUT_S=timeout_s)
-  return subprocess.Popen([sys.executable, '-m', 'prompt_tuning_jax.train', *CB_RUN, *bindings],
-                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def ptj_train(gcs, log, *bindings) -> subprocess.Popen:
+  """`ptj train` of CB_RUN in a process of its own, its output going to the file `log`."""
+  env = {k: v for k, v in os.environ.items()  # ptj derives these from PTJ_REMOTE_TIMEOUT_S
+         if not k.startswith('GCS_RETRY_CONFIG_')}
+  env.update(gcs.env, PTJ_COMPILATION_CACHE_DIR=XLA_CACHE, PTJ_REMOTE_TIMEOUT_S='10')
+  with open(log, 'w') as f:
+    return subprocess.Popen([sys.executable, '-m', 'prompt_tuning_jax.train', *CB_RUN,
+                             *bindings], env=env, stdout=f, stderr=subprocess.STDOUT)
+
+
+def finished(process, log, seconds) -> str:
+  """The output of `process`, once it ended (killed after `seconds`)."""
+  try:
+    process.wait(timeout=seconds)
+  finally:
+    process.kill()
+  with open(log) as f:
+    return f.read()
 
 
 def committed_steps(gcs) -> list[int]:
   """The steps whose orbax checkpoint is complete on the bucket."""
-  prefix = 'cb_run/checkpoints/'
-  return sorted(int(n[len(prefix):].split('/')[0]) for n in gcs.names(BUCKET, prefix)
-                if n.endswith('/commit_success.txt'))
+  names = gcs.names(BUCKET, 'cb_run/checkpoints/')
+  return sorted(int(m[1]) for n in names
+                if (m := re.fullmatch(r'cb_run/checkpoints/(\d+)/commit_success\.txt', n)))
 
 
-def wait_for_step(gcs, process, step, seconds=600) -> int:
+def wait_for_step(gcs, process, log, step, seconds=600) -> int:
   deadline = time.time() + seconds
   while time.time() < deadline and process.poll() is None:
     steps = committed_steps(gcs)
     if steps and steps[-1] >= step:
       return steps[-1]
     time.sleep(0.3)
-  process.kill()
-  raise AssertionError(f'no checkpoint of step {step}:\n{process.communicate()[0][-3000:]}')
+  raise AssertionError(f'no checkpoint of step {step}:\n{finished(process, log, 1)[-3000:]}')
 
 
 def test_train_on_gcs_kill_stop_resume_then_eval_infer_export(gcs, tmp_path, capsys):
   # A run in gs:// MODEL_DIR holds the lock: a second ptj train is refused.
-  first = ptj_train(gcs, '--gin.TRAIN_STEPS=1000')
-  wait_for_step(gcs, first, 2)
+  log = str(tmp_path / 'train.log')
+  first = ptj_train(gcs, log, '--gin.TRAIN_STEPS=1000')
+  wait_for_step(gcs, first, log, 2)
   with pytest.raises(UsageError, match=f'MODEL_DIR {RUN} is in use by another ptj train: '
                      f'process {first.pid}'):
     with run_dir.WriterLock(RUN):
       pass
   first.send_signal(signal.SIGKILL)
-  first.communicate()
+  first.wait()
   killed_at = committed_steps(gcs)[-1]
 
   # The same command resumes (taking over the dead run's lock); then the bucket stops.
-  second = ptj_train(gcs, '--gin.TRAIN_STEPS=1000')
-  wait_for_step(gcs, second, killed_at + 8)  # Orbax has deleted old steps by then.
+  second = ptj_train(gcs, log, '--gin.TRAIN_STEPS=1000')
+  wait_for_step(gcs, second, log, killed_at + 8)  # Orbax has deleted old steps by then.
   gcs.stop()
   stopped = time.time()
-  try:
-    output = second.communicate(timeout=180)[0]
-  finally:
-    second.kill()
+  output = finished(second, log, 180)
   waited = time.time() - stopped
   gcs.start()
   errors = [line for line in output.splitlines() if line.startswith('ptj train: error: ')]
@@ -147,8 +158,8 @@ def test_train_on_gcs_kill_stop_resume_then_eval_infer_export(gcs, tmp_path, cap
 
   # Back: the rerun resumes from the last complete step; what a stopped save left is not one.
   last = complete[-1] + 2
-  third = ptj_train(gcs, f'--gin.TRAIN_STEPS={last}')
-  output = third.communicate(timeout=600)[0]
+  third = ptj_train(gcs, log, f'--gin.TRAIN_STEPS={last}')
+  output = finished(third, log, 600)
   assert third.returncode == 0, output[-3000:]
   assert f'Resuming from step {complete[-1]}.' in output and f'Done: step {last}.' in output
   names = gcs.names(BUCKET, 'cb_run/')
