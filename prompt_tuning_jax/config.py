@@ -264,17 +264,15 @@ def configure(command: str, files: Sequence[str], bindings: Sequence[str],
   _quiet_gin_path_errors()
   files = [_resolve_file(f, paths) for f in files]
   saved_run = not files and command != 'train'
+  saved = []
   if saved_run:
     _parse([], bindings)
     model_dir = _bindings('MODEL_DIR/gin.macro').get('value')
     if not isinstance(model_dir, str):
       raise errors.UsageError(f'ptj {command} needs --gin.MODEL_DIR=DIR of a training run, '
                               'or --gin_file=... files (see runs/eval.gin).')
-    files = [config_file(model_dir)]
-    if not os.path.isfile(files[0]):
-      raise errors.UsageError(f'{files[0]} does not exist: MODEL_DIR holds no training run. '
-                              "Pass the run's files instead, e.g. --gin_file=runs/eval.gin.")
-  _parse(files, [])
+    saved = [_read_saved_config(config_file(model_dir))]  # Text: MODEL_DIR may be gs://.
+  _parse(files, saved)
   # A saved run's PROMPT_FILE was its starting prompt (prompt transfer); what it trained
   # is in its checkpoints. Only a PROMPT_FILE given now replaces them.
   given = {m.group(1) for m in map(_MACRO_BINDING.match, bindings) if m}
@@ -282,12 +280,25 @@ def configure(command: str, files: Sequence[str], bindings: Sequence[str],
     bindings = ['PROMPT_FILE = None', *bindings]
   if _bindings(_RUN_SETTINGS):  # Without a run file, `_check_complete` says so.
     _check_macro_names(bindings)
-  _parse(files, bindings)
+  _parse(files, [*saved, *bindings])
   if not saved_run:  # A saved config.gin holds only what its run's files set.
     _check_file_macros([f for f in files if not f.startswith(gin_dir() + os.sep)])
   _check_complete()
   run = gin.get_configurable(_RUN_SETTINGS)()
   return Configuration(run, gin.config_str())
+
+
+def _read_saved_config(path: str) -> str:
+  """The text of a training run's config.gin (local or gs://)."""
+  from prompt_tuning_jax import storage  # pylint: disable=g-import-not-at-top
+  try:
+    text = storage.read(path)
+  except OSError as e:
+    raise errors.UsageError(f'{path} cannot be read ({e}).') from e
+  if text is None:
+    raise errors.UsageError(f'{path} does not exist: MODEL_DIR holds no training run. '
+                            "Pass the run's files instead, e.g. --gin_file=runs/eval.gin.")
+  return text.decode()
 
 
 _MACRO_BINDING = re.compile(r'\s*([A-Z][A-Z0-9_]*)\s*=')
@@ -452,15 +463,19 @@ def check_model_dir(configuration: Configuration, *, override: bool) -> None:
   TRAIN_STEPS, MODEL_DIR, NUM_PARTITIONS and the checkpoint, eval and infer
   settings may change (`settings.RESUMABLE_FIELDS`); anything else, unless `override`.
   """
+  from prompt_tuning_jax import storage  # pylint: disable=g-import-not-at-top
   model_dir = configuration.settings.model_dir
   saved_path = config_file(model_dir)
-  if not os.path.isfile(saved_path):
+  try:
+    saved_text = storage.read(saved_path)
+  except OSError as e:
+    raise errors.UsageError(f'{saved_path} cannot be read ({e}).') from e
+  if saved_text is None:
     return
-  with open(saved_path) as f:
-    try:
-      saved = _compared_values(f.read())
-    except errors.UsageError as e:
-      raise errors.UsageError(f'{saved_path} does not parse ({e}): use another MODEL_DIR.') from e
+  try:
+    saved = _compared_values(saved_text.decode())
+  except errors.UsageError as e:
+    raise errors.UsageError(f'{saved_path} does not parse ({e}): use another MODEL_DIR.') from e
   current = _compared_values(configuration.text)  # Last: gin holds the run's configuration.
   diffs = [f'  {name}: {saved.get(name, _UNSET)!r} -> {current.get(name, _UNSET)!r}'
            for name in sorted(saved.keys() | current.keys())

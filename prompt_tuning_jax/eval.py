@@ -21,6 +21,7 @@ from prompt_tuning_jax import distributed
 from prompt_tuning_jax import evaluation
 from prompt_tuning_jax import logging_utils
 from prompt_tuning_jax import run_setup
+from prompt_tuning_jax import storage
 from prompt_tuning_jax.settings import RunSettings
 
 logger = logging.getLogger('prompt_tuning_jax')
@@ -53,9 +54,10 @@ def evaluate(run: RunSettings, *, save_config: Optional[Callable[[str], None]] =
                                               logging_utils.Progress(0, 0))
   writer.close()
   if primary:
-    with open(os.path.join(eval_dir, 'summary.txt'), 'a') as f:
-      f.write(f'# {source} on {task_name}:{settings.split}\n')
-      f.writelines(line + '\n' for line in evaluation.summary_lines(metrics, step))
+    lines = [f'# {source} on {task_name}:{settings.split}',
+             *evaluation.summary_lines(metrics, step)]
+    storage.append(os.path.join(eval_dir, 'summary.txt'),
+                   ''.join(f'{x}\n' for x in lines).encode())
   return metrics
 
 

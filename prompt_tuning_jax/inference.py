@@ -32,6 +32,7 @@ import seqio
 from prompt_tuning_jax import data as data_lib
 from prompt_tuning_jax import decoding
 from prompt_tuning_jax import scoring
+from prompt_tuning_jax import storage
 from prompt_tuning_jax.errors import DataError, UsageError
 from prompt_tuning_jax.many_prompts import mixed
 from prompt_tuning_jax.many_prompts.bank import PromptBank
@@ -219,10 +220,6 @@ class _Ranker:
 
 
 def write_jsonl(path: str, records: Sequence[Mapping[str, Any]]) -> None:
-  """Writes records, one JSON object a line (via a temp file, renamed when complete)."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f'{path}.tmp'
-  with open(tmp, 'w') as f:
-    for record in records:
-      f.write(json.dumps(record, ensure_ascii=False) + '\n')
-  os.replace(tmp, path)
+  """Writes records, one JSON object a line, at once (local or gs://; `storage.write`)."""
+  storage.write(path, ''.join(json.dumps(record, ensure_ascii=False) + '\n'
+                              for record in records).encode())

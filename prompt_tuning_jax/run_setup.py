@@ -79,7 +79,7 @@ def setup(run: RunSettings, *, batch_size: Optional[int] = None) -> Setup:
 
   Nothing is allocated or compiled.
   """
-  remote.check_reachable(run.model_dir, 'MODEL_DIR', must_exist=False)
+  remote.check_reachable(run.model_dir, 'MODEL_DIR', must_exist=False, output=True)
   remote.check_reachable(run.initial_checkpoint_path, 'INITIAL_CHECKPOINT_PATH')
   remote.check_reachable(run.prompt.file, 'PROMPT_FILE')
   task_name = run.data.mixture_or_task_name

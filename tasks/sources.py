@@ -4,7 +4,7 @@ Where a task reads from is decided each time a dataset is built, not at
 import: a benchmark whose local directory is configured reads its official
 files from there, otherwise it reads TFDS (`super_glue/<cfg>`, `glue/<cfg>`).
 A directory is configured by the gin binding `local_data_dirs.<benchmark>` or,
-when that is unset, by the environment variable in `ENV_VARS`.
+when that is unset, by the environment variable in `ENV_VARS`; it may be a gs:// path.
 
 Local examples have the same structure as the TFDS ones (label as class index,
 -1 when absent; MultiRC one example per answer option, ReCoRD one per query),
@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 import gin
 import seqio
 import tensorflow as tf
+from etils import epath
 
 from prompt_tuning_jax import errors
 from prompt_tuning_jax import remote
@@ -59,7 +60,7 @@ def local_data_dirs(superglue: Optional[str] = None,
 def local_dir(benchmark: str) -> Optional[Path]:
   """The configured local directory of `benchmark`, or None (use TFDS)."""
   directory = local_data_dirs()[benchmark]
-  return Path(directory) if directory else None
+  return epath.Path(directory) if directory else None  # local or gs:// (TensorFlow's gfile)
 
 
 def require_local_dir(benchmark: str) -> Path:
@@ -81,7 +82,7 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
   naming the expected path when it is missing and the line that is not UTF-8."""
   if not path.is_file():
     raise TaskDataError(f'missing split file: expected {path}')
-  with open(path, 'rb') as f:
+  with path.open('rb') as f:
     for lineno, raw in enumerate(f, 1):
       try:
         line = raw.decode('utf-8')

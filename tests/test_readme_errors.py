@@ -24,6 +24,7 @@ from conftest import REPO
 from prompt_tuning_jax import config
 from prompt_tuning_jax import data
 from prompt_tuning_jax import distributed
+from prompt_tuning_jax import logging_utils
 from prompt_tuning_jax import errors
 from prompt_tuning_jax import optim
 from prompt_tuning_jax import pretrained
@@ -137,6 +138,37 @@ def remote_without_network(x, monkeypatch):
   monkeypatch.setattr(remote, '_exists', lambda path: time.sleep(60))
   monkeypatch.setenv(remote.TIMEOUT_ENV, '0.2')
   return [error(remote.check_reachable, 'gs://bucket/checkpoint_1000', 'INITIAL_CHECKPOINT_PATH')]
+
+
+def remote_model_dir_without_network(x, monkeypatch):
+  monkeypatch.setattr(remote, '_exists', lambda path: time.sleep(60))
+  monkeypatch.setenv(remote.TIMEOUT_ENV, '0.2')
+  return [error(remote.check_reachable, 'gs://bucket/run', 'MODEL_DIR', must_exist=False,
+                output=True)]
+
+
+def missing_bucket(x, monkeypatch):
+  def no_bucket(path, data):
+    raise OSError(f'{path}: NOT_FOUND: Not Found')  # What storage.write says (tests/test_gcs.py).
+  monkeypatch.setattr(run_dir.storage, 'write', no_bucket)
+  return [error(run_dir.check_writable, 'gs://no-bucket/run')]
+
+
+def bucket_stops_answering(x, monkeypatch):
+  def unavailable(path, data):
+    raise OSError(f'{path}: ABORTED: All 8 retry attempts failed: CURL error ...')
+  monkeypatch.setattr(logging_utils.storage, 'append', unavailable)
+  metrics = error(logging_utils.MetricsWriter('gs://bucket/run').write, 6, 'train', {'loss': 1.0})
+  trainable = {'encoder': {'prompt': {'prompt': {'prompt': jnp.ones((2, 4))}}}}
+  state = train_step.init_train_state(trainable, {}, optim.partitioned_optimizer(
+      trainable, optim.adafactor()))._replace(step=jnp.asarray(6, jnp.int32))
+  ckpt = train_state_lib.TrainStateCheckpointer(str(x / 'run'))
+  ckpt.model_dir = 'gs://bucket/run'  # As one on gs:// is reported.
+
+  def down(step, **kwargs):
+    raise OSError('gs://bucket/run/checkpoints/6: UNAVAILABLE: ...')
+  monkeypatch.setattr(ckpt._manager, 'save', down)  # pylint: disable=protected-access
+  return [metrics, error(ckpt.save, state, data_position={})]
 
 
 def missing_checkpoint(x, monkeypatch):
@@ -274,6 +306,9 @@ CASES = {
     'MODEL_DIR holds another run': model_dir_holds_another_run,
     'MODEL_DIR in use by another `ptj train`': model_dir_in_use,
     'a gs:// path without network': remote_without_network,
+    'a gs:// MODEL_DIR without network': remote_model_dir_without_network,
+    'a gs:// MODEL_DIR whose bucket does not exist': missing_bucket,
+    'the bucket stops answering during a run': bucket_stops_answering,
     'missing checkpoint': missing_checkpoint,
     '`ptj eval`/`infer` of a step MODEL_DIR does not hold': checkpoint_step_not_held,
     'a Hugging Face directory with only `pytorch_model.bin`': pytorch_only,
