@@ -11,7 +11,8 @@ It owns:
   built and checked before anything loads, and the effective config text),
   saved as DIR/config.gin by the runs (`Configuration.save`);
 - `check_model_dir`: a resumed run must have the saved run's configured
-  values, except the settings `settings.RESUMABLE_FIELDS` name;
+  values (the model and the trainable rules as built), except the settings
+  `settings.RESUMABLE_FIELDS` name;
 - `report_errors` / `run_command`: the project's errors (`errors.Error`)
   become one line and exit status 1; anything else keeps its traceback.
 
@@ -281,6 +282,7 @@ def configure(command: str, files: Sequence[str], bindings: Sequence[str],
 
 
 _MACRO_BINDING = re.compile(r'\s*([A-Z][A-Z0-9_]*)\s*=')
+_MACRO_NAME = re.compile(r'[A-Z][A-Z0-9_]*')
 
 
 def _check_macro_names(bindings: Sequence[str]) -> None:
@@ -347,13 +349,14 @@ def configured_values(*roots: str, skip: Sequence[str] = ()) -> dict[str, Any]:
   A value reached through a macro is named by the macro ('BATCH_SIZE'), any
   other by its binding ('models.get_config.name'). A reference to a
   configurable is a value ('@models.T5()'), and the configurable's own
-  bindings follow it. Parameters of the roots named in `skip` are left out.
+  bindings follow it. The parameters named in `skip` ('settings.RunSettings.model_dir')
+  are left out, with what is reached only through them.
   """
   values: dict[str, Any] = {}
 
-  def visit_configurable(selector: str, skipped: Sequence[str] = ()) -> None:
+  def visit_configurable(selector: str) -> None:
     for param, value in _bindings(selector).items():
-      if param not in skipped:
+      if f'{selector}.{param}' not in skip:
         visit(f'{selector}.{param}', value)
 
   def visit(name: str, value: Any) -> None:
@@ -370,14 +373,38 @@ def configured_values(*roots: str, skip: Sequence[str] = ()) -> dict[str, Any]:
       visit_configurable(value.scoped_selector)
 
   for root in roots:
-    visit_configurable(root, skip)
+    visit_configurable(root)
   return values
 
 
+_MODEL, _TRAINABLE_RULES = f'{_RUN_SETTINGS}.model', 'settings.OptimizerSettings.trainable_rules'
+
+
 def _compared_values(text: str) -> dict[str, Any]:
-  """The values of a configuration's text that a resumed run may not change."""
+  """The values of a configuration's text that a resumed run may not change.
+
+  The model and the trainable rules are compared as built, not as written: the T5's
+  config fields, its method (a frozen dataclass) and the rules that train (TRAINABLE_RULES,
+  or the method's when None); of the bindings the model is built from, only the macros'
+  values (PROMPT_LENGTH, DROPOUT_RATE), which name a setting whatever wires it. So
+  `MODEL = @models.PromptedT5()` with TRAINABLE_RULES ('.*prompt.*',), as runs saved before
+  gin/methods/ existed, equals today's `@models.T5()` with `METHOD = @methods.PromptTuning()`.
+  """
   _parse([], [text])
-  return configured_values(_RUN_SETTINGS, _VOCABULARY, skip=settings_lib.RESUMABLE_FIELDS)
+  fields = [f'{_RUN_SETTINGS}.{f.name}' for f in dataclasses.fields(settings_lib.RunSettings)]
+  resumable = [f'{_RUN_SETTINGS}.{field}' for field in settings_lib.RESUMABLE_FIELDS]
+  values = configured_values(_RUN_SETTINGS, _VOCABULARY,
+                             skip=resumable + [_MODEL, _TRAINABLE_RULES])
+  model_values = configured_values(_RUN_SETTINGS, skip=[f for f in fields if f != _MODEL])
+  values.update({name: value for name, value in model_values.items()
+                 if _MACRO_NAME.fullmatch(name) and not isinstance(value, _Reference)})
+  run = gin.get_configurable(_RUN_SETTINGS)()
+  model_config = run.model.config
+  values.update({f'model.config.{field.name}': getattr(model_config, field.name)
+                 for field in dataclasses.fields(model_config)})
+  values['model.method'] = run.model.method
+  values['trainable rules'] = run.trainable_rules
+  return values
 
 
 def check_model_dir(configuration: Configuration, *, override: bool) -> None:
