@@ -97,7 +97,7 @@ def _register_configurables() -> None:
   gin.external_configurable(_get_config, 'get_config', module='models')
   gin.external_configurable(_prompted_t5, 'PromptedT5', module='models')
   gin.external_configurable(_t5, 'T5', module='models')
-  for cls in methods.METHODS:
+  for cls in methods.METHODS + methods.PARTS:
     gin.external_configurable(cls, cls.__name__, module='methods')
   for fn in (optim.adafactor, optim.inverse_sqrt_schedule):
     gin.external_configurable(fn, fn.__name__, module='optim')
