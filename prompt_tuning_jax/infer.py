@@ -25,6 +25,7 @@ from prompt_tuning_jax import distributed
 from prompt_tuning_jax import inference
 from prompt_tuning_jax import run_setup
 from prompt_tuning_jax.errors import UsageError
+from prompt_tuning_jax.many_prompts import mixed
 from prompt_tuning_jax.many_prompts.bank import PromptBank, parse_bank_spec
 from prompt_tuning_jax.settings import METHODS, RANK_CLASSIFICATION, RunSettings
 
@@ -46,6 +47,8 @@ def infer(run: RunSettings, *, prompt_files: Optional[Mapping[str, str]] = None,
   s = run_setup.setup(run)
   settings, task_name = run.inference, run.data.mixture_or_task_name
   named_prompts = prompt_files is not None
+  if named_prompts:
+    mixed.check_model(run.model)
   if named_prompts and not settings.input_file:
     raise UsageError('Mixed-task inference (--prompt) reads the inputs from a file whose lines '
                      'name their prompt: pass --input FILE.jsonl.')

@@ -85,6 +85,13 @@ def unknown_task(x, monkeypatch):
   return [error(data.get_mixture_or_task, 'super_glue_rte_v12')]
 
 
+def task_outside_multi_task_prompt(x, monkeypatch):
+  run = config.configure('train', ['runs/smoke.gin', 'methods/multi_task_prompts.gin'], [
+      f"MODEL_DIR = '{x}'", "MIXTURE_OR_TASK_NAME = 'smoke_sentiment_words'",
+      "PROMPT_TASKS = ('smoke_sentiment', 'smoke_sentiment_np')"]).settings
+  return [error(run_setup.setup, run)]
+
+
 def model_dir_is_a_file(x, monkeypatch):
   (x / 'run').write_text('a file')
   is_a_file = error(run_dir.check_writable, str(x / 'run'))
@@ -212,6 +219,7 @@ CASES = {
     'a misspelled macro': misspelled_macro,
     'missing settings': missing_settings,
     'unknown task or mixture': unknown_task,
+    'a task without a multi-task prompt': task_outside_multi_task_prompt,
     'MODEL_DIR is a file': model_dir_is_a_file,
     'MODEL_DIR holds another run': model_dir_holds_another_run,
     'MODEL_DIR in use by another `ptj train`': model_dir_in_use,
