@@ -380,31 +380,37 @@ def configured_values(*roots: str, skip: Sequence[str] = ()) -> dict[str, Any]:
 _MODEL, _TRAINABLE_RULES = f'{_RUN_SETTINGS}.model', 'settings.OptimizerSettings.trainable_rules'
 
 
-def _compared_values(text: str) -> dict[str, Any]:
-  """The values of a configuration's text that a resumed run may not change.
+def _compared_values(text: str) -> tuple[dict[str, Any], dict[str, Any]]:
+  """The values of a configuration's text that a resumed run may not change, and the macro
+  values the model is built from (PROMPT_LENGTH, DROPOUT_RATE), which name its differences.
 
   The model and the trainable rules are compared as built, not as written: the T5's
   config fields, its method (a frozen dataclass) and the rules that train (TRAINABLE_RULES,
-  or the method's when None); of the bindings the model is built from, only the macros'
-  values (PROMPT_LENGTH, DROPOUT_RATE), which name a setting whatever wires it. So
-  `MODEL = @models.PromptedT5()` with TRAINABLE_RULES ('.*prompt.*',), as runs saved before
-  gin/methods/ existed, equals today's `@models.T5()` with `METHOD = @methods.PromptTuning()`.
+  or the method's when None). So `MODEL = @models.PromptedT5()` with TRAINABLE_RULES
+  ('.*prompt.*',), as runs saved before gin/methods/ existed, equals today's `@models.T5()`
+  with `METHOD = @methods.PromptTuning()`.
   """
   _parse([], [text])
   fields = [f'{_RUN_SETTINGS}.{f.name}' for f in dataclasses.fields(settings_lib.RunSettings)]
   resumable = [f'{_RUN_SETTINGS}.{field}' for field in settings_lib.RESUMABLE_FIELDS]
   values = configured_values(_RUN_SETTINGS, _VOCABULARY,
                              skip=resumable + [_MODEL, _TRAINABLE_RULES])
-  model_values = configured_values(_RUN_SETTINGS, skip=[f for f in fields if f != _MODEL])
-  values.update({name: value for name, value in model_values.items()
-                 if _MACRO_NAME.fullmatch(name) and not isinstance(value, _Reference)})
+  model_macros = {name: value for name, value in configured_values(
+      _RUN_SETTINGS, skip=[f for f in fields if f != _MODEL]).items()
+                  if _MACRO_NAME.fullmatch(name) and not isinstance(value, _Reference)}
   run = gin.get_configurable(_RUN_SETTINGS)()
   model_config = run.model.config
   values.update({f'model.config.{field.name}': getattr(model_config, field.name)
                  for field in dataclasses.fields(model_config)})
   values['model.method'] = run.model.method
   values['trainable rules'] = run.trainable_rules
-  return values
+  return values, model_macros
+
+
+def _differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+  return [f'  {name}: {saved.get(name, _UNSET)!r} -> {current.get(name, _UNSET)!r}'
+          for name in sorted(saved.keys() | current.keys())
+          if saved.get(name, _UNSET) != current.get(name, _UNSET)]
 
 
 def check_model_dir(configuration: Configuration, *, override: bool) -> None:
@@ -419,13 +425,16 @@ def check_model_dir(configuration: Configuration, *, override: bool) -> None:
     return
   with open(saved_path) as f:
     try:
-      saved = _compared_values(f.read())
+      saved, saved_macros = _compared_values(f.read())
     except errors.UsageError as e:
       raise errors.UsageError(f'{saved_path} does not parse ({e}): use another MODEL_DIR.') from e
-  current = _compared_values(configuration.text)  # Last: gin holds the run's configuration.
-  diffs = [f'  {name}: {saved.get(name, _UNSET)!r} -> {current.get(name, _UNSET)!r}'
-           for name in sorted(saved.keys() | current.keys())
-           if saved.get(name, _UNSET) != current.get(name, _UNSET)]
+  # Last: gin holds the run's configuration.
+  current, current_macros = _compared_values(configuration.text)
+  diffs = _differences(saved, current)
+  if diffs:  # The model's macros name what changed in it (a macro added since changes nothing).
+    common = saved_macros.keys() & current_macros.keys()
+    diffs = sorted(diffs + _differences({k: saved_macros[k] for k in common},
+                                        {k: current_macros[k] for k in common}))
   if not diffs:
     return
   message = (f'MODEL_DIR {model_dir} holds a run with a different configuration:\n'

@@ -96,8 +96,10 @@ def test_a_run_saved_before_methods_resumes_when_its_values_are_the_same(tmp_pat
   with pytest.raises(UsageError) as e:
     config.check_model_dir(configure(tmp_path, 'PROMPT_LENGTH = 12', 'DROPOUT_RATE = 0.1',
                                      "TRAINABLE_RULES = ('.*',)"), override=False)
-  assert "model.method: PromptTuning(length=10, placement='prefix') -> PromptTuning(length=12" \
-      in str(e.value)
+  assert "model.method: PromptTuning(length=10, placement='prefix'" in str(e.value)
+  assert '-> PromptTuning(length=12' in str(e.value)
+  assert 'PROMPT_LENGTH: 10 -> 12' in str(e.value)
+  assert 'PROMPT_VISIBILITY' not in str(e.value)  # A macro added since changes nothing.
   assert 'model.config.dropout_rate: 0.0 -> 0.1' in str(e.value)
   assert "trainable rules: ('.*prompt.*',) -> ('.*',)" in str(e.value)
 
