@@ -11,7 +11,8 @@ It owns:
   built and checked before anything loads, and the effective config text),
   saved as DIR/config.gin by the runs (`Configuration.save`);
 - `check_model_dir`: a resumed run must have the saved run's configured
-  values, except the settings `settings.RESUMABLE_FIELDS` name;
+  values (the model and the trainable rules as built), except the settings
+  `settings.RESUMABLE_FIELDS` name;
 - `report_errors` / `run_command`: the project's errors (`errors.Error`)
   become one line and exit status 1; anything else keeps its traceback.
 
@@ -104,7 +105,7 @@ def _register_configurables() -> None:
   gin.external_configurable(_get_config, 'get_config', module='models')
   gin.external_configurable(_prompted_t5, 'PromptedT5', module='models')
   gin.external_configurable(_t5, 'T5', module='models')
-  for cls in methods.METHODS:
+  for cls in methods.METHODS + methods.PARTS:
     gin.external_configurable(cls, cls.__name__, module='methods')
   for fn in (optim.adafactor, optim.inverse_sqrt_schedule):
     gin.external_configurable(fn, fn.__name__, module='optim')
@@ -302,6 +303,7 @@ def _read_saved_config(path: str) -> str:
 
 
 _MACRO_BINDING = re.compile(r'\s*([A-Z][A-Z0-9_]*)\s*=')
+_MACRO_NAME = re.compile(r'[A-Z][A-Z0-9_]*')
 
 
 def _did_you_mean(name: str, known: Sequence[str]) -> str:
@@ -424,13 +426,14 @@ def configured_values(*roots: str, skip: Sequence[str] = ()) -> dict[str, Any]:
   A value reached through a macro is named by the macro ('BATCH_SIZE'), any
   other by its binding ('models.get_config.name'). A reference to a
   configurable is a value ('@models.T5()'), and the configurable's own
-  bindings follow it. Parameters of the roots named in `skip` are left out.
+  bindings follow it. The parameters named in `skip` ('settings.RunSettings.model_dir')
+  are left out, with what is reached only through them.
   """
   values: dict[str, Any] = {}
 
-  def visit_configurable(selector: str, skipped: Sequence[str] = ()) -> None:
+  def visit_configurable(selector: str) -> None:
     for param, value in _bindings(selector).items():
-      if param not in skipped:
+      if f'{selector}.{param}' not in skip:
         visit(f'{selector}.{param}', value)
 
   def visit(name: str, value: Any) -> None:
@@ -447,14 +450,44 @@ def configured_values(*roots: str, skip: Sequence[str] = ()) -> dict[str, Any]:
       visit_configurable(value.scoped_selector)
 
   for root in roots:
-    visit_configurable(root, skip)
+    visit_configurable(root)
   return values
 
 
-def _compared_values(text: str) -> dict[str, Any]:
-  """The values of a configuration's text that a resumed run may not change."""
+_MODEL, _TRAINABLE_RULES = f'{_RUN_SETTINGS}.model', 'settings.OptimizerSettings.trainable_rules'
+
+
+def _compared_values(text: str) -> tuple[dict[str, Any], dict[str, Any]]:
+  """The values of a configuration's text that a resumed run may not change, and the macro
+  values the model is built from (PROMPT_LENGTH, DROPOUT_RATE), which name its differences.
+
+  The model and the trainable rules are compared as built, not as written: the T5's
+  config fields, its method (a frozen dataclass) and the rules that train (TRAINABLE_RULES,
+  or the method's when None). So `MODEL = @models.PromptedT5()` with TRAINABLE_RULES
+  ('.*prompt.*',), as runs saved before gin/methods/ existed, equals today's `@models.T5()`
+  with `METHOD = @methods.PromptTuning()`.
+  """
   _parse([], [text])
-  return configured_values(_RUN_SETTINGS, _VOCABULARY, skip=settings_lib.RESUMABLE_FIELDS)
+  fields = [f'{_RUN_SETTINGS}.{f.name}' for f in dataclasses.fields(settings_lib.RunSettings)]
+  resumable = [f'{_RUN_SETTINGS}.{field}' for field in settings_lib.RESUMABLE_FIELDS]
+  values = configured_values(_RUN_SETTINGS, _VOCABULARY,
+                             skip=resumable + [_MODEL, _TRAINABLE_RULES])
+  model_macros = {name: value for name, value in configured_values(
+      _RUN_SETTINGS, skip=[f for f in fields if f != _MODEL]).items()
+                  if _MACRO_NAME.fullmatch(name) and not isinstance(value, _Reference)}
+  run = gin.get_configurable(_RUN_SETTINGS)()
+  model_config = run.model.config
+  values.update({f'model.config.{field.name}': getattr(model_config, field.name)
+                 for field in dataclasses.fields(model_config)})
+  values['model.method'] = run.model.method
+  values['trainable rules'] = run.trainable_rules
+  return values, model_macros
+
+
+def _differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+  return [f'  {name}: {saved.get(name, _UNSET)!r} -> {current.get(name, _UNSET)!r}'
+          for name in sorted(saved.keys() | current.keys())
+          if saved.get(name, _UNSET) != current.get(name, _UNSET)]
 
 
 def check_model_dir(configuration: Configuration, *, override: bool) -> None:
@@ -473,13 +506,16 @@ def check_model_dir(configuration: Configuration, *, override: bool) -> None:
   if saved_text is None:
     return
   try:
-    saved = _compared_values(saved_text.decode())
+    saved, saved_macros = _compared_values(saved_text.decode())
   except errors.UsageError as e:
     raise errors.UsageError(f'{saved_path} does not parse ({e}): use another MODEL_DIR.') from e
-  current = _compared_values(configuration.text)  # Last: gin holds the run's configuration.
-  diffs = [f'  {name}: {saved.get(name, _UNSET)!r} -> {current.get(name, _UNSET)!r}'
-           for name in sorted(saved.keys() | current.keys())
-           if saved.get(name, _UNSET) != current.get(name, _UNSET)]
+  # Last: gin holds the run's configuration.
+  current, current_macros = _compared_values(configuration.text)
+  diffs = _differences(saved, current)
+  if diffs:  # The model's macros name what changed in it (a macro added since changes nothing).
+    common = saved_macros.keys() & current_macros.keys()
+    diffs = sorted(diffs + _differences({k: saved_macros[k] for k in common},
+                                        {k: current_macros[k] for k in common}))
   if not diffs:
     return
   message = (f'MODEL_DIR {model_dir} holds a run with a different configuration:\n'

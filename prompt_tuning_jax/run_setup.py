@@ -46,6 +46,9 @@ class Setup:
   mesh: jax.sharding.Mesh
   abstract: dict  # parameter tree of ShapeDtypeStructs
   vocabularies: dict
+  # {task: the TASK_INDEX of its examples} for the run's tasks: the method's
+  # (`Method.task_index`), else their places in the mixture. Batches, eval and infer use it.
+  task_index: dict[str, int]
 
   @property
   def lengths(self) -> dict[str, int]:
@@ -85,7 +88,9 @@ def setup(run: RunSettings, *, batch_size: Optional[int] = None) -> Setup:
   task_name = run.data.mixture_or_task_name
   data_lib.import_task_modules(run.data.module)
   data_lib.get_mixture_or_task(task_name)  # Unknown names fail here.
-  run.model.method.check(list(data_lib.task_index_of(task_name)))
+  task_names = list(data_lib.task_index_of(task_name))
+  run.model.method.check(task_names)
+  task_index = run.model.method.task_index(task_names) or data_lib.task_index_of(task_name)
   mesh = partitioning.make_mesh(run.num_partitions)
   data_parallel = mesh.shape[partitioning.DATA]
   if batch_size is not None and batch_size % data_parallel:
@@ -104,7 +109,7 @@ def setup(run: RunSettings, *, batch_size: Optional[int] = None) -> Setup:
       raise UsageError(f'The {feature!r} vocabulary of {task_name!r} has {vocab.vocab_size} '
                        f"tokens, more than the {rows} rows of the model's embedding table: "
                        'wrong model size file or vocabulary?')
-  return Setup(run, mesh, abstract, vocabularies)
+  return Setup(run, mesh, abstract, vocabularies, task_index)
 
 
 def on_devices(tree, mesh: jax.sharding.Mesh):

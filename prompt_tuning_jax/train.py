@@ -68,7 +68,8 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
   if run.eval_period:  # Built now: a missing eval split fails before training.
     evaluator = evaluation.Evaluator(run.model, run.data.mixture_or_task_name, s.lengths,
                                      run.evaluation, class_labels=run.prompt.class_labels,
-                                     mesh=s.mesh, length_buckets=run.data.length_buckets)
+                                     mesh=s.mesh, length_buckets=run.data.length_buckets,
+                                     task_index=s.task_index)
   params = run_setup.build_params(s)
   ckpt = train_state_lib.TrainStateCheckpointer(
       model_dir, keep=run.checkpoints.keep, best_metric=run.evaluation.best_metric,
@@ -124,7 +125,7 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
           learning_rate_fn=lambda step: jnp.asarray(lr_fn(step), jnp.float32)),
       donate_argnums=(0,), out_shardings=(state_shardings, partitioning.replicated(s.mesh)))
   # Every process reads the same global batches and places its devices' rows.
-  batches = data_lib.train_batches(run.data, start_step=start)
+  batches = data_lib.train_batches(run.data, start_step=start, task_index=s.task_index)
   counter = data_lib.TruncationCounter(s.lengths)
 
   def next_batch():

@@ -111,6 +111,13 @@ def tfds_without_network(x, monkeypatch):
   return [error(source.check_available)]
 
 
+def task_outside_multi_task_prompt(x, monkeypatch):
+  run = config.configure('train', ['runs/smoke.gin', 'methods/multi_task_prompts.gin'], [
+      f"MODEL_DIR = '{x}'", "MIXTURE_OR_TASK_NAME = 'smoke_sentiment_words'",
+      "PROMPT_TASKS = ('smoke_sentiment', 'smoke_sentiment_np')"]).settings
+  return [error(run_setup.setup, run)]
+
+
 def model_dir_is_a_file(x, monkeypatch):
   (x / 'run').write_text('a file')
   is_a_file = error(run_dir.check_writable, str(x / 'run'))
@@ -302,6 +309,7 @@ CASES = {
     'missing settings': missing_settings,
     'unknown task or mixture': unknown_task,
     'a GLUE/SuperGLUE task without network or local files': tfds_without_network,
+    'a task without a multi-task prompt': task_outside_multi_task_prompt,
     'MODEL_DIR is a file': model_dir_is_a_file,
     'MODEL_DIR holds another run': model_dir_holds_another_run,
     'MODEL_DIR in use by another `ptj train`': model_dir_in_use,

@@ -29,7 +29,9 @@ class Method:
   - `peft_type`: its PEFT adapter type (`checkpoints.peft`), or None;
   - `added_positions`: encoder positions it adds before the first layer (the dry run's
     activation memory);
-  - `check(task_names)`: refuses, with one line, a run it cannot do.
+  - `check(task_names)`: refuses, with one line, a run it cannot do;
+  - `task_index(task_names)`: the TASK_INDEX each task's examples carry, when its
+    parameters depend on the example's task.
   """
   peft_type: ClassVar[Optional[str]] = None
 
@@ -79,3 +81,13 @@ class Method:
     Called by `run_setup.setup`, before anything loads or compiles.
     """
     del task_names
+
+  def task_index(self, task_names: Sequence[str]) -> Optional[dict[str, int]]:
+    """{task: the TASK_INDEX (`MethodInputs.task_index`) of its examples} for the run's tasks.
+
+    None (the default): the method has no task-specific parameters, and the examples carry
+    their task's place in the run's mixture (`data.task_index_of`). Batches, eval and infer
+    pass these indices (`run_setup.Setup.task_index`).
+    """
+    del task_names
+    return None
