@@ -272,6 +272,8 @@ class _FakeTfds:
 def test_without_a_directory_tfds_is_read_with_its_test_split(monkeypatch):
   monkeypatch.delenv('PTJ_MRQA_DIR')
   monkeypatch.setattr(seqio, 'TfdsDataSource', _FakeTfds)
+  # The offline check of a real TFDS builder is tested in test_glue_tasks.py.
+  monkeypatch.setattr(sources.BenchmarkSource, 'check_available', lambda self: None)
   _FakeTfds.asked.clear()
   source = qa.mrqa_source(qa.OUT_OF_DOMAIN[1])
   (ex,) = source.get_dataset('validation', shuffle=False).as_numpy_iterator()

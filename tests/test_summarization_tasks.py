@@ -91,6 +91,8 @@ def test_tfds_cnn_dailymail_fields_become_document_and_summary(monkeypatch):
 
   monkeypatch.delenv('PTJ_SUMMARIZATION_DIR')
   monkeypatch.setattr(seqio, 'TfdsDataSource', FakeTfds)
+  # The offline check of a real TFDS builder is tested in test_glue_tasks.py.
+  monkeypatch.setattr(sources.BenchmarkSource, 'check_available', lambda self: None)
   source = summarization.summarization_source(
       'cnn_dailymail', 'cnn_dailymail:3.4.0', {'document': 'article', 'summary': 'highlights'})
   (ex,) = source.get_dataset('test', shuffle=False).as_numpy_iterator()
