@@ -1,8 +1,10 @@
 """Evaluation through `seqio.Evaluator`: decoding, rank classification, scoring.
 
 Three model functions feed seqio's metrics:
-- 'decode': greedy decoding with the KV cache (or beam search) -> predicted
-  tokens -> the task's postprocessor -> its predict metrics.
+- 'decode': greedy decoding with the KV cache (or beam search, or sampling)
+  -> predicted tokens -> the task's postprocessor -> its predict metrics.
+  Sampled examples draw with their own keys (`decoding.example_keys` of
+  SAMPLE_SEED and the example's position in the split).
 - 'rank_classification': for a task with label words, every label's
   log-likelihood is scored (the encoder runs once per example, all labels are
   scored from its output) and the best label's tokens are the prediction, so
@@ -10,6 +12,10 @@ Three model functions feed seqio's metrics:
   `rank_classification/<metric>`.
 - score metrics of a task (e.g. the `_rank` task variants) get the summed
   log-likelihood of each example's targets.
+
+With TARGET_SENTINEL (`target_sentinel`, the id of <extra_id_0>) a leading
+sentinel is stripped from decoded tokens before the postprocessor, and labels
+and targets are scored with it in front (`sentinel.py`).
 
 Metric keys are `<task>/<metric>`. `selection_value` averages one metric over
 the tasks that report it: the value used to keep the best checkpoint.
@@ -38,8 +44,9 @@ from prompt_tuning_jax import decoding
 from prompt_tuning_jax import logging_utils
 from prompt_tuning_jax import partitioning
 from prompt_tuning_jax import scoring
+from prompt_tuning_jax import sentinel as sentinel_lib
 from prompt_tuning_jax.errors import UsageError
-from prompt_tuning_jax.settings import DECODE, RANK_CLASSIFICATION, EvalSettings
+from prompt_tuning_jax.settings import DECODE, RANK_CLASSIFICATION, SAMPLE, EvalSettings
 
 logger = logging.getLogger(__name__)
 
@@ -86,9 +93,11 @@ class Evaluator:
   def __init__(self, model, mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
                settings: EvalSettings, *, class_labels: Optional[Sequence[str]] = None,
                mesh: Optional[jax.sharding.Mesh] = None,
-               length_buckets: Optional[Mapping[str, Sequence[int]]] = None):
+               length_buckets: Optional[Mapping[str, Sequence[int]]] = None,
+               target_sentinel: Optional[int] = None):
     self.model = model
     self.length_buckets = length_buckets
+    self.target_sentinel = target_sentinel
     self.settings = settings
     self.mesh = mesh
     # Batches are padded to a multiple of the data-parallel devices.
@@ -115,9 +124,10 @@ class Evaluator:
         words = data_lib.label_words(task.name, class_labels)
         if not words or not _has_predict_metrics(task) or settings.split not in task.splits:
           continue
-        vocab = task.output_features['targets'].vocabulary
-        self._rank[task.name] = (seqio.Evaluator(task.name, **common),
-                                 scoring.encode_labels(vocab, words))
+        label_ids = scoring.encode_labels(task.output_features['targets'].vocabulary, words)
+        if target_sentinel is not None:
+          label_ids = sentinel_lib.prefix_labels(label_ids, target_sentinel)
+        self._rank[task.name] = (seqio.Evaluator(task.name, **common), label_ids)
     if self._main is None and not self._rank:
       raise UsageError(f'Nothing to evaluate on {mixture_or_task_name!r} split '
                        f'{settings.split!r} with methods {tuple(settings.methods)} '
@@ -149,13 +159,21 @@ class Evaluator:
     return _batches(ds, self.settings.batch_size, self._padded_size, self.length_buckets)
 
   def predict_fn(self, params) -> Callable[[tf.data.Dataset], list]:
+    s = self.settings
+
     def predict(ds):
       out = []
       for index, tokens, _ in self._model_batches(ds):
+        keys = None
+        if s.decoder == SAMPLE:  # Each example's own key, from its position in the split.
+          rows = np.pad(index, (0, len(tokens) - len(index)))
+          keys = self._place(np.asarray(decoding.example_keys(s.sample_seed, rows)))
         predicted, _ = self._gather(decoding.jit_decode(
             self.model, params, self._place(tokens), max_decode_length=self.max_decode_length,
-            decoder=self.settings.decoder, beam_size=self.settings.beam_size,
-            alpha=self.settings.alpha))
+            decoder=s.decoder, beam_size=s.beam_size, alpha=s.alpha, temperature=s.temperature,
+            top_k=s.top_k, top_p=s.top_p, keys=keys))
+        if self.target_sentinel is not None:
+          predicted = sentinel_lib.strip_leading(predicted, self.target_sentinel)
         out.extend((int(i), _after_eos_zeroed(row)) for i, row in zip(index, predicted))
       return out
     return predict
@@ -174,6 +192,8 @@ class Evaluator:
     def score(ds):
       out = []
       for index, tokens, targets in self._model_batches(ds):
+        if self.target_sentinel is not None:
+          targets = sentinel_lib.prefix_targets(targets, self.target_sentinel)
         scores = self._gather(scoring.jit_score_targets(
             self.model, params, self._place(tokens), self._place(targets)))
         out.extend((int(i), float(v)) for i, v in zip(index, scores))

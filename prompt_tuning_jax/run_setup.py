@@ -2,7 +2,8 @@
 
 `setup` checks what a user can get wrong before anything compiles or loads:
 the task name, the batch size against the devices, the vocabulary against the
-embedding table; then it traces the parameter shapes. The parameters come
+embedding table (and its sentinel, with TARGET_SENTINEL); then it traces the
+parameter shapes. The parameters come
 from INITIAL_CHECKPOINT_PATH (T5X or Hugging Face format), or are random when
 it is None (the smoke run, announced loudly); the prompt's initial value from
 PROMPT_FILE or the PROMPT_INIT initialiser (`initial_prompt`); trained
@@ -44,6 +45,8 @@ class Setup:
   mesh: jax.sharding.Mesh
   abstract: dict  # parameter tree of ShapeDtypeStructs
   vocabularies: dict
+  # The id of <extra_id_0> that starts every target (TARGET_SENTINEL); None: off.
+  target_sentinel: Optional[int] = None
 
   @property
   def lengths(self) -> dict[str, int]:
@@ -93,7 +96,8 @@ def setup(run: RunSettings, *, batch_size: Optional[int] = None) -> Setup:
       raise UsageError(f'The {feature!r} vocabulary of {task_name!r} has {vocab.vocab_size} '
                        f"tokens, more than the {rows} rows of the model's embedding table: "
                        'wrong model size file or vocabulary?')
-  return Setup(run, mesh, abstract, vocabularies)
+  sentinel = data_lib.target_sentinel(task_name) if run.data.target_sentinel else None
+  return Setup(run, mesh, abstract, vocabularies, sentinel)
 
 
 def on_devices(tree, mesh: jax.sharding.Mesh):
