@@ -184,7 +184,10 @@ class Evaluator:
       for index, tokens, _ in self._model_batches(ds):
         best, _ = self._gather(scoring.jit_rank_classify(
             self.model, params, self._place(tokens), jnp.asarray(label_ids)))
-        out.extend((int(i), label_ids[b]) for i, b in zip(index, best))
+        predicted = label_ids[best]  # The chosen labels' tokens, sentinel stripped.
+        if self.target_sentinel is not None:
+          predicted = sentinel_lib.strip_leading(predicted, self.target_sentinel)
+        out.extend((int(i), row) for i, row in zip(index, predicted))
       return out
     return predict
 
