@@ -375,9 +375,26 @@ def configured_values(*roots: str, skip: Sequence[str] = ()) -> dict[str, Any]:
 
 
 def _compared_values(text: str) -> dict[str, Any]:
-  """The values of a configuration's text that a resumed run may not change."""
+  """The values of a configuration's text that a resumed run may not change.
+
+  A settings field at its dataclass default counts as unset: a run saved before
+  the field existed behaved as that default (e.g. TARGET_SENTINEL = False).
+  """
   _parse([], [text])
-  return configured_values(_RUN_SETTINGS, _VOCABULARY, skip=settings_lib.RESUMABLE_FIELDS)
+  values = configured_values(_RUN_SETTINGS, _VOCABULARY, skip=settings_lib.RESUMABLE_FIELDS)
+  for cls in _SETTINGS:
+    selector = f'settings.{cls.__name__}'
+    bound = _bindings(selector)
+    for field in dataclasses.fields(cls):
+      value = bound.get(field.name, _UNSET)
+      if field.default is dataclasses.MISSING or value is _UNSET:
+        continue
+      is_macro = isinstance(value, gin.config.ConfigurableReference) and (
+          value.selector == 'gin.macro')
+      name = '/'.join(value.scopes) if is_macro else f'{selector}.{field.name}'
+      if values.get(name, _UNSET) == field.default:
+        del values[name]
+  return values
 
 
 def check_model_dir(configuration: Configuration, *, override: bool) -> None:

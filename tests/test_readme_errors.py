@@ -171,6 +171,10 @@ def not_utf8(x, monkeypatch):
   return [error(list, sources.read_jsonl(x / 'CB' / 'train.jsonl'))]
 
 
+def sentinel_without_extra_ids(x, monkeypatch):
+  return [error(run_setup.setup, smoke('TARGET_SENTINEL = True').settings)]
+
+
 def divergence(x, monkeypatch):
   window = types.SimpleNamespace(first_nonfinite_loss=lambda step: (812, 'nan'))
   check = train._check_finite  # pylint: disable=protected-access
@@ -225,6 +229,7 @@ CASES = {
     'batch size vs devices': batch_size_vs_devices,
     'an empty train or validation file': empty_data_file,
     'a data file that is not UTF-8': not_utf8,
+    '`TARGET_SENTINEL` with a vocabulary without extra ids': sentinel_without_extra_ids,
     'divergence': divergence,
     'a process of a multi-host run died': peer_died,
     'disk full at a save': disk_full,
