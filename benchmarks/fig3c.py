@@ -68,9 +68,10 @@ class Cell:
     return f'smoke-{self.arm}-s{self.seed}'
 
 
-def cells(tasks: Sequence[str] = TASKS, seeds: Sequence[int] = SEEDS) -> list[Cell]:
-  """Every run, task by task, seed by seed, the three arms side by side."""
-  return [Cell(task, arm, seed) for task in tasks for seed in seeds for arm in ARMS]
+def cells(tasks: Sequence[str] = TASKS, seeds: Sequence[int] = SEEDS,
+          arms: Sequence[str] = tuple(ARMS)) -> list[Cell]:
+  """Every run, task by task, seed by seed, the arms side by side."""
+  return [Cell(task, arm, seed) for task in tasks for seed in seeds for arm in arms]
 
 
 def smoke_flags(cell: Cell, model_dir: str, checkpoints: dict[str, str]) -> list[str]:
@@ -150,6 +151,8 @@ def comparisons(summary: dict[str, Any]) -> list[reproduction.Claim]:
   for task, arms in summary.items():
     for metric in ('rank', 'decode'):
       for claim, higher, lower in pairs:
+        if higher not in arms or lower not in arms:
+          continue
         a, b = arms[higher][metric], arms[lower][metric]
         difference, noise = _combination([(1.0, a), (-1.0, b)])
         if difference is not None:
@@ -167,6 +170,9 @@ def table(summary: dict[str, Any]) -> str:
     for metric, title in metric_titles.items():
       cells_text = []
       for arm in ARMS:
+        if arm not in arms:
+          cells_text.append('not run')
+          continue
         stat = arms[arm][metric]
         seeds = ' / '.join(_percent(v) for v in stat['values'])
         cells_text.append(f'{_fmt(stat)}: {seeds}')
@@ -187,14 +193,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                  help='the shared data directory (GLUE files)')
   p.add_argument('--tasks', default=','.join(TASKS), help=f'some of {TASKS}')
   p.add_argument('--seeds', default=','.join(map(str, SEEDS)))
+  p.add_argument('--arms', default=','.join(ARMS),
+                 help='some of the frozen models (two drivers may share OUT on disjoint runs)')
   args = p.parse_args(argv)
   tasks = [t for t in args.tasks.split(',') if t]
-  if not set(tasks) <= set(TASKS):
-    p.error(f'--tasks {args.tasks!r}: expected some of {TASKS}')
+  arms = [a for a in args.arms.split(',') if a]
+  if not set(tasks) <= set(TASKS) or not set(arms) <= set(ARMS):
+    p.error(f'--tasks {args.tasks!r} / --arms {args.arms!r}: expected some of {TASKS} / '
+            f'{tuple(ARMS)}')
   seeds = [int(s) for s in args.seeds.split(',') if s]
   env = _env(args.shared)
   os.makedirs(args.out, exist_ok=True)
-  todo = cells(tasks, seeds)
+  todo = cells(tasks, seeds, arms)
   results, tick = [], time.time()
   for i, cell in enumerate(todo, 1):
     result = run_cell(cell, args.out, env, reproduction.CHECKPOINTS, reproduction.Setting())

@@ -417,6 +417,22 @@ def test_nucleus_of_a_known_distribution():
     assert drawn == nucleus, top_p
   drawn = np.asarray(decoding.sample_tokens(keys, log_probs, top_k=2))
   assert set(drawn.tolist()) == {1, 3}
+  # Ties with the nucleus' least likely token are kept.
+  tied = jnp.log(jnp.array([[0.25] * 4] * 2000))
+  assert set(np.asarray(decoding.sample_tokens(keys, tied, top_p=0.3)).tolist()) == {0, 1, 2, 3}
+
+
+def test_nucleus_floor_is_the_least_likely_token_of_the_sorted_nucleus():
+  rng = np.random.RandomState(0)
+  logits = rng.normal(0, 3, (6, 5000)).astype(np.float32)
+  probs = np.asarray(jax.nn.softmax(jnp.asarray(logits), axis=-1))
+  for top_p in (0.05, 0.5, 0.9):
+    floor = np.asarray(decoding.nucleus_floor(jnp.asarray(probs), top_p))[:, 0]
+    for row, value in zip(probs.astype(np.float64), floor):
+      ordered = np.sort(row)[::-1]
+      better = np.cumsum(ordered) - ordered
+      assert np.min(np.abs(better - top_p)) > 1e-5  # away from float rounding
+      assert value == np.float32(ordered[better < top_p][-1]), top_p
 
 
 def test_same_seed_same_draws_whatever_the_batch_and_each_example_its_own():
