@@ -3,11 +3,11 @@
 `setup` checks what a user can get wrong before anything compiles or loads:
 the task name, the batch size against the devices, the vocabulary against the
 embedding table (and its sentinel, with TARGET_SENTINEL); then it traces the
-parameter shapes. The parameters come
-from INITIAL_CHECKPOINT_PATH (T5X or Hugging Face format), or are random when
-it is None (the smoke run, announced loudly); the prompt's initial value from
-PROMPT_FILE or the PROMPT_INIT initialiser (`initial_prompt`); trained
-parameters from MODEL_DIR's checkpoints (`trained_params`).
+parameter shapes. The parameters come from INITIAL_CHECKPOINT_PATH (T5X or
+Hugging Face format), or are random when it is None (the smoke run, announced
+loudly); the prompt's initial value from PROMPT_FILE or the PROMPT_INIT
+initialiser (`initial_prompt`); trained parameters from MODEL_DIR's
+checkpoints (`trained_params`).
 """
 from __future__ import annotations
 
