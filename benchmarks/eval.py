@@ -12,13 +12,14 @@ Per size, in one fresh process (random weights, T5.1.1 shape, activations --dtyp
   length (+ EOS) is greedy's fair case; random weights never emit EOS, so
   every greedy run decodes exactly its max length;
 - mixed-task serving: `--tasks` prompts, one batch of `--batch` examples whose
-  example i uses prompt i % tasks (`prompts=` per example), against one call
+  example i uses prompt i % tasks (`MethodInputs.prompts` per example), against one call
   per prompt, either padded to the full batch (a fixed-shape server: same
   compiled program, 1/tasks of the rows real) or with batch/tasks rows
   (a second compiled shape);
 - sampling (`decoding.sample_decode`: temperature 1, and with top-k 40 or
   top-p 0.9, each row its own key) against greedy decoding of the same
-  lengths: the price of a draw per step (top-k and top-p sort the vocabulary).
+  lengths: the price of a draw per step (top-k: `lax.top_k`; top-p: a bisection
+  over the probabilities, `decoding.nucleus_floor`).
 `--parts` picks among rank, mixed and sampling; greedy is always measured.
 Every function is compiled once, before timing (compile time reported apart);
 examples/s counts real examples.
@@ -151,6 +152,7 @@ def _measure_mixed(payload: dict, model, params, inputs, labels, result: dict) -
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from prompt_tuning_jax import scoring  # pylint: disable=g-import-not-at-top
+  from prompt_tuning_jax.methods import MethodInputs  # pylint: disable=g-import-not-at-top
   b, tasks, prompt_len = inputs.shape[0], payload['tasks'], model.prompt_length
   # Mixed-task serving: `tasks` prompts; example i uses prompt i % tasks.
   bank = jax.random.uniform(jax.random.PRNGKey(7), (tasks, prompt_len, model.config.emb_dim),
@@ -159,8 +161,8 @@ def _measure_mixed(payload: dict, model, params, inputs, labels, result: dict) -
   mask = jnp.ones((b, prompt_len), bool)
 
   def rank_prompted(params, inputs, labels, prompts, prompt_mask):
-    return scoring.rank_classify(model, params, inputs, labels, prompts=prompts,
-                                 prompt_mask=prompt_mask)
+    return scoring.rank_classify(model, params, inputs, labels,
+                                 method_inputs=MethodInputs(prompts, prompt_mask))
 
   mixed_c, result['mixed_compile_s'] = _compile(
       rank_prompted, params, inputs, labels, bank[task_of], mask)

@@ -1,6 +1,7 @@
 """seqio tasks for a run: finding them, their label words, and training batches.
 
-The pipeline is `Task.get_dataset` (untrimmed, shuffled with `seed`, repeated)
+The pipeline is `Task.get_dataset` (untrimmed, shuffled with `seed`, repeated;
+for a mixture each example is tagged with its task's index, `task_index_of`)
 -> a truncation flag per example -> `EncDecFeatureConverter(pack=False)`
 (trims and pads to the feature lengths) -> batches of BATCH_SIZE, each fixed
 at the feature lengths or cut to length buckets (below). With TARGET_SENTINEL
@@ -57,6 +58,9 @@ from prompt_tuning_jax.tasks import sources as task_sources
 # Per-example [inputs_truncated, targets_truncated] (0/1), passed through the
 # feature converter; removed from the batches by `TruncationCounter.pop`.
 TRUNCATED = 'truncated'
+# Per-example index of the example's task in `sub_tasks(name)` (0 for a single task), in
+# every training batch: what selects an example's task-specific parameters or label set.
+TASK_INDEX = 'task_index'
 MODEL_FEATURES = ('encoder_input_tokens', 'decoder_input_tokens', 'decoder_target_tokens',
                   'decoder_loss_weights')
 DECODER_FEATURES = MODEL_FEATURES[1:]
@@ -108,6 +112,44 @@ def sub_tasks(name: str) -> list[seqio.Task]:
   """The task itself, or the (leaf) tasks of a mixture."""
   provider = get_mixture_or_task(name)
   return list(provider.tasks) if isinstance(provider, seqio.Mixture) else [provider]
+
+
+def task_index_of(name: str) -> dict[str, int]:
+  """{task name: its TASK_INDEX} for the tasks of `name` (a task, or a mixture's leaf tasks)."""
+  return {task.name: i for i, task in enumerate(sub_tasks(name))}
+
+
+def _tagged_dataset(provider: seqio.Task | seqio.Mixture, sequence_length, **kwargs
+                    ) -> tf.data.Dataset:
+  """`provider.get_dataset(sequence_length, **kwargs)` with each example's TASK_INDEX.
+
+  A mixture's datasets are built and sampled with the calls its own `get_dataset` makes,
+  in the same order and with the same seed (so the examples are the same: tests check it),
+  each task's examples tagged before they are mixed.
+  """
+  def tag(index):
+    return lambda example: {**example, TASK_INDEX: tf.constant([index], tf.int32)}
+
+  if not isinstance(provider, seqio.Mixture):
+    return provider.get_dataset(sequence_length, **kwargs).map(tag(0))
+  split, seed = kwargs['split'], kwargs.get('seed')
+  index = {task.name: i for i, task in enumerate(provider.tasks)}
+  tasks = [task for task in provider.tasks if split in task.splits]
+  if not tasks:
+    raise DataError(f'No task of {provider.name!r} has a {split!r} split.')
+  keys = set(provider.output_features)
+  datasets = [provider.get_task_dataset(task, keys, sequence_length, **kwargs).map(
+      tag(index[task.name])) for task in tasks]
+  return provider._sample_fn(datasets, provider._get_all_mixing_rates(tasks), seed)
+
+
+def check_sources_available(name: str) -> None:
+  """Each task of `name` can read its data: a TFDS download it needs can be made (else
+  one line naming the local files to use instead)."""
+  for task in sub_tasks(name):
+    check = getattr(task.source, 'check_available', None)  # tasks.sources.BenchmarkSource
+    if check is not None:
+      check()
 
 
 def label_words(task_name: str, class_labels: Optional[Sequence[str]] = None
@@ -202,17 +244,18 @@ def _converted_examples(settings: DataSettings) -> tf.data.Dataset:
     logging.info('%s: a preprocessor uses the sequence length, so seqio trims the examples '
                  'and truncation is not counted.', settings.mixture_or_task_name)
   # Without a sequence length seqio trims nothing; `_flag_and_trim` does it.
-  ds = provider.get_dataset(None if count else lengths, split='train', shuffle=True,
-                            seed=settings.seed, num_epochs=None,
-                            trim_output_features=not count)
+  ds = _tagged_dataset(provider, None if count else lengths, split='train', shuffle=True,
+                       seed=settings.seed, num_epochs=None, trim_output_features=not count)
   if settings.target_sentinel:
     ds = ds.map(_with_sentinel(target_sentinel(settings.mixture_or_task_name)),
                 num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.map(_flag_and_trim(lengths, provider.output_features),
               num_parallel_calls=tf.data.AUTOTUNE)
+  int_feature = seqio.FeatureConverter.FeatureSpec(tf.int32)
   converter = seqio.EncDecFeatureConverter(
-      pack=False, passthrough_features={TRUNCATED: seqio.FeatureConverter.FeatureSpec(tf.int32)})
-  return converter(ds, task_feature_lengths={**lengths, TRUNCATED: 2})
+      pack=False, passthrough_features={TRUNCATED: int_feature, TASK_INDEX: int_feature})
+  ds = converter(ds, task_feature_lengths={**lengths, TRUNCATED: 2, TASK_INDEX: 1})
+  return ds.map(lambda ex: {**ex, TASK_INDEX: ex[TASK_INDEX][0]})  # [1] -> a scalar
 
 
 def target_sentinel(name: str) -> int:

@@ -1,6 +1,6 @@
-"""Autoregressive decoding with the decoder's key/value cache: greedy, sampling, beam search.
+"""Autoregressive decoding with the decoder's key/value cache: greedy and beam search.
 
-All run the encoder once per example (beam search then repeats the encoded
+Both run the encoder once per example (beam search then repeats the encoded
 inputs per beam), start the decoder from token 0 (T5's BOS is the pad id) and
 advance one position per step through `decode_step`. Shapes are fixed: the
 loops are `lax.while_loop`s over `max_decode_length` that stop early once
@@ -17,9 +17,10 @@ functions trace under any enclosing `jax.jit`/`pjit`; the `jit_*` variants are
 jitted with the module and the sizes (beam size, decode length) static, so
 repeated calls with the same shapes reuse one compilation.
 
-`prompts` [b, P, emb] / `prompt_mask` [b, P] give every example its own prompt
-(mixed-prompt batches, prompt ensembles); see `PromptedT5`. `jit_decode`
-picks greedy decoding, beam search or sampling by name (the DECODER setting).
+`method_inputs` (`methods.MethodInputs`) are the per-example inputs of the model's
+method, e.g. every example's own prompt (mixed-prompt batches, prompt ensembles); they
+reach the encoder and every decoder step. `jit_decode` picks greedy decoding, beam
+search or sampling by name (the DECODER setting).
 
 Sampling (temperature, top-k, top-p) is seeded per example: row i draws with
 its own key (`example_keys`: the seed folded with the example's position), folded
@@ -28,12 +29,13 @@ two equal inputs in one batch draw independently.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from prompt_tuning_jax.methods import MethodInputs
 from prompt_tuning_jax.settings import BEAM, GREEDY, SAMPLE
 
 Array = jnp.ndarray
@@ -51,32 +53,32 @@ def _variables(params: Params, **collections) -> dict:
 
 
 def encode(model: nn.Module, params: Params, encoder_input_tokens: Array, *,
-           prompts: Optional[Array] = None,
-           prompt_mask: Optional[Array] = None) -> tuple[Array, Array]:
+           method_inputs: MethodInputs = MethodInputs()) -> tuple[Array, Array]:
   """Runs the encoder: tokens [b, t] -> (encoded [b, L, emb], encoder_valid [b, L])."""
   return model.apply(_variables(params), encoder_input_tokens, method=model.encode,
-                     prompts=prompts, prompt_mask=prompt_mask)
+                     method_inputs=method_inputs)
 
 
 def init_cache(model: nn.Module, params: Params, encoded: Array, encoder_valid: Array,
-               max_decode_length: int) -> Any:
+               max_decode_length: int, method_inputs: MethodInputs = MethodInputs()) -> Any:
   """An all-zero decoder cache for `encoded.shape[0]` sequences of up to `max_decode_length`."""
   batch = encoded.shape[0]
 
-  def create(params, encoded, encoder_valid):
+  def create(params, encoded, encoder_valid, method_inputs):
     _, variables = model.apply(
         _variables(params), encoded, encoder_valid,
         jnp.zeros((batch, max_decode_length), jnp.int32), decode=True,
-        max_decode_length=max_decode_length, method=model.decode, mutable=['cache'])
+        max_decode_length=max_decode_length, method=model.decode, mutable=['cache'],
+        method_inputs=method_inputs)
     return variables['cache']
 
-  shapes = jax.eval_shape(create, params, encoded, encoder_valid)
+  shapes = jax.eval_shape(create, params, encoded, encoder_valid, method_inputs)
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
 def decode_step(model: nn.Module, params: Params, cache: Any, encoded: Array,
-                encoder_valid: Array, previous_tokens: Array,
-                max_decode_length: int) -> tuple[Array, Any]:
+                encoder_valid: Array, previous_tokens: Array, max_decode_length: int,
+                method_inputs: MethodInputs = MethodInputs()) -> tuple[Array, Any]:
   """One cached decoder step: previous_tokens [b] -> (log_probs [b, vocab] float32, cache).
 
   The position decoded is the cache's index (the number of earlier steps).
@@ -84,7 +86,7 @@ def decode_step(model: nn.Module, params: Params, cache: Any, encoded: Array,
   logits, mutated = model.apply(
       _variables(params, cache=cache), encoded, encoder_valid, previous_tokens[:, None],
       decode=True, max_decode_length=max_decode_length, method=model.decode,
-      mutable=['cache'])
+      mutable=['cache'], method_inputs=method_inputs)
   return jax.nn.log_softmax(logits[:, 0].astype(jnp.float32), axis=-1), mutated['cache']
 
 
@@ -102,15 +104,14 @@ class _StepState(NamedTuple):
 
 def _token_by_token(model: nn.Module, params: Params, encoder_input_tokens: Array,
                     choose: Callable[[Array, Array], Array], *, max_decode_length: int,
-                    eos_id: int, prompts: Optional[Array],
-                    prompt_mask: Optional[Array]) -> tuple[Array, Array]:
+                    eos_id: int, method_inputs: MethodInputs) -> tuple[Array, Array]:
   """Decodes one token per step, `choose(step, log_probs [b, vocab]) -> tokens [b]`.
 
   A row is finished once it emits EOS: its later tokens are 0 and its score (the
   summed model log-probability of its tokens, EOS included) stops growing.
   """
-  encoded, encoder_valid = encode(model, params, encoder_input_tokens, prompts=prompts,
-                                  prompt_mask=prompt_mask)
+  encoded, encoder_valid = encode(model, params, encoder_input_tokens,
+                                  method_inputs=method_inputs)
   batch = encoded.shape[0]
 
   def not_finished(state: _StepState) -> Array:
@@ -118,7 +119,8 @@ def _token_by_token(model: nn.Module, params: Params, encoder_input_tokens: Arra
 
   def step(state: _StepState) -> _StepState:
     log_probs, cache = decode_step(model, params, state.cache, encoded, encoder_valid,
-                                   state.previous, max_decode_length)  # [batch, vocab]
+                                   state.previous, max_decode_length,
+                                   method_inputs)  # [batch, vocab]
     chosen = choose(state.step, log_probs).astype(jnp.int32)  # [batch]
     chosen_log_prob = jnp.take_along_axis(log_probs, chosen[:, None], axis=-1)[:, 0]
     token = jnp.where(state.done, 0, chosen)
@@ -133,14 +135,15 @@ def _token_by_token(model: nn.Module, params: Params, encoder_input_tokens: Arra
       scores=jnp.zeros((batch,), jnp.float32),
       done=jnp.zeros((batch,), bool),
       previous=jnp.zeros((batch,), jnp.int32),
-      cache=init_cache(model, params, encoded, encoder_valid, max_decode_length))
+      cache=init_cache(model, params, encoded, encoder_valid, max_decode_length,
+                       method_inputs))
   final = jax.lax.while_loop(not_finished, step, initial)
   return final.tokens, final.scores
 
 
 def greedy_decode(model: nn.Module, params: Params, encoder_input_tokens: Array, *,
-                  max_decode_length: int, eos_id: int = 1, prompts: Optional[Array] = None,
-                  prompt_mask: Optional[Array] = None) -> tuple[Array, Array]:
+                  max_decode_length: int, eos_id: int = 1,
+                  method_inputs: MethodInputs = MethodInputs()) -> tuple[Array, Array]:
   """Greedy (argmax) decoding.
 
   Returns:
@@ -149,8 +152,8 @@ def greedy_decode(model: nn.Module, params: Params, encoder_input_tokens: Array,
   """
   return _token_by_token(model, params, encoder_input_tokens,
                          lambda step, log_probs: jnp.argmax(log_probs, axis=-1),
-                         max_decode_length=max_decode_length, eos_id=eos_id, prompts=prompts,
-                         prompt_mask=prompt_mask)
+                         max_decode_length=max_decode_length, eos_id=eos_id,
+                         method_inputs=method_inputs)
 
 
 def example_keys(seed: int, indices) -> Array:
@@ -219,8 +222,7 @@ def sample_tokens(keys: Array, log_probs: Array, temperature: Any = 1.0, top_k: 
 def sample_decode(model: nn.Module, params: Params, encoder_input_tokens: Array,
                   keys: Array, *, max_decode_length: int, temperature: Any = 1.0,
                   top_k: int = 0, top_p: float = 1.0, eos_id: int = 1,
-                  prompts: Optional[Array] = None,
-                  prompt_mask: Optional[Array] = None) -> tuple[Array, Array]:
+                  method_inputs: MethodInputs = MethodInputs()) -> tuple[Array, Array]:
   """Ancestral sampling (`sample_tokens` at every step); EOS ends a row as in greedy.
 
   `keys` [b, 2] is each row's PRNG key (`example_keys`); step t draws with it
@@ -232,8 +234,8 @@ def sample_decode(model: nn.Module, params: Params, encoder_input_tokens: Array,
     return sample_tokens(step_keys, log_probs, temperature, top_k, top_p)
 
   return _token_by_token(model, params, encoder_input_tokens, choose,
-                         max_decode_length=max_decode_length, eos_id=eos_id, prompts=prompts,
-                         prompt_mask=prompt_mask)
+                         max_decode_length=max_decode_length, eos_id=eos_id,
+                         method_inputs=method_inputs)
 
 
 # ------------------------------------------------------------------ beam search
@@ -274,8 +276,7 @@ def _gather_cache(cache: Any, beam_index: Array) -> Any:
 
 def beam_search(model: nn.Module, params: Params, encoder_input_tokens: Array, *,
                 beam_size: int, max_decode_length: int, alpha: float = 0.6, eos_id: int = 1,
-                prompts: Optional[Array] = None,
-                prompt_mask: Optional[Array] = None) -> tuple[Array, Array]:
+                method_inputs: MethodInputs = MethodInputs()) -> tuple[Array, Array]:
   """Beam search; returns the best finished hypothesis per example.
 
   A hypothesis finishes when it emits EOS or reaches `max_decode_length`; its
@@ -291,12 +292,13 @@ def beam_search(model: nn.Module, params: Params, encoder_input_tokens: Array, *
   """
   if beam_size < 1:
     raise ValueError(f'beam_size must be >= 1, got {beam_size}.')
-  encoded, encoder_valid = encode(model, params, encoder_input_tokens, prompts=prompts,
-                                  prompt_mask=prompt_mask)
+  encoded, encoder_valid = encode(model, params, encoder_input_tokens,
+                                  method_inputs=method_inputs)
   batch, k, length = encoded.shape[0], beam_size, max_decode_length
-  # Encoded once per example; every beam reads its example's copy.
+  # Encoded once per example; every beam reads its example's copy (and method inputs).
   encoded = jnp.repeat(encoded, k, axis=0)  # [batch * beams, L, emb]
   encoder_valid = jnp.repeat(encoder_valid, k, axis=0)
+  beam_inputs = jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), method_inputs)
   positions = jnp.arange(length + 1)
 
   def improvable(state: _BeamState) -> Array:
@@ -313,7 +315,7 @@ def beam_search(model: nn.Module, params: Params, encoder_input_tokens: Array, *
     previous = jax.lax.dynamic_index_in_dim(state.live_tokens, state.step, axis=2,
                                             keepdims=False)  # [batch, beams]
     log_probs, cache = decode_step(model, params, state.cache, encoded, encoder_valid,
-                                   previous.reshape(batch * k), length)
+                                   previous.reshape(batch * k), length, beam_inputs)
     vocab = log_probs.shape[-1]
     candidates = state.live_log_probs[:, :, None] + log_probs.reshape(batch, k, vocab)
     num_top = min(2 * k, k * vocab)
@@ -346,7 +348,7 @@ def beam_search(model: nn.Module, params: Params, encoder_input_tokens: Array, *
   initial = _BeamState(
       step=jnp.array(0, jnp.int32), live_tokens=tokens, live_log_probs=live_log_probs,
       finished_tokens=tokens, finished_scores=jnp.full((batch, k), NEG_INF, jnp.float32),
-      cache=init_cache(model, params, encoded, encoder_valid, length))
+      cache=init_cache(model, params, encoded, encoder_valid, length, beam_inputs))
   final = jax.lax.while_loop(improvable, step, initial)
   return final.finished_tokens[:, 0, 1:], final.finished_scores[:, 0]
 
@@ -364,20 +366,19 @@ jit_sample_decode = jax.jit(sample_decode,
 def jit_decode(model: nn.Module, params: Params, encoder_input_tokens: Array, *,
                max_decode_length: int, decoder: str = GREEDY, beam_size: int = 4,
                alpha: float = 0.6, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-               keys: Optional[Array] = None, prompts: Optional[Array] = None,
-               prompt_mask: Optional[Array] = None) -> tuple[Array, Array]:
+               keys: Array | None = None,
+               method_inputs: MethodInputs = MethodInputs()) -> tuple[Array, Array]:
   """Greedy decoding, beam search ('beam') or sampling ('sample', with each row's PRNG
   key in `keys`), jitted: (tokens, scores)."""
   if decoder == BEAM:
     return jit_beam_search(model, params, encoder_input_tokens, beam_size=beam_size,
-                           max_decode_length=max_decode_length, alpha=alpha, prompts=prompts,
-                           prompt_mask=prompt_mask)
+                           max_decode_length=max_decode_length, alpha=alpha,
+                           method_inputs=method_inputs)
   if decoder == SAMPLE:
     if keys is None:
       raise ValueError("decoder='sample' needs each row's PRNG key: pass keys= (example_keys).")
     return jit_sample_decode(model, params, encoder_input_tokens, keys,
                              max_decode_length=max_decode_length, temperature=temperature,
-                             top_k=top_k, top_p=top_p, prompts=prompts, prompt_mask=prompt_mask)
+                             top_k=top_k, top_p=top_p, method_inputs=method_inputs)
   return jit_greedy_decode(model, params, encoder_input_tokens,
-                           max_decode_length=max_decode_length, prompts=prompts,
-                           prompt_mask=prompt_mask)
+                           max_decode_length=max_decode_length, method_inputs=method_inputs)

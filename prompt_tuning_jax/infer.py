@@ -47,6 +47,8 @@ def infer(run: RunSettings, *, prompt_files: Optional[Mapping[str, str]] = None,
   s = run_setup.setup(run)
   settings, task_name = run.inference, run.data.mixture_or_task_name
   named_prompts = prompt_files is not None
+  run_setup.check_sources(s, trained=not named_prompts,  # Before the examples are read.
+                          task_data=not settings.input_file)
   if named_prompts and not settings.input_file:
     raise UsageError('Mixed-task inference (--prompt) reads the inputs from a file whose lines '
                      'name their prompt: pass --input FILE.jsonl.')

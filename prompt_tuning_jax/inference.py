@@ -33,9 +33,11 @@ from prompt_tuning_jax import data as data_lib
 from prompt_tuning_jax import decoding
 from prompt_tuning_jax import scoring
 from prompt_tuning_jax import sentinel as sentinel_lib
+from prompt_tuning_jax import storage
 from prompt_tuning_jax.errors import DataError, UsageError
 from prompt_tuning_jax.many_prompts import mixed
 from prompt_tuning_jax.many_prompts.bank import PromptBank
+from prompt_tuning_jax.methods import MethodInputs
 from prompt_tuning_jax.settings import DECODE, GREEDY, RANK_CLASSIFICATION, SAMPLE
 from prompt_tuning_jax.tasks import sources
 
@@ -174,17 +176,15 @@ def predict(model, params, examples: Sequence[Example], vocabulary: seqio.Vocabu
     if ranker is not None:
       outputs = ranker(model, params, tokens, names, bank)[:n]
     else:
-      prompts = {}
-      if bank is not None:
-        prompts = dict(zip(('prompts', 'prompt_mask'),
-                           map(jnp.asarray, mixed.gather_prompts(model, bank, names))))
+      method_inputs = (MethodInputs() if bank is None
+                       else mixed.gather_prompts(model, bank, names))
       keys = None
       if decoder == SAMPLE:
         keys = decoding.example_keys(sample_seed, np.pad(rows, (0, batch_size - n)))
       predicted, scores = jax.device_get(decoding.jit_decode(
           model, params, jnp.asarray(tokens), max_decode_length=max_decode_length,
           decoder=decoder, beam_size=beam_size, alpha=alpha, temperature=temperature,
-          top_k=top_k, top_p=top_p, keys=keys, **prompts))
+          top_k=top_k, top_p=top_p, keys=keys, method_inputs=method_inputs))
       if target_sentinel is not None:
         predicted = sentinel_lib.strip_leading(predicted, target_sentinel)
       outputs = [{'prediction': vocabulary.decode([int(t) for t in row if t != 0]),
@@ -233,10 +233,6 @@ class _Ranker:
 
 
 def write_jsonl(path: str, records: Sequence[Mapping[str, Any]]) -> None:
-  """Writes records, one JSON object a line (via a temp file, renamed when complete)."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f'{path}.tmp'
-  with open(tmp, 'w') as f:
-    for record in records:
-      f.write(json.dumps(record, ensure_ascii=False) + '\n')
-  os.replace(tmp, path)
+  """Writes records, one JSON object a line, at once (local or gs://; `storage.write`)."""
+  storage.write(path, ''.join(json.dumps(record, ensure_ascii=False) + '\n'
+                              for record in records).encode())

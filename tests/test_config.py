@@ -37,6 +37,9 @@ def documented_macros() -> list[str]:
 
 def test_every_wired_macro_is_documented_once_in_the_run_block():
   wiring = run_block_and_wiring()[1]
+  for name in re.findall(r"^include '(methods/.*)'$", wiring, re.M):  # the default method's
+    with open(os.path.join(config.gin_dir(), name)) as f:
+      wiring += f.read()
   documented = documented_macros()
   assert len(documented) == len(set(documented))
   used = set(re.findall(r'%([A-Z][A-Z0-9_]*)', wiring))
@@ -60,7 +63,7 @@ def test_model_finetune_trains_every_weight_of_plain_t5(tmp_path):
   run = configure(tmp_path, "MIXTURE_OR_TASK_NAME = 't'",
                   files=('models/t5_1_1_small.gin', 'runs/model_finetune.gin')).settings
   assert type(run.model) is T5
-  assert run.optimizer.trainable_rules == optim.MODEL_TUNING_RULES
+  assert run.trainable_rules == optim.MODEL_TUNING_RULES
   assert run.optimizer.learning_rate == 0.001
 
 
@@ -146,6 +149,10 @@ def test_installed_package_finds_gin_files_and_tasks_through_importlib_resources
   (wheel,) = glob.glob(str(tmp_path / 'wheel' / '*.whl'))
   names = zipfile.ZipFile(wheel).namelist()
   assert 'prompt_tuning_jax/gin/runs/prompt_finetune.gin' in names
+  assert 'prompt_tuning_jax/gin/methods/prompt_tuning.gin' in names
+  packages = [path.relative_to(REPO).as_posix()
+              for path in (REPO / 'prompt_tuning_jax').rglob('__init__.py')]
+  assert set(packages) <= set(names)  # every subpackage is installed (pyproject's list)
   assert 'prompt_tuning_jax/tasks/__init__.py' in names
   assert not [n for n in names if n.startswith(('gin/', 'tasks/'))]  # nothing top-level
   zipfile.ZipFile(wheel).extractall(tmp_path / 'site')
