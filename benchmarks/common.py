@@ -24,9 +24,11 @@ import numpy as np
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# T5.1.1 sizes the benchmarks accept, as `prompt_tuning_jax.models` preset names.
+# Model sizes the benchmarks accept (T5.1.1 and t5_mini), as preset names of
+# `prompt_tuning_jax.models`.
 SIZES = {
     'tiny': 't5_1_1_tiny',
+    'mini': 't5_mini',  # the project's mini T5 (8k vocabulary); only its shape is used
     'small': 't5_1_1_small',
     'base': 't5_1_1_base',
     'large': 't5_1_1_large',

@@ -1,6 +1,8 @@
-"""Evaluation benchmark: rank classification vs greedy decoding, mixed-task vs per-prompt batches.
+"""Evaluation benchmark: rank classification and sampling vs greedy decoding, mixed-task vs
+per-prompt batches.
 
   python -m benchmarks.eval --sizes tiny,small --json eval.json
+  python -m benchmarks.eval --sizes small --parts sampling   # sampling vs greedy only
 
 Per size, in one fresh process (random weights, T5.1.1 shape, activations --dtype):
 - rank classification (`scoring.rank_classify`: one encoder pass, all
@@ -13,7 +15,12 @@ Per size, in one fresh process (random weights, T5.1.1 shape, activations --dtyp
   example i uses prompt i % tasks (`MethodInputs.prompts` per example), against one call
   per prompt, either padded to the full batch (a fixed-shape server: same
   compiled program, 1/tasks of the rows real) or with batch/tasks rows
-  (a second compiled shape).
+  (a second compiled shape);
+- sampling (`decoding.sample_decode`: temperature 1, and with top-k 40 or
+  top-p 0.9, each row its own key) against greedy decoding of the same
+  lengths: the price of a draw per step (top-k: `lax.top_k`; top-p: a bisection
+  over the probabilities, `decoding.nucleus_floor`).
+`--parts` picks among rank, mixed and sampling; greedy is always measured.
 Every function is compiled once, before timing (compile time reported apart);
 examples/s counts real examples.
 """
@@ -29,6 +36,9 @@ from typing import Sequence
 from benchmarks import common
 
 MODULE = 'benchmarks.eval'
+PARTS = ('rank', 'mixed', 'sampling')
+# The samplers timed against greedy decoding: name -> decoding.sample_decode arguments.
+SAMPLERS = {'sample': {}, 'top_k40': {'top_k': 40}, 'top_p0.9': {'top_p': 0.9}}
 
 
 # ------------------------------------------------------------ worker (JAX only)
@@ -78,7 +88,6 @@ def _measure(payload: dict) -> dict:
   import numpy as np  # pylint: disable=g-import-not-at-top
   from prompt_tuning_jax import decoding, scoring  # pylint: disable=g-import-not-at-top
   from prompt_tuning_jax.models import PromptedT5, T5Config  # pylint: disable=g-import-not-at-top
-  from prompt_tuning_jax.methods import MethodInputs  # pylint: disable=g-import-not-at-top
 
   if payload['kind'] != 'eval':
     raise ValueError(f'{MODULE} worker: unknown measurement kind {payload["kind"]!r}')
@@ -98,17 +107,19 @@ def _measure(payload: dict) -> dict:
                            np.ones((num_labels, 1))], axis=1).astype(np.int32)
   labels = jnp.asarray(labels)  # [num_labels, label_len + 1]
   result = {'backend': jax.default_backend(), 'label_tokens_with_eos': int(labels.shape[1])}
+  parts = payload['parts']
 
-  rank = functools.partial(scoring.rank_classify, model)
-  rank_c, result['rank_compile_s'] = _compile(rank, params, inputs, labels)
-  result['rank'] = _timed(rank_c, (params, inputs, labels), payload, b)
-  result['rank']['flops'] = float(_flops(rank_c))
-  repeated_c, result['rank_repeated_compile_s'] = _compile(
-      functools.partial(rank_classify_repeated, model), params, inputs, labels)
-  result['rank_repeated'] = _timed(repeated_c, (params, inputs, labels), payload, b)
-  result['rank_repeated']['flops'] = float(_flops(repeated_c))
-  result['rank_repeated']['max_abs_score_diff'] = float(jnp.max(jnp.abs(
-      repeated_c(params, inputs, labels) - rank_c(params, inputs, labels)[1])))
+  if 'rank' in parts:
+    rank = functools.partial(scoring.rank_classify, model)
+    rank_c, result['rank_compile_s'] = _compile(rank, params, inputs, labels)
+    result['rank'] = _timed(rank_c, (params, inputs, labels), payload, b)
+    result['rank']['flops'] = float(_flops(rank_c))
+    repeated_c, result['rank_repeated_compile_s'] = _compile(
+        functools.partial(rank_classify_repeated, model), params, inputs, labels)
+    result['rank_repeated'] = _timed(repeated_c, (params, inputs, labels), payload, b)
+    result['rank_repeated']['flops'] = float(_flops(repeated_c))
+    result['rank_repeated']['max_abs_score_diff'] = float(jnp.max(jnp.abs(
+        repeated_c(params, inputs, labels) - rank_c(params, inputs, labels)[1])))
   result['greedy'] = {}
   for length in payload['decode_lens']:
     greedy = functools.partial(decoding.greedy_decode, model, max_decode_length=length)
@@ -119,11 +130,35 @@ def _measure(payload: dict) -> dict:
     result['greedy'][str(length)] = dict(timing, compile_s=compile_s,
                                          mean_decoded_tokens=float(jnp.mean(decoded)))
 
+  if 'sampling' in parts:
+    keys = decoding.example_keys(payload['seed'], np.arange(b))  # each row its own key
+    result['sampling'] = {}
+    for name, options in SAMPLERS.items():
+      for length in payload['decode_lens']:
+        sample = functools.partial(decoding.sample_decode, model, max_decode_length=length,
+                                   **options)
+        sample_c, compile_s = _compile(sample, params, inputs, keys)
+        timing = _timed(sample_c, (params, inputs, keys), payload, b)
+        decoded = jnp.sum(sample_c(params, inputs, keys)[0] > 0, axis=1)
+        result['sampling'][f'{name}/{length}'] = dict(
+            timing, compile_s=compile_s, mean_decoded_tokens=float(jnp.mean(decoded)))
+  if 'mixed' in parts:
+    _measure_mixed(payload, model, params, inputs, labels, result)
+  return result
+
+
+def _measure_mixed(payload: dict, model, params, inputs, labels, result: dict) -> None:
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from prompt_tuning_jax import scoring  # pylint: disable=g-import-not-at-top
+  from prompt_tuning_jax.methods import MethodInputs  # pylint: disable=g-import-not-at-top
+  b, tasks, prompt_len = inputs.shape[0], payload['tasks'], model.prompt_length
   # Mixed-task serving: `tasks` prompts; example i uses prompt i % tasks.
-  bank = jax.random.uniform(jax.random.PRNGKey(7), (tasks, workload.prompt_len, config.emb_dim),
+  bank = jax.random.uniform(jax.random.PRNGKey(7), (tasks, prompt_len, model.config.emb_dim),
                             minval=-0.5, maxval=0.5)  # [tasks, P, emb]
   task_of = np.arange(b) % tasks
-  mask = jnp.ones((b, workload.prompt_len), bool)
+  mask = jnp.ones((b, prompt_len), bool)
 
   def rank_prompted(params, inputs, labels, prompts, prompt_mask):
     return scoring.rank_classify(model, params, inputs, labels,
@@ -141,7 +176,6 @@ def _measure(payload: dict) -> dict:
                 jnp.broadcast_to(bank[0], (small,) + bank.shape[1:]), mask[:small])
   small_c, result['per_prompt_small_compile_s'] = _compile(rank_prompted, *small_args)
   result['per_prompt_small_batch'] = _timed(small_c, small_args, payload, b, calls=tasks)
-  return result
 
 
 def _flops(compiled) -> float:
@@ -161,46 +195,66 @@ def run(args: argparse.Namespace) -> dict:
     payload = {'kind': 'eval', 'shape': common.model_shape(size), 'workload': vars(workload),
                'dtype': args.dtype, 'tasks': args.tasks, 'num_labels': args.num_labels,
                'label_len': args.label_len, 'decode_lens': args.decode_lens,
-               'warmup': args.warmup, 'steps': args.steps, 'seed': args.seed}
+               'warmup': args.warmup, 'steps': args.steps, 'seed': args.seed,
+               'parts': args.parts}
     result = common.run_worker(MODULE, payload)
-    rank = result['rank']
-    row = {'size': size, 'rank_examples_per_s': rank['examples_per_s'],
-           'rank_repeated_examples_per_s': result['rank_repeated']['examples_per_s'],
-           'mixed_examples_per_s': result['mixed']['examples_per_s'],
-           'per_prompt_full_examples_per_s': result['per_prompt_full_batch']['examples_per_s'],
-           'per_prompt_small_examples_per_s': result['per_prompt_small_batch']['examples_per_s'],
-           'raw': result}
-    row['mixed_over_per_prompt_full'] = (row['mixed_examples_per_s']
-                                         / row['per_prompt_full_examples_per_s'])
-    row['mixed_over_per_prompt_small'] = (row['mixed_examples_per_s']
-                                          / row['per_prompt_small_examples_per_s'])
+    row = {'size': size, 'raw': result}
+    for key, name in [('rank', 'rank'), ('rank_repeated', 'rank_repeated'), ('mixed', 'mixed'),
+                      ('per_prompt_full_batch', 'per_prompt_full'),
+                      ('per_prompt_small_batch', 'per_prompt_small')]:
+      if key in result:
+        row[f'{name}_examples_per_s'] = result[key]['examples_per_s']
+    if 'mixed' in result:
+      row['mixed_over_per_prompt_full'] = (row['mixed_examples_per_s']
+                                           / row['per_prompt_full_examples_per_s'])
+      row['mixed_over_per_prompt_small'] = (row['mixed_examples_per_s']
+                                            / row['per_prompt_small_examples_per_s'])
     for length, greedy in result['greedy'].items():
-      row[f'greedy{length}_examples_per_s'] = greedy['examples_per_s']
-      row[f'rank_over_greedy{length}'] = rank['examples_per_s'] / greedy['examples_per_s']
-      row[f'rank_repeated_over_greedy{length}'] = (row['rank_repeated_examples_per_s']
-                                                 / greedy['examples_per_s'])
-    print(f'[{size}] rank {rank["examples_per_s"]:.2f} ex/s, '
-          f'mixed {row["mixed_examples_per_s"]:.2f} ex/s', file=sys.stderr, flush=True)
+      speed = row[f'greedy{length}_examples_per_s'] = greedy['examples_per_s']
+      for name in ('rank', 'rank_repeated'):
+        if f'{name}_examples_per_s' in row:
+          row[f'{name}_over_greedy{length}'] = row[f'{name}_examples_per_s'] / speed
+    for key, sampled in result.get('sampling', {}).items():
+      name, length = key.split('/')
+      row[f'{name}{length}_examples_per_s'] = sampled['examples_per_s']
+      row[f'{name}_over_greedy{length}'] = (sampled['examples_per_s']
+                                            / row[f'greedy{length}_examples_per_s'])
+    print(f'[{size}] ' + ', '.join(f'{k} {v:.2f}' for k, v in row.items()
+                                   if k.endswith('examples_per_s')), file=sys.stderr, flush=True)
     rows.append(row)
   machine['load_average_end'] = [round(x, 2) for x in os.getloadavg()]
   return {'benchmark': 'eval', 'command': 'python -m benchmarks.eval ' + ' '.join(args.argv),
           'machine': machine, 'workload': vars(workload), 'dtype': args.dtype,
           'tasks': args.tasks, 'num_labels': args.num_labels, 'label_len': args.label_len,
-          'decode_lens': args.decode_lens, 'rows': rows}
+          'decode_lens': args.decode_lens, 'parts': args.parts, 'rows': rows}
 
 
 def format_report(report: dict) -> str:
-  columns = [('size', 'size', 's'), ('rank-classify ex/s', 'rank_examples_per_s', '.2f'),
-             ('rank, labels repeated (earlier) ex/s', 'rank_repeated_examples_per_s', '.2f')]
+  parts = report.get('parts', PARTS)
+  columns = [('size', 'size', 's')]
+  if 'rank' in parts:
+    columns += [('rank-classify ex/s', 'rank_examples_per_s', '.2f'),
+                ('rank, labels repeated (earlier) ex/s', 'rank_repeated_examples_per_s', '.2f')]
   for length in report['decode_lens']:
-    columns += [(f'greedy {length} tok ex/s', f'greedy{length}_examples_per_s', '.2f'),
-                (f'rank/greedy {length}', f'rank_over_greedy{length}', '.2f'),
-                (f'repeated/greedy {length}', f'rank_repeated_over_greedy{length}', '.2f')]
-  columns += [('mixed batch ex/s', 'mixed_examples_per_s', '.2f'),
-              ('per-prompt full-batch ex/s', 'per_prompt_full_examples_per_s', '.2f'),
-              ('per-prompt small-batch ex/s', 'per_prompt_small_examples_per_s', '.2f'),
-              ('mixed/per-prompt full', 'mixed_over_per_prompt_full', '.2f'),
-              ('mixed/per-prompt small', 'mixed_over_per_prompt_small', '.2f')]
+    columns.append((f'greedy {length} tok ex/s', f'greedy{length}_examples_per_s', '.2f'))
+    if 'rank' in parts:
+      columns += [(f'rank/greedy {length}', f'rank_over_greedy{length}', '.2f'),
+                  (f'repeated/greedy {length}', f'rank_repeated_over_greedy{length}', '.2f')]
+  if 'mixed' in parts:
+    columns += [('mixed batch ex/s', 'mixed_examples_per_s', '.2f'),
+                ('per-prompt full-batch ex/s', 'per_prompt_full_examples_per_s', '.2f'),
+                ('per-prompt small-batch ex/s', 'per_prompt_small_examples_per_s', '.2f'),
+                ('mixed/per-prompt full', 'mixed_over_per_prompt_full', '.2f'),
+                ('mixed/per-prompt small', 'mixed_over_per_prompt_small', '.2f')]
+  tables = [common.format_table(report['rows'], columns)]
+  if 'sampling' in parts:
+    sampling = [('size', 'size', 's')]
+    for length in report['decode_lens']:
+      sampling.append((f'greedy {length} tok ex/s', f'greedy{length}_examples_per_s', '.2f'))
+      for name in SAMPLERS:
+        sampling += [(f'{name} {length} tok ex/s', f'{name}{length}_examples_per_s', '.2f'),
+                     (f'{name}/greedy', f'{name}_over_greedy{length}', '.2f')]
+    tables.append(common.format_table(report['rows'], sampling))
   m, w = report['machine'], report['workload']
   return '\n'.join([
       f"{m['date_utc']} UTC, {m['cpu_model']} x{m['cpu_count']}, load {m['load_average']} "
@@ -208,7 +262,7 @@ def format_report(report: dict) -> str:
       f"batch {w['batch']}, {w['input_len']} input + {w['prompt_len']} prompt tokens, "
       f"{report['num_labels']} labels of {report['label_len']} piece(s) + EOS, "
       f"{report['tasks']} prompts in the mixed batch, activations {report['dtype']}", '',
-      common.format_table(report['rows'], columns)])
+      '\n\n'.join(tables)])
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -227,8 +281,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser.add_argument('--warmup', type=int, default=1)
   parser.add_argument('--steps', type=int, default=3)
   parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--parts', type=csv, default=list(PARTS),
+                      help=f'what to measure besides greedy decoding: some of {PARTS}')
   parser.add_argument('--json', default=None, help="write the full report here ('-': stdout)")
   args = parser.parse_args(argv)
+  if not set(args.parts) <= set(PARTS):
+    parser.error(f'--parts {args.parts}: expected some of {PARTS}')
   args.argv = list(argv)
   return args
 

@@ -67,12 +67,14 @@ class Run:
   prompt_length: int = 20
   init: str = 'class_labels'
   seed: int = 0
+  sentinel: bool = False           # TARGET_SENTINEL: targets start with <extra_id_0>
 
   @property
   def name(self) -> str:
+    model = self.model + ('-sentinel' if self.sentinel else '')
     if self.tuning == 'model':
-      return f'{self.task}-{self.model}-model_tuning-s{self.seed}'
-    return f'{self.task}-{self.model}-p{self.prompt_length}-{self.init}-s{self.seed}'
+      return f'{self.task}-{model}-model_tuning-s{self.seed}'
+    return f'{self.task}-{model}-p{self.prompt_length}-{self.init}-s{self.seed}'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,6 +183,8 @@ def train_flags(run: Run, setting: Setting, model_dir: str,
   if prompt:
     flags += [f'--gin.PROMPT_LENGTH={run.prompt_length}',
               f'--gin.PROMPT_INIT={prompt_init(run, task.name)}']
+  if run.sentinel:
+    flags.append('--gin.TARGET_SENTINEL=True')
   return flags
 
 

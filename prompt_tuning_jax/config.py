@@ -465,13 +465,26 @@ def _compared_values(text: str) -> tuple[dict[str, Any], dict[str, Any]]:
   config fields, its method (a frozen dataclass) and the rules that train (TRAINABLE_RULES,
   or the method's when None). So `MODEL = @models.PromptedT5()` with TRAINABLE_RULES
   ('.*prompt.*',), as runs saved before gin/methods/ existed, equals today's `@models.T5()`
-  with `METHOD = @methods.PromptTuning()`.
+  with `METHOD = @methods.PromptTuning()`. A settings field at its dataclass default counts
+  as unset: a run saved before the field existed behaved as that default (TARGET_SENTINEL).
   """
   _parse([], [text])
   fields = [f'{_RUN_SETTINGS}.{f.name}' for f in dataclasses.fields(settings_lib.RunSettings)]
   resumable = [f'{_RUN_SETTINGS}.{field}' for field in settings_lib.RESUMABLE_FIELDS]
   values = configured_values(_RUN_SETTINGS, _VOCABULARY,
                              skip=resumable + [_MODEL, _TRAINABLE_RULES])
+  for cls in _SETTINGS:
+    selector = f'settings.{cls.__name__}'
+    bound = _bindings(selector)
+    for field in dataclasses.fields(cls):
+      value = bound.get(field.name, _UNSET)
+      if field.default is dataclasses.MISSING or value is _UNSET:
+        continue
+      is_macro = isinstance(value, gin.config.ConfigurableReference) and (
+          value.selector == 'gin.macro')
+      name = '/'.join(value.scopes) if is_macro else f'{selector}.{field.name}'
+      if values.get(name, _UNSET) == field.default:
+        del values[name]
   model_macros = {name: value for name, value in configured_values(
       _RUN_SETTINGS, skip=[f for f in fields if f != _MODEL]).items()
                   if _MACRO_NAME.fullmatch(name) and not isinstance(value, _Reference)}

@@ -4,7 +4,9 @@ The pipeline is `Task.get_dataset` (untrimmed, shuffled with `seed`, repeated;
 for a mixture each example is tagged with its task's index, `task_index_of`)
 -> a truncation flag per example -> `EncDecFeatureConverter(pack=False)`
 (trims and pads to the feature lengths) -> batches of BATCH_SIZE, each fixed
-at the feature lengths or cut to length buckets (below).
+at the feature lengths or cut to length buckets (below). With TARGET_SENTINEL
+every target starts with the vocabulary's `<extra_id_0>` (`sentinel.py`), put
+before the targets are trimmed, so it counts towards their length.
 Packing is never used: a packed row would share one prompt between examples.
 
 The batches are GLOBAL batches, the same on every process: the sequence is a
@@ -47,6 +49,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from prompt_tuning_jax import sentinel as sentinel_lib
 from prompt_tuning_jax import tasks
 from prompt_tuning_jax.errors import DataError, UsageError
 from prompt_tuning_jax.settings import DataSettings
@@ -254,6 +257,9 @@ def _converted_examples(settings: DataSettings,
   ds = _tagged_dataset(provider, None if count else lengths, task_index, split='train',
                        shuffle=True,
                        seed=settings.seed, num_epochs=None, trim_output_features=not count)
+  if settings.target_sentinel:
+    ds = ds.map(_with_sentinel(target_sentinel(settings.mixture_or_task_name)),
+                num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.map(_flag_and_trim(lengths, provider.output_features),
               num_parallel_calls=tf.data.AUTOTUNE)
   int_feature = seqio.FeatureConverter.FeatureSpec(tf.int32)
@@ -261,6 +267,20 @@ def _converted_examples(settings: DataSettings,
       pack=False, passthrough_features={TRUNCATED: int_feature, TASK_INDEX: int_feature})
   ds = converter(ds, task_feature_lengths={**lengths, TRUNCATED: 2, TASK_INDEX: 1})
   return ds.map(lambda ex: {**ex, TASK_INDEX: ex[TASK_INDEX][0]})  # [1] -> a scalar
+
+
+def target_sentinel(name: str) -> int:
+  """The id of `<extra_id_0>` in the targets vocabulary of `name` (TARGET_SENTINEL)."""
+  vocabulary = get_mixture_or_task(name).output_features['targets'].vocabulary
+  return sentinel_lib.sentinel_id(vocabulary, repr(name))
+
+
+def _with_sentinel(sentinel: int):
+  """Puts the sentinel id before an example's target ids (before they are trimmed)."""
+  def fn(example):
+    targets = example['targets']
+    return {**example, 'targets': tf.concat([tf.constant([sentinel], targets.dtype), targets], 0)}
+  return fn
 
 
 def global_batches(settings: DataSettings, task_index: Optional[Mapping[str, int]] = None

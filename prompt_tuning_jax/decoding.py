@@ -19,19 +19,24 @@ repeated calls with the same shapes reuse one compilation.
 
 `method_inputs` (`methods.MethodInputs`) are the per-example inputs of the model's
 method, e.g. every example's own prompt (mixed-prompt batches, prompt ensembles); they
-reach the encoder and every decoder step. `jit_decode` picks greedy decoding or beam
-search by name (the DECODER setting).
+reach the encoder and every decoder step. `jit_decode` picks greedy decoding, beam
+search or sampling by name (the DECODER setting).
+
+Sampling (temperature, top-k, top-p) is seeded per example: row i draws with
+its own key (`example_keys`: the seed folded with the example's position), folded
+with the step, so an example's draws are the same whatever batch it is in, and
+two equal inputs in one batch draw independently.
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
 from prompt_tuning_jax.methods import MethodInputs
-from prompt_tuning_jax.settings import BEAM, GREEDY
+from prompt_tuning_jax.settings import BEAM, GREEDY, SAMPLE
 
 Array = jnp.ndarray
 Params = Any
@@ -85,16 +90,55 @@ def decode_step(model: nn.Module, params: Params, cache: Any, encoded: Array,
   return jax.nn.log_softmax(logits[:, 0].astype(jnp.float32), axis=-1), mutated['cache']
 
 
-# ------------------------------------------------------------------ greedy
+# ------------------------------------------------------------------ greedy and sampling
 
 
-class _GreedyState(NamedTuple):
+class _StepState(NamedTuple):
   step: Array  # [] position being decoded
   tokens: Array  # [batch, max_decode_length]
   scores: Array  # [batch] summed log-probabilities
   done: Array  # [batch] bool, EOS emitted
   previous: Array  # [batch] last token fed to the decoder
   cache: Any
+
+
+def _token_by_token(model: nn.Module, params: Params, encoder_input_tokens: Array,
+                    choose: Callable[[Array, Array], Array], *, max_decode_length: int,
+                    eos_id: int, method_inputs: MethodInputs) -> tuple[Array, Array]:
+  """Decodes one token per step, `choose(step, log_probs [b, vocab]) -> tokens [b]`.
+
+  A row is finished once it emits EOS: its later tokens are 0 and its score (the
+  summed model log-probability of its tokens, EOS included) stops growing.
+  """
+  encoded, encoder_valid = encode(model, params, encoder_input_tokens,
+                                  method_inputs=method_inputs)
+  batch = encoded.shape[0]
+
+  def not_finished(state: _StepState) -> Array:
+    return (state.step < max_decode_length) & ~jnp.all(state.done)
+
+  def step(state: _StepState) -> _StepState:
+    log_probs, cache = decode_step(model, params, state.cache, encoded, encoder_valid,
+                                   state.previous, max_decode_length,
+                                   method_inputs)  # [batch, vocab]
+    chosen = choose(state.step, log_probs).astype(jnp.int32)  # [batch]
+    chosen_log_prob = jnp.take_along_axis(log_probs, chosen[:, None], axis=-1)[:, 0]
+    token = jnp.where(state.done, 0, chosen)
+    scores = state.scores + jnp.where(state.done, 0.0, chosen_log_prob)
+    tokens = jax.lax.dynamic_update_slice(state.tokens, token[:, None], (0, state.step))
+    return _StepState(state.step + 1, tokens, scores, state.done | (token == eos_id),
+                      token, cache)
+
+  initial = _StepState(
+      step=jnp.array(0, jnp.int32),
+      tokens=jnp.zeros((batch, max_decode_length), jnp.int32),
+      scores=jnp.zeros((batch,), jnp.float32),
+      done=jnp.zeros((batch,), bool),
+      previous=jnp.zeros((batch,), jnp.int32),
+      cache=init_cache(model, params, encoded, encoder_valid, max_decode_length,
+                       method_inputs))
+  final = jax.lax.while_loop(not_finished, step, initial)
+  return final.tokens, final.scores
 
 
 def greedy_decode(model: nn.Module, params: Params, encoder_input_tokens: Array, *,
@@ -106,35 +150,92 @@ def greedy_decode(model: nn.Module, params: Params, encoder_input_tokens: Array,
     tokens [b, max_decode_length] int32 (0 after EOS) and scores [b] float32:
     the summed log-probability of the tokens up to and including EOS.
   """
-  encoded, encoder_valid = encode(model, params, encoder_input_tokens,
-                                  method_inputs=method_inputs)
-  batch = encoded.shape[0]
+  return _token_by_token(model, params, encoder_input_tokens,
+                         lambda step, log_probs: jnp.argmax(log_probs, axis=-1),
+                         max_decode_length=max_decode_length, eos_id=eos_id,
+                         method_inputs=method_inputs)
 
-  def not_finished(state: _GreedyState) -> Array:
-    return (state.step < max_decode_length) & ~jnp.all(state.done)
 
-  def step(state: _GreedyState) -> _GreedyState:
-    log_probs, cache = decode_step(model, params, state.cache, encoded, encoder_valid,
-                                   state.previous, max_decode_length,
-                                   method_inputs)  # [batch, vocab]
-    best = jnp.argmax(log_probs, axis=-1).astype(jnp.int32)  # [batch]
-    best_log_prob = jnp.take_along_axis(log_probs, best[:, None], axis=-1)[:, 0]
-    token = jnp.where(state.done, 0, best)
-    scores = state.scores + jnp.where(state.done, 0.0, best_log_prob)
-    tokens = jax.lax.dynamic_update_slice(state.tokens, token[:, None], (0, state.step))
-    return _GreedyState(state.step + 1, tokens, scores, state.done | (token == eos_id),
-                        token, cache)
+def example_keys(seed: int, indices) -> Array:
+  """[n, 2] uint32 PRNG keys: example i's is PRNGKey(seed) folded with `indices[i]`.
 
-  initial = _GreedyState(
-      step=jnp.array(0, jnp.int32),
-      tokens=jnp.zeros((batch, max_decode_length), jnp.int32),
-      scores=jnp.zeros((batch,), jnp.float32),
-      done=jnp.zeros((batch,), bool),
-      previous=jnp.zeros((batch,), jnp.int32),
-      cache=init_cache(model, params, encoded, encoder_valid, max_decode_length,
-                       method_inputs))
-  final = jax.lax.while_loop(not_finished, step, initial)
-  return final.tokens, final.scores
+  Keyed by the example (its position in the split or input file), not by the
+  batch, so an example's draws do not depend on which batch it is in.
+  """
+  base = jax.random.PRNGKey(seed)
+  return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.asarray(indices, jnp.uint32))
+
+
+def nucleus_floor(probs: Array, top_p: float) -> Array:
+  """probs [b, vocab] -> [b, 1]: the probability of the least likely token of each row's
+  nucleus, the largest t with sum(probs[probs >= t]) >= top_p.
+
+  Found by bisection over float32 bit patterns (ordered as the non-negative floats
+  they encode): 31 masked sums over the vocabulary, exact, and much cheaper on CPU
+  than sorting the vocabulary.
+  """
+  as_float = lambda bits: jax.lax.bitcast_convert_type(bits, jnp.float32)
+  largest = jnp.max(probs, axis=-1, keepdims=True)
+  # Invariant: the mass at or above `low` reaches top_p, the mass at or above `high` does not.
+  low = jnp.zeros(largest.shape, jnp.int32)
+  high = jax.lax.bitcast_convert_type(largest, jnp.int32) + 1
+
+  def halve(_, bounds):
+    low, high = bounds
+    middle = low + (high - low) // 2
+    mass = jnp.sum(jnp.where(probs >= as_float(middle), probs, 0.0), axis=-1, keepdims=True)
+    reaches = mass >= top_p
+    return jnp.where(reaches, middle, low), jnp.where(reaches, high, middle)
+
+  low, _ = jax.lax.fori_loop(0, 31, halve, (low, high))
+  return as_float(low)
+
+
+def sample_tokens(keys: Array, log_probs: Array, temperature: Any = 1.0, top_k: int = 0,
+                  top_p: float = 1.0) -> Array:
+  """One token per row of log_probs [b, vocab], row i drawn with keys[i] ([b, 2]).
+
+  The draw is from softmax(log_probs / temperature), cut to the `top_k` most
+  likely tokens (0: no cut; ties go to the lower id, as argmax's) and then to
+  the nucleus: the fewest most likely tokens whose probability (after the top-k
+  cut, renormalised) reaches `top_p` (1.0: no cut; tokens tied with its least
+  likely one are kept). Temperature 0 is argmax. `temperature` may be traced;
+  `top_k` and `top_p` are Python numbers. With top-k the draw is among the k
+  candidates only.
+  """
+  temperature = jnp.asarray(temperature, jnp.float32)
+  # Shifted so that the best token is at 0: a tiny temperature cannot overflow it.
+  shifted = log_probs - jnp.max(log_probs, axis=-1, keepdims=True)
+  scaled = shifted / jnp.where(temperature > 0, temperature, 1.0)
+  candidates = None
+  if 0 < top_k < log_probs.shape[-1]:
+    scaled, candidates = jax.lax.top_k(scaled, top_k)  # [b, k], most likely first
+  if top_p < 1.0:
+    probs = jax.nn.softmax(scaled, axis=-1)
+    scaled = jnp.where(probs >= nucleus_floor(probs, top_p), scaled, -jnp.inf)
+  drawn = jax.vmap(jax.random.categorical)(keys, scaled)
+  if candidates is not None:
+    drawn = jnp.take_along_axis(candidates, drawn[:, None], axis=-1)[:, 0]
+  return jnp.where(temperature > 0, drawn, jnp.argmax(log_probs, axis=-1)).astype(jnp.int32)
+
+
+def sample_decode(model: nn.Module, params: Params, encoder_input_tokens: Array,
+                  keys: Array, *, max_decode_length: int, temperature: Any = 1.0,
+                  top_k: int = 0, top_p: float = 1.0, eos_id: int = 1,
+                  method_inputs: MethodInputs = MethodInputs()) -> tuple[Array, Array]:
+  """Ancestral sampling (`sample_tokens` at every step); EOS ends a row as in greedy.
+
+  `keys` [b, 2] is each row's PRNG key (`example_keys`); step t draws with it
+  folded with t. Scores are the model's summed log-probability of the drawn
+  tokens (temperature 1, no cut), as greedy decoding's.
+  """
+  def choose(step, log_probs):
+    step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, step)
+    return sample_tokens(step_keys, log_probs, temperature, top_k, top_p)
+
+  return _token_by_token(model, params, encoder_input_tokens, choose,
+                         max_decode_length=max_decode_length, eos_id=eos_id,
+                         method_inputs=method_inputs)
 
 
 # ------------------------------------------------------------------ beam search
@@ -254,20 +355,30 @@ def beam_search(model: nn.Module, params: Params, encoder_input_tokens: Array, *
 
 # ------------------------------------------------------------------ jitted variants
 
-# `eos_id` and `alpha` are traced: changing them does not recompile.
+# `eos_id`, `alpha` and `temperature` are traced: changing them does not recompile.
 jit_greedy_decode = jax.jit(greedy_decode, static_argnames=('model', 'max_decode_length'))
 jit_beam_search = jax.jit(beam_search,
                           static_argnames=('model', 'beam_size', 'max_decode_length'))
+jit_sample_decode = jax.jit(sample_decode,
+                            static_argnames=('model', 'max_decode_length', 'top_k', 'top_p'))
 
 
 def jit_decode(model: nn.Module, params: Params, encoder_input_tokens: Array, *,
                max_decode_length: int, decoder: str = GREEDY, beam_size: int = 4,
-               alpha: float = 0.6,
+               alpha: float = 0.6, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+               keys: Array | None = None,
                method_inputs: MethodInputs = MethodInputs()) -> tuple[Array, Array]:
-  """Greedy decoding, or beam search when `decoder` is 'beam' (jitted): (tokens, scores)."""
+  """Greedy decoding, beam search ('beam') or sampling ('sample', with each row's PRNG
+  key in `keys`), jitted: (tokens, scores)."""
   if decoder == BEAM:
     return jit_beam_search(model, params, encoder_input_tokens, beam_size=beam_size,
                            max_decode_length=max_decode_length, alpha=alpha,
                            method_inputs=method_inputs)
+  if decoder == SAMPLE:
+    if keys is None:
+      raise ValueError("decoder='sample' needs each row's PRNG key: pass keys= (example_keys).")
+    return jit_sample_decode(model, params, encoder_input_tokens, keys,
+                             max_decode_length=max_decode_length, temperature=temperature,
+                             top_k=top_k, top_p=top_p, method_inputs=method_inputs)
   return jit_greedy_decode(model, params, encoder_input_tokens,
                            max_decode_length=max_decode_length, method_inputs=method_inputs)

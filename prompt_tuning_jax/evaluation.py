@@ -1,8 +1,10 @@
 """Evaluation through `seqio.Evaluator`: decoding, rank classification, scoring.
 
 Three model functions feed seqio's metrics:
-- 'decode': greedy decoding with the KV cache (or beam search) -> predicted
-  tokens -> the task's postprocessor -> its predict metrics.
+- 'decode': greedy decoding with the KV cache (or beam search, or sampling)
+  -> predicted tokens -> the task's postprocessor -> its predict metrics.
+  Sampled examples draw with their own keys (`decoding.example_keys` of
+  SAMPLE_SEED and the example's position in the split).
 - 'rank_classification': for a task with label words, every label's
   log-likelihood is scored (the encoder runs once per example, all labels are
   scored from its output) and the best label's tokens are the prediction, so
@@ -12,8 +14,10 @@ Three model functions feed seqio's metrics:
   log-likelihood of each example's targets.
 
 Each task of a mixture is evaluated on its own, its examples with its TASK_INDEX
-(`MethodInputs.task_index`: what selects a multi-task prompt). Metric keys are
-`<task>/<metric>`. `selection_value` averages one metric over
+(`MethodInputs.task_index`: what selects a multi-task prompt). With TARGET_SENTINEL
+(`target_sentinel`, the id of <extra_id_0>) a leading sentinel is stripped from decoded
+tokens before the postprocessor, and labels and targets are scored with it in front
+(`sentinel.py`). Metric keys are `<task>/<metric>`. `selection_value` averages one metric over
 the tasks that report it: the value used to keep the best checkpoint.
 `evaluate_and_record` is what the train loop and `ptj eval` run at each eval.
 
@@ -40,9 +44,10 @@ from prompt_tuning_jax import decoding
 from prompt_tuning_jax import logging_utils
 from prompt_tuning_jax import partitioning
 from prompt_tuning_jax import scoring
+from prompt_tuning_jax import sentinel as sentinel_lib
 from prompt_tuning_jax.errors import UsageError
 from prompt_tuning_jax.methods import MethodInputs
-from prompt_tuning_jax.settings import DECODE, RANK_CLASSIFICATION, EvalSettings
+from prompt_tuning_jax.settings import DECODE, RANK_CLASSIFICATION, SAMPLE, EvalSettings
 
 logger = logging.getLogger(__name__)
 
@@ -90,10 +95,12 @@ class Evaluator:
                settings: EvalSettings, *, class_labels: Optional[Sequence[str]] = None,
                mesh: Optional[jax.sharding.Mesh] = None,
                length_buckets: Optional[Mapping[str, Sequence[int]]] = None,
-               task_index: Optional[Mapping[str, int]] = None):
+               task_index: Optional[Mapping[str, int]] = None,
+               target_sentinel: Optional[int] = None):
     """`task_index`: {task: its examples' TASK_INDEX} (None: `data.task_index_of`)."""
     self.model = model
     self.length_buckets = length_buckets
+    self.target_sentinel = target_sentinel
     self.settings = settings
     self.mesh = mesh
     # Batches are padded to a multiple of the data-parallel devices.
@@ -122,9 +129,10 @@ class Evaluator:
         words = data_lib.label_words(task.name, class_labels)
         if not words or not _has_predict_metrics(task):
           continue
-        vocab = task.output_features['targets'].vocabulary
-        self._rank[task.name] = (seqio.Evaluator(task.name, **common),
-                                 scoring.encode_labels(vocab, words))
+        label_ids = scoring.encode_labels(task.output_features['targets'].vocabulary, words)
+        if target_sentinel is not None:
+          label_ids = sentinel_lib.prefix_labels(label_ids, target_sentinel)
+        self._rank[task.name] = (seqio.Evaluator(task.name, **common), label_ids)
     if not self._main and not self._rank:
       raise UsageError(f'Nothing to evaluate on {mixture_or_task_name!r} split '
                        f'{settings.split!r} with methods {tuple(settings.methods)} '
@@ -162,14 +170,21 @@ class Evaluator:
 
   def predict_fn(self, params, task_name: str) -> Callable[[tf.data.Dataset], list]:
     inputs = self._method_inputs(task_name)
+    s = self.settings
 
     def predict(ds):
       out = []
       for index, tokens, _ in self._model_batches(ds):
+        keys = None
+        if s.decoder == SAMPLE:  # Each example's own key, from its position in the split.
+          rows = np.pad(index, (0, len(tokens) - len(index)))
+          keys = self._place(np.asarray(decoding.example_keys(s.sample_seed, rows)))
         predicted, _ = self._gather(decoding.jit_decode(
             self.model, params, self._place(tokens), max_decode_length=self.max_decode_length,
-            decoder=self.settings.decoder, beam_size=self.settings.beam_size,
-            alpha=self.settings.alpha, method_inputs=inputs))
+            decoder=s.decoder, beam_size=s.beam_size, alpha=s.alpha, temperature=s.temperature,
+            top_k=s.top_k, top_p=s.top_p, keys=keys, method_inputs=inputs))
+        if self.target_sentinel is not None:
+          predicted = sentinel_lib.strip_leading(predicted, self.target_sentinel)
         out.extend((int(i), _after_eos_zeroed(row)) for i, row in zip(index, predicted))
       return out
     return predict
@@ -184,7 +199,10 @@ class Evaluator:
         best, _ = self._gather(scoring.jit_rank_classify(
             self.model, params, self._place(tokens), jnp.asarray(label_ids),
             method_inputs=inputs))
-        out.extend((int(i), label_ids[b]) for i, b in zip(index, best))
+        predicted = label_ids[best]  # The chosen labels' tokens, sentinel stripped.
+        if self.target_sentinel is not None:
+          predicted = sentinel_lib.strip_leading(predicted, self.target_sentinel)
+        out.extend((int(i), row) for i, row in zip(index, predicted))
       return out
     return predict
 
@@ -194,6 +212,8 @@ class Evaluator:
     def score(ds):
       out = []
       for index, tokens, targets in self._model_batches(ds):
+        if self.target_sentinel is not None:
+          targets = sentinel_lib.prefix_targets(targets, self.target_sentinel)
         scores = self._gather(scoring.jit_score_targets(
             self.model, params, self._place(tokens), self._place(targets),
             method_inputs=inputs))

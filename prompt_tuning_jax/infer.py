@@ -39,7 +39,8 @@ def infer(run: RunSettings, *, prompt_files: Optional[Mapping[str, str]] = None,
           save_config: Optional[Callable[[str], None]] = None) -> str:
   """Writes predictions as jsonl; returns the output path.
 
-  Decoding follows the eval settings (DECODER, BEAM_SIZE, EVAL_BATCH_SIZE).
+  Decoding follows the eval settings (DECODER, BEAM_SIZE, the sampling settings,
+  EVAL_BATCH_SIZE), and TARGET_SENTINEL applies as in eval.
   With `prompt_files` ({name: prompt file}) every line of the input file names
   its prompt; for rank classification a prompt's labels are `label_words[name]`,
   else those of the task of that name, else the run task's.
@@ -85,10 +86,11 @@ def infer(run: RunSettings, *, prompt_files: Optional[Mapping[str, str]] = None,
   records = inference.predict(
       run.model, params, examples, s.vocabularies['targets'], input_length=s.lengths['inputs'],
       max_decode_length=s.lengths['targets'], batch_size=ev.batch_size, method=settings.method,
-      decoder=ev.decoder, beam_size=ev.beam_size, alpha=ev.alpha,
+      decoder=ev.decoder, beam_size=ev.beam_size, alpha=ev.alpha, temperature=ev.temperature,
+      top_k=ev.top_k, top_p=ev.top_p, sample_seed=ev.sample_seed,
       label_words=words if settings.method == RANK_CLASSIFICATION else None, bank=bank,
       length_buckets=(run.data.length_buckets or {}).get('inputs'),
-      task_index=None if named_prompts else s.task_index)
+      task_index=None if named_prompts else s.task_index, target_sentinel=s.target_sentinel)
   output_dir = os.path.join(run.model_dir, INFERENCE_SUBDIR)
   output_file = settings.output_file or os.path.join(output_dir, f'{name}_{suffix}.jsonl')
   if jax.process_index() == 0:

@@ -34,12 +34,13 @@ import seqio
 from prompt_tuning_jax import data as data_lib
 from prompt_tuning_jax import decoding
 from prompt_tuning_jax import scoring
+from prompt_tuning_jax import sentinel as sentinel_lib
 from prompt_tuning_jax import storage
 from prompt_tuning_jax.errors import DataError, UsageError
 from prompt_tuning_jax.many_prompts import mixed
 from prompt_tuning_jax.many_prompts.bank import PromptBank
 from prompt_tuning_jax.methods import MethodInputs
-from prompt_tuning_jax.settings import DECODE, GREEDY, RANK_CLASSIFICATION
+from prompt_tuning_jax.settings import DECODE, GREEDY, RANK_CLASSIFICATION, SAMPLE
 from prompt_tuning_jax.tasks import sources
 
 logger = logging.getLogger('prompt_tuning_jax')
@@ -178,18 +179,23 @@ def padded_batches(examples: Sequence[Example], batch_size: int, length: int,
 def predict(model, params, examples: Sequence[Example], vocabulary: seqio.Vocabulary, *,
             input_length: int, max_decode_length: int, batch_size: int,
             method: str = DECODE, decoder: str = GREEDY, beam_size: int = 4,
-            alpha: float = 0.6, label_words: Optional[LabelWords] = None,
-            bank: Optional[PromptBank] = None,
-            length_buckets: Optional[Sequence[int]] = None,
-            task_index: Optional[Mapping[str, int]] = None) -> list[dict[str, Any]]:
+            alpha: float = 0.6, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+            sample_seed: int = 0, label_words: Optional[LabelWords] = None,
+            bank: Optional[PromptBank] = None, length_buckets: Optional[Sequence[int]] = None,
+            task_index: Optional[Mapping[str, int]] = None,
+            target_sentinel: Optional[int] = None) -> list[dict[str, Any]]:
   """One output record per example, in the examples' order (see the module docstring).
 
+  Decoding is `decoding.jit_decode`'s `decoder`; with 'sample', example i draws
+  with `decoding.example_keys(sample_seed, [i])`, whatever its batch.
   With `length_buckets` (of the inputs) the batches are formed by length.
   With a `bank` (mixed-task inference), example i uses the bank's prompt
-  `examples[i].prompt` and every batch is one model call whatever its mix
-  (greedy decoding); `label_words` may then map each prompt name to its own
-  labels. Without one, the model's learned parameters serve every example, and with
-  `task_index` ({task: TASK_INDEX}) each example gets its task's index (`resolve_tasks`).
+  `examples[i].prompt` and every batch is one model call whatever its mix;
+  `label_words` may then map each prompt name to its own labels. Without one, the
+  model's learned parameters serve every example, and with `task_index` ({task:
+  TASK_INDEX}) each example gets its task's index (`resolve_tasks`). With
+  `target_sentinel` (the id of <extra_id_0>, TARGET_SENTINEL) a leading sentinel is
+  stripped from the decoded tokens, and labels are scored with it in front.
   """
   for number, ex in enumerate(examples if bank is not None else (), 1):
     if ex.prompt not in bank:
@@ -197,7 +203,7 @@ def predict(model, params, examples: Sequence[Example], vocabulary: seqio.Vocabu
                       f'{list(bank.names)}.')
   ranker = None
   if method == RANK_CLASSIFICATION:
-    ranker = _Ranker(vocabulary, label_words, {ex.prompt for ex in examples})
+    ranker = _Ranker(vocabulary, label_words, {ex.prompt for ex in examples}, target_sentinel)
   records: list[Optional[dict[str, Any]]] = [None] * len(examples)
   for rows, tokens in padded_batches(examples, batch_size, input_length, length_buckets):
     batch, n = [examples[i] for i in rows], len(rows)
@@ -210,14 +216,17 @@ def predict(model, params, examples: Sequence[Example], vocabulary: seqio.Vocabu
     if ranker is not None:
       outputs = ranker(model, params, tokens, names, bank, inputs)[:n]
     else:
-      if bank is None:
-        predicted, scores = decoding.jit_decode(
-            model, params, jnp.asarray(tokens), max_decode_length=max_decode_length,
-            decoder=decoder, beam_size=beam_size, alpha=alpha, method_inputs=inputs)
-      else:
-        predicted, scores = mixed.mixed_greedy_decode(model, params, bank, names, tokens,
-                                                      max_decode_length=max_decode_length)
-      predicted, scores = jax.device_get((predicted, scores))
+      if bank is not None:
+        inputs = mixed.gather_prompts(model, bank, names)
+      keys = None
+      if decoder == SAMPLE:
+        keys = decoding.example_keys(sample_seed, np.pad(rows, (0, batch_size - n)))
+      predicted, scores = jax.device_get(decoding.jit_decode(
+          model, params, jnp.asarray(tokens), max_decode_length=max_decode_length,
+          decoder=decoder, beam_size=beam_size, alpha=alpha, temperature=temperature,
+          top_k=top_k, top_p=top_p, keys=keys, method_inputs=inputs))
+      if target_sentinel is not None:
+        predicted = sentinel_lib.strip_leading(predicted, target_sentinel)
       outputs = [{'prediction': vocabulary.decode([int(t) for t in row if t != 0]),
                   'score': float(score)} for row, score in zip(predicted[:n], scores[:n])]
     for i, ex, output in zip(rows, batch, outputs):
@@ -230,7 +239,7 @@ class _Ranker:
   """Rank classification of padded batches: each example among its prompt's label words."""
 
   def __init__(self, vocabulary: seqio.Vocabulary, label_words: Optional[LabelWords],
-               prompts: set[Optional[str]]):
+               prompts: set[Optional[str]], target_sentinel: Optional[int] = None):
     if isinstance(label_words, Mapping):
       missing = sorted(p for p in prompts if not label_words.get(p))
       if missing:
@@ -242,6 +251,9 @@ class _Ranker:
       raise UsageError('Rank classification needs label words: the task has none, set '
                        'CLASS_LABELS.')
     self.label_ids = {p: scoring.encode_labels(vocabulary, w) for p, w in self.words.items()}
+    if target_sentinel is not None:
+      self.label_ids = {p: sentinel_lib.prefix_labels(ids, target_sentinel)
+                        for p, ids in self.label_ids.items()}
 
   def __call__(self, model, params, tokens: np.ndarray, names: Sequence[Optional[str]],
                bank: Optional[PromptBank], inputs: MethodInputs) -> list[dict[str, Any]]:

@@ -2,10 +2,11 @@
 
 `setup` checks what a user can get wrong before anything compiles or loads:
 the task name, the batch size against the devices, the vocabulary against the
-embedding table, the method against the run (`Method.check`); then it traces the
-parameter shapes. The parameters come from INITIAL_CHECKPOINT_PATH (T5X or Hugging Face
-format), or are random when it is None (the smoke run, announced loudly). The method's
-own parameters (`Method.parameter_rules`) may be absent from the checkpoint: its prompts
+embedding table (and its sentinel, with TARGET_SENTINEL), the method against the
+run (`Method.check`); then it traces the parameter shapes. The parameters come from
+INITIAL_CHECKPOINT_PATH (T5X or Hugging Face format), or are random when it is None
+(the smoke run, announced loudly). The method's own parameters
+(`Method.parameter_rules`) may be absent from the checkpoint: its prompts
 (`Method.prompt_rules`) then start from PROMPT_FILE or the PROMPT_INIT initialiser
 (`initial_prompt`), the others from their modules' initialisers. Trained parameters
 come from MODEL_DIR's checkpoints (`trained_params`).
@@ -49,6 +50,8 @@ class Setup:
   # {task: the TASK_INDEX of its examples} for the run's tasks: the method's
   # (`Method.task_index`), else their places in the mixture. Batches, eval and infer use it.
   task_index: dict[str, int]
+  # The id of <extra_id_0> that starts every target (TARGET_SENTINEL); None: off.
+  target_sentinel: Optional[int] = None
 
   @property
   def lengths(self) -> dict[str, int]:
@@ -109,7 +112,8 @@ def setup(run: RunSettings, *, batch_size: Optional[int] = None) -> Setup:
       raise UsageError(f'The {feature!r} vocabulary of {task_name!r} has {vocab.vocab_size} '
                        f"tokens, more than the {rows} rows of the model's embedding table: "
                        'wrong model size file or vocabulary?')
-  return Setup(run, mesh, abstract, vocabularies, task_index)
+  sentinel = data_lib.target_sentinel(task_name) if run.data.target_sentinel else None
+  return Setup(run, mesh, abstract, vocabularies, task_index, sentinel)
 
 
 def on_devices(tree, mesh: jax.sharding.Mesh):

@@ -11,6 +11,7 @@ bound by a macro has no default here. A value a user can get wrong raises
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
@@ -18,8 +19,8 @@ from prompt_tuning_jax.errors import UsageError
 
 DECODE, RANK_CLASSIFICATION = 'decode', 'rank_classification'
 METHODS = (DECODE, RANK_CLASSIFICATION)
-GREEDY, BEAM = 'greedy', 'beam'
-DECODERS = (GREEDY, BEAM)
+GREEDY, BEAM, SAMPLE = 'greedy', 'beam', 'sample'
+DECODERS = (GREEDY, BEAM, SAMPLE)
 PROMPT_INITS = ('random_uniform', 'sampled_vocab', 'class_labels', 'from_text')
 LATEST, BEST = 'latest', 'best'
 LOSS_NORMALIZATIONS = ('sum', 'mean')
@@ -68,6 +69,9 @@ class DataSettings:
   # {'inputs': (64, 128, 512), ...}; normalised to {feature: sorted lengths}. The
   # default keeps the fixed shapes of runs saved before buckets existed.
   length_buckets: Union[None, str, Mapping[str, Sequence[int]]] = None
+  # TARGET_SENTINEL: every target starts with the vocabulary's first sentinel,
+  # <extra_id_0> (`sentinel.py`). Off in runs saved before it existed.
+  target_sentinel: bool = False
 
   def __post_init__(self):
     _require(isinstance(self.mixture_or_task_name, str) and self.mixture_or_task_name,
@@ -82,6 +86,8 @@ class DataSettings:
     _require(lengths['inputs'] >= 2,
              f"TASK_FEATURE_LENGTHS['inputs']={lengths['inputs']}: at least 2 (text + EOS).")
     _positive(self.batch_size, 'BATCH_SIZE')
+    _require(isinstance(self.target_sentinel, bool),
+             f'TARGET_SENTINEL must be True or False, got {self.target_sentinel!r}.')
     _freeze(self, task_feature_lengths=lengths,
             module=self.module if self.module is None or isinstance(self.module, str)
             else tuple(self.module),
@@ -206,6 +212,12 @@ class EvalSettings:
   best_metric: Optional[str]
   best_mode: str = 'max'
   alpha: float = 0.6
+  # DECODER='sample' (defaults: runs saved before sampling existed). TEMPERATURE 0 is
+  # greedy; TOP_K 0 and TOP_P 1.0 keep every token; SAMPLE_SEED seeds each example's draws.
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+  sample_seed: int = 0
 
   def __post_init__(self):
     methods = (self.methods,) if isinstance(self.methods, str) else tuple(self.methods)
@@ -214,10 +226,23 @@ class EvalSettings:
       _one_of(method, METHODS, 'eval method (EVAL_METHODS)')
     _one_of(self.decoder, DECODERS, 'DECODER')
     _positive(self.beam_size, 'BEAM_SIZE')
+    number = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    _require(number(self.temperature) and self.temperature >= 0,
+             f'TEMPERATURE must be a number >= 0 (0: greedy), got {self.temperature!r}.')
+    _require(isinstance(self.top_k, int) and not isinstance(self.top_k, bool) and self.top_k >= 0,
+             f'TOP_K must be an integer >= 0 (0: no limit), got {self.top_k!r}.')
+    _require(number(self.top_p) and 0 < self.top_p <= 1,
+             f'TOP_P must be in (0, 1] (1: no limit), got {self.top_p!r}.')
+    _require(isinstance(self.sample_seed, int) and not isinstance(self.sample_seed, bool),
+             f'SAMPLE_SEED must be an integer, got {self.sample_seed!r}.')
+    sampling = (self.temperature, self.top_k, self.top_p) != (1.0, 0, 1.0)
+    _require(self.decoder == SAMPLE or not sampling,
+             f'TEMPERATURE, TOP_K and TOP_P apply to DECODER={SAMPLE!r} only (DECODER is '
+             f'{self.decoder!r}): set DECODER={SAMPLE!r}, or leave them at 1.0, 0 and 1.0.')
     _positive(self.batch_size, 'EVAL_BATCH_SIZE')
     _positive(self.num_examples, 'NUM_EVAL_EXAMPLES', optional=True)
     _one_of(self.best_mode, ('max', 'min'), 'best_mode')
-    _freeze(self, methods=methods)
+    _freeze(self, methods=methods, temperature=float(self.temperature), top_p=float(self.top_p))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -69,7 +69,7 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
     evaluator = evaluation.Evaluator(run.model, run.data.mixture_or_task_name, s.lengths,
                                      run.evaluation, class_labels=run.prompt.class_labels,
                                      mesh=s.mesh, length_buckets=run.data.length_buckets,
-                                     task_index=s.task_index)
+                                     task_index=s.task_index, target_sentinel=s.target_sentinel)
   params = run_setup.build_params(s)
   ckpt = train_state_lib.TrainStateCheckpointer(
       model_dir, keep=run.checkpoints.keep, best_metric=run.evaluation.best_metric,

@@ -77,6 +77,8 @@ def test_eval_tiny(in_process_workers, tmp_path):
               'mixed_examples_per_s', 'per_prompt_full_examples_per_s',
               'per_prompt_small_examples_per_s', 'mixed_over_per_prompt_full'):
     assert row[key] > 0, key
+  for name in eval_bench.SAMPLERS:
+    assert row[f'{name}2_examples_per_s'] > 0 and row[f'{name}_over_greedy2'] > 0, name
   assert row['raw']['label_tokens_with_eos'] == 2
   # The earlier (labels repeated) method scores exactly what scoring.rank_classify scores.
   assert row['raw']['rank_repeated']['max_abs_score_diff'] < 1e-3

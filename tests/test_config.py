@@ -104,7 +104,32 @@ def test_a_run_saved_before_methods_resumes_when_its_values_are_the_same(tmp_pat
   assert "trainable rules: ('.*prompt.*',) -> ('.*',)" in str(e.value)
 
 
+def test_a_run_saved_before_a_setting_existed_resumes_at_its_default(tmp_path):
+  """A saved config.gin without TARGET_SENTINEL (older runs) equals TARGET_SENTINEL = False."""
+  text = configure(tmp_path).text
+  old = '\n'.join(line for line in text.splitlines() if 'SENTINEL' not in line.upper())
+  assert old != text
+  (tmp_path / config.CONFIG_FILE).write_text(old)
+  config.check_model_dir(configure(tmp_path), override=False)
+  with pytest.raises(UsageError, match=r'TARGET_SENTINEL: \(unset\) -> True'):
+    config.check_model_dir(configure(tmp_path, 'TARGET_SENTINEL = True'), override=False)
+
+
+SAMPLING = dict(split='validation', methods=('decode',), decoder='sample', beam_size=4,
+                batch_size=32, num_examples=None, best_metric=None)
+
+
 @pytest.mark.parametrize('make, message', [
+    (lambda: settings.EvalSettings(**SAMPLING, temperature=-0.5), 'TEMPERATURE must be'),
+    (lambda: settings.EvalSettings(**SAMPLING, temperature=float('nan')), 'TEMPERATURE must be'),
+    (lambda: settings.EvalSettings(**SAMPLING, top_k=-1), 'TOP_K must be'),
+    (lambda: settings.EvalSettings(**SAMPLING, top_k=2.5), 'TOP_K must be'),
+    (lambda: settings.EvalSettings(**SAMPLING, top_p=0.0), r'TOP_P must be in \(0, 1\]'),
+    (lambda: settings.EvalSettings(**SAMPLING, top_p=1.5), r'TOP_P must be in \(0, 1\]'),
+    (lambda: settings.EvalSettings(**SAMPLING, sample_seed='a'), 'SAMPLE_SEED must be'),
+    (lambda: settings.EvalSettings(**{**SAMPLING, 'decoder': 'greedy'}, top_p=0.9),
+     "apply to DECODER='sample' only"),
+
     (lambda: settings.PromptSettings('from_text', None, None), 'needs the text'),
     (lambda: settings.PromptSettings('class_labels', None, 'positive'), 'CLASS_LABELS must'),
     (lambda: settings.OptimizerSettings(optim.adafactor, 0.3, ('(',), 1), 'TRAINABLE_RULES'),

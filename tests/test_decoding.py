@@ -283,3 +283,194 @@ def test_variables_dict_instead_of_params_is_a_clear_error():
   with pytest.raises(ValueError, match="variables\\['params'\\]"):
     decoding.greedy_decode(model, {'params': params_for(model)}, encoder_inputs(),
                            max_decode_length=LENGTH)
+
+
+# ------------------------------------------------------------------ sampling
+
+
+def sample(model, params, inputs, *, seed=0, indices=None, eos_id=1, length=LENGTH, **kwargs):
+  indices = np.arange(inputs.shape[0]) if indices is None else indices
+  return decoding.jit_sample_decode(model, params, inputs, decoding.example_keys(seed, indices),
+                                    max_decode_length=length, eos_id=eos_id, **kwargs)
+
+
+@pytest.mark.parametrize('temperature, top_k, top_p', [
+    (0.0, 0, 1.0), (1e-4, 0, 1.0), (1.0, 1, 1.0), (2.0, 1, 0.9), (0.0, 5, 0.5)])
+def test_temperature_zero_and_top_k_one_sample_the_greedy_tokens(temperature, top_k, top_p):
+  model = PromptedT5(small_config(), prompt_length=4)
+  params = params_for(model)
+  inputs = encoder_inputs()
+  eos_id = eos_from_free_run(model, params, inputs)
+  greedy_tokens, greedy_scores = decoding.jit_greedy_decode(
+      model, params, inputs, max_decode_length=LENGTH, eos_id=eos_id)
+  tokens, scores = sample(model, params, inputs, eos_id=eos_id, temperature=temperature,
+                          top_k=top_k, top_p=top_p)
+  assert (np.asarray(greedy_tokens) == 0).any()  # a row stopped at its EOS
+  np.testing.assert_array_equal(tokens, greedy_tokens)
+  np.testing.assert_allclose(scores, greedy_scores, atol=1e-5, rtol=0)
+
+
+def reference_distribution(log_probs: np.ndarray, temperature: float, top_k: int,
+                           top_p: float) -> np.ndarray:
+  """The sampling distribution over the vocabulary, in float64, from its definition."""
+  logits = np.asarray(log_probs, np.float64) / temperature
+  probs = np.exp(logits - logits.max())
+  order = np.argsort(-probs, kind='stable')
+  keep = np.zeros(len(probs), bool)
+  keep[order[:top_k or len(probs)]] = True
+  probs = np.where(keep, probs, 0.0) / probs[keep].sum()
+  if top_p < 1.0:
+    better = np.cumsum(probs[order]) - probs[order]
+    # The nucleus is decided away from float rounding: no cumulative sum is near top_p.
+    assert np.min(np.abs(better[keep[order]] - top_p)) > 1e-4
+    nucleus = order[(better < top_p) & keep[order]]
+    probs = np.where(np.isin(np.arange(len(probs)), nucleus), probs, 0.0)
+    probs /= probs.sum()
+  return probs
+
+
+def first_step_log_probs(model, params, inputs):
+  """Cache-free log p(first token | input) [b, vocab]."""
+  batch = inputs.shape[0]
+  zeros = jnp.zeros((batch, 1), jnp.int32)
+  return np.asarray(_full_log_probs(model, params, inputs, zeros, jnp.ones_like(zeros)))[:, 0]
+
+
+DRAWS = 20_000
+FALSE_FAILURE = 1e-6  # probability that a correct sampler fails the bound, for a random seed
+
+
+def assert_draws_follow(drawn: np.ndarray, probs: np.ndarray) -> None:
+  """Pearson's chi-square of the drawn tokens against `probs` (float64), below the chi-square
+  quantile at 1 - FALSE_FAILURE; tokens of probability 0 must never be drawn."""
+  scipy_stats = pytest.importorskip('scipy.stats')
+  observed = np.bincount(drawn, minlength=len(probs)).astype(np.float64)
+  expected = len(drawn) * probs
+  assert observed[expected == 0].sum() == 0  # never outside the top-k / nucleus
+  # Bins of expected count >= 5; the others pooled into the smallest of those.
+  order = np.argsort(expected)[::-1]
+  big = order[expected[order] >= 5]
+  small = order[(expected[order] > 0) & (expected[order] < 5)]
+  exp_bins, obs_bins = expected[big].copy(), observed[big].copy()
+  exp_bins[-1] += expected[small].sum()
+  obs_bins[-1] += observed[small].sum()
+  assert len(exp_bins) >= 3  # a distribution, not a near-certain token
+  statistic = float(((obs_bins - exp_bins) ** 2 / exp_bins).sum())
+  bound = float(scipy_stats.chi2.ppf(1 - FALSE_FAILURE, df=len(exp_bins) - 1))
+  assert statistic < bound, (statistic, bound, len(exp_bins))
+
+
+@pytest.mark.parametrize('temperature, top_k, top_p', [
+    (1.0, 0, 1.0), (0.6, 12, 1.0), (1.5, 0, 0.7), (1.0, 20, 0.55)])
+def test_first_token_frequencies_match_the_sampling_distribution(temperature, top_k, top_p):
+  """DRAWS rows of one input, each with its own key, against the distribution computed
+  from its definition in float64."""
+  model = PromptedT5(small_config(), prompt_length=4)
+  params = params_for(model)
+  inputs = jnp.tile(encoder_inputs()[:1], (DRAWS, 1))
+  tokens, _ = sample(model, params, inputs, seed=3, length=1, temperature=temperature,
+                     top_k=top_k, top_p=top_p)
+  assert_draws_follow(np.asarray(tokens)[:, 0], reference_distribution(
+      first_step_log_probs(model, params, inputs[:1])[0], temperature, top_k, top_p))
+
+
+def test_second_token_frequencies_match_the_distribution_given_the_first():
+  """Each step draws afresh: the second token, among the rows whose first token is the most
+  frequent one, follows p(second | input, first)."""
+  model = PromptedT5(small_config(), prompt_length=4)
+  params = params_for(model)
+  inputs = jnp.tile(encoder_inputs()[:1], (DRAWS, 1))
+  tokens = np.asarray(sample(model, params, inputs, seed=4, eos_id=-1, length=2)[0])
+  first = np.bincount(tokens[:, 0]).argmax()
+  rows = tokens[:, 0] == first
+  assert rows.sum() > 1000
+  decoder_inputs = jnp.array([[0, first]], jnp.int32)
+  log_probs = _full_log_probs(model, params, inputs[:1], decoder_inputs,
+                              jnp.ones_like(decoder_inputs))
+  probs = np.exp(np.asarray(log_probs[0, 1], np.float64))
+  assert_draws_follow(tokens[rows, 1], probs / probs.sum())
+
+
+def test_top_p_never_samples_outside_the_nucleus_at_any_step():
+  model = PromptedT5(small_config(), prompt_length=4)
+  params = params_for(model)
+  inputs = jnp.tile(encoder_inputs(), (40, 1))  # 120 rows, each its own key
+  top_p = 0.3
+  tokens = np.asarray(sample(model, params, inputs, seed=5, eos_id=-1, top_p=top_p)[0])
+  decoder_inputs = np.pad(tokens[:, :-1], ((0, 0), (1, 0)))
+  log_probs = np.asarray(_full_log_probs(model, params, inputs, jnp.asarray(decoder_inputs),
+                                         jnp.ones(tokens.shape, jnp.int32)), np.float64)
+  probs = np.exp(log_probs)  # [b, LENGTH, vocab]
+  order = np.argsort(-probs, axis=-1, kind='stable')
+  sorted_probs = np.take_along_axis(probs, order, axis=-1)
+  better = np.cumsum(sorted_probs, axis=-1) - sorted_probs
+  rank = np.argmax(order == tokens[:, :, None], axis=-1)  # each drawn token's rank
+  better_than_drawn = np.take_along_axis(better, rank[:, :, None], axis=-1)[:, :, 0]
+  assert (better_than_drawn < top_p + 1e-5).all()
+  assert (rank > 0).any()  # the nucleus is more than the best token somewhere
+
+
+def test_nucleus_of_a_known_distribution():
+  log_probs = jnp.log(jnp.array([[0.05, 0.5, 0.15, 0.3]] * 2000))
+  keys = decoding.example_keys(0, np.arange(2000))
+  for top_p, nucleus in [(0.45, {1}), (0.7, {1, 3}), (0.85, {1, 2, 3}), (1.0, {0, 1, 2, 3})]:
+    drawn = set(np.asarray(decoding.sample_tokens(keys, log_probs, top_p=top_p)).tolist())
+    assert drawn == nucleus, top_p
+  drawn = np.asarray(decoding.sample_tokens(keys, log_probs, top_k=2))
+  assert set(drawn.tolist()) == {1, 3}
+  # Ties with the nucleus' least likely token are kept.
+  tied = jnp.log(jnp.array([[0.25] * 4] * 2000))
+  assert set(np.asarray(decoding.sample_tokens(keys, tied, top_p=0.3)).tolist()) == {0, 1, 2, 3}
+
+
+def test_nucleus_floor_is_the_least_likely_token_of_the_sorted_nucleus():
+  rng = np.random.RandomState(0)
+  logits = rng.normal(0, 3, (6, 5000)).astype(np.float32)
+  probs = np.asarray(jax.nn.softmax(jnp.asarray(logits), axis=-1))
+  for top_p in (0.05, 0.5, 0.9):
+    floor = np.asarray(decoding.nucleus_floor(jnp.asarray(probs), top_p))[:, 0]
+    for row, value in zip(probs.astype(np.float64), floor):
+      ordered = np.sort(row)[::-1]
+      better = np.cumsum(ordered) - ordered
+      assert np.min(np.abs(better - top_p)) > 1e-5  # away from float rounding
+      assert value == np.float32(ordered[better < top_p][-1]), top_p
+
+
+def test_same_seed_same_draws_whatever_the_batch_and_each_example_its_own():
+  model = PromptedT5(small_config(), prompt_length=4)
+  params = params_for(model)
+  inputs = encoder_inputs()
+  tokens, scores = map(np.asarray, sample(model, params, inputs, seed=11))
+  again = np.asarray(sample(model, params, inputs, seed=11)[0])
+  np.testing.assert_array_equal(again, tokens)
+  # The same examples (same positions) in another order, with other examples between.
+  others = encoder_inputs(seed=4)
+  mixed = jnp.concatenate([others[:1], inputs[2:], others[1:], inputs[:2]])
+  mixed_tokens = np.asarray(sample(model, params, mixed, seed=11,
+                                   indices=np.array([7, 2, 8, 9, 0, 1]))[0])
+  np.testing.assert_array_equal(mixed_tokens[[4, 5, 1]], tokens)
+  # Another seed draws otherwise; equal inputs at different positions draw otherwise.
+  assert (np.asarray(sample(model, params, inputs, seed=12)[0]) != tokens).any()
+  same = np.asarray(sample(model, params, jnp.tile(inputs[:1], (3, 1)), seed=11)[0])
+  assert len({tuple(row) for row in same}) == 3
+
+
+def test_sampling_stops_rows_at_eos_and_scores_their_tokens():
+  model = PromptedT5(small_config(), prompt_length=4)
+  params = params_for(model)
+  inputs = encoder_inputs()
+  free = np.asarray(sample(model, params, inputs, seed=2, eos_id=-1)[0])
+  eos_id = int(free[0, 2])  # row 0 draws it at step 2
+  tokens, scores = map(np.asarray, sample(model, params, inputs, seed=2, eos_id=eos_id))
+  keep = first_eos_mask(free, eos_id).astype(bool)
+  np.testing.assert_array_equal(tokens, np.where(keep, free, 0))  # draws before EOS unchanged
+  assert (tokens[0, 3:] == 0).all()
+  log_prob, _ = sequence_log_prob(model, params, inputs, tokens, eos_id)
+  np.testing.assert_allclose(scores, log_prob, atol=1e-5, rtol=0)
+
+
+def test_sampling_needs_keys():
+  model = T5(small_config())
+  with pytest.raises(ValueError, match='keys='):
+    decoding.jit_decode(model, params_for(model), encoder_inputs(), max_decode_length=LENGTH,
+                        decoder='sample')

@@ -190,3 +190,24 @@ def test_decode_ensemble_is_one_batched_pass(setup):
   # The members disagree here (measured: examples 0 and 2 are three-way ties, 1 and 4 are 2-1),
   # so the vote is not any single member's output.
   assert all(result.vote != member for member in result.member_texts)
+
+
+def test_decode_ensemble_strips_a_leading_sentinel(setup):
+  """TARGET_SENTINEL: a leading sentinel is dropped from every member's decode before the vote
+  (here the sentinel is the id member 0 decodes first for example 0)."""
+  model, params, bank, inputs = setup
+  decode = lambda ids: ' '.join(map(str, ids))
+  plain = ensemble.ensemble_greedy_decode(model, params, bank, MEMBERS, inputs,
+                                          max_decode_length=3, decode_fn=decode)
+  sentinel_id = int(plain.member_tokens[0, 0, 0])
+  stripped = ensemble.ensemble_greedy_decode(model, params, bank, MEMBERS, inputs,
+                                             max_decode_length=3, decode_fn=decode,
+                                             target_sentinel=sentinel_id)
+  starts = plain.member_tokens[:, :, 0] == sentinel_id
+  assert starts.any() and not starts.all()
+  want = np.where(starts[:, :, None], np.concatenate(
+      [plain.member_tokens[:, :, 1:], np.zeros_like(plain.member_tokens[:, :, :1])], axis=2),
+                  plain.member_tokens)
+  np.testing.assert_array_equal(stripped.member_tokens, want)
+  assert stripped.member_texts[0][0] == decode(
+      list(itertools.takewhile(lambda t: t not in (0, 1), want[0, 0].tolist())))

@@ -324,3 +324,33 @@ def test_a_best_metric_no_task_reports_is_said_not_ignored(tmp_path, caplog, bes
   assert said == ([] if value else [
       "BEST_METRIC='f1' is not among the eval metrics ['rank_classification/accuracy']: no best "
       'checkpoint is kept. Set BEST_METRIC to one of them, or to None.'])
+
+
+def test_sampled_predictions_are_the_examples_own_in_eval_and_infer(case):
+  """Each example draws with its own key: eval's predictions do not depend on the batch
+  size, and `inference.predict` (infer) draws the same for the same positions."""
+  from prompt_tuning_jax import inference  # pylint: disable=g-import-not-at-top
+  texts = [ex['inputs'] for ex in case['generated']]
+  tokens = encoder_tokens(texts)
+  ds = tf.data.Dataset.from_tensor_slices((np.arange(len(texts)), {
+      'encoder_input_tokens': tokens,
+      'decoder_target_tokens': np.zeros((len(texts), LENGTHS['targets']), np.int32)}))
+
+  def eval_predictions(batch_size, seed):
+    settings = EvalSettings(split='validation', methods=('decode',), decoder='sample',
+                            beam_size=1, batch_size=batch_size, num_examples=None,
+                            best_metric=None, temperature=2.0, sample_seed=seed)
+    evaluator = evaluation.Evaluator(MODEL, GENERATED_TASK, LENGTHS, settings)
+    predicted = evaluator.predict_fn(case['params'], GENERATED_TASK)(ds)
+    return [text([int(t) for t in row if t]) for _, row in sorted(predicted, key=lambda p: p[0])]
+
+  sampled = eval_predictions(4, seed=3)
+  assert eval_predictions(3, seed=3) == sampled
+  assert eval_predictions(4, seed=4) != sampled
+  greedy = [text(case['ref_generated'].greedy(i)) for i in range(NUM_EXAMPLES)]
+  assert sampled != greedy
+  examples = [inference.Example(t, [int(x) for x in row if x], {}) for t, row in zip(texts, tokens)]
+  records = inference.predict(MODEL, case['params'], examples, VOCAB,
+                              input_length=LENGTHS['inputs'], max_decode_length=LENGTHS['targets'],
+                              batch_size=5, decoder='sample', temperature=2.0, sample_seed=3)
+  assert [_postprocess(r['prediction']) for r in records] == sampled

@@ -246,6 +246,10 @@ def not_utf8(x, monkeypatch):
   return [error(list, sources.read_jsonl(x / 'CB' / 'train.jsonl'))]
 
 
+def sentinel_without_extra_ids(x, monkeypatch):
+  return [error(run_setup.setup, smoke('TARGET_SENTINEL = True').settings)]
+
+
 def tsv_without_header(x, monkeypatch):
   from prompt_tuning_jax.tasks import glue  # pylint: disable=g-import-not-at-top
   (x / 'SST-2').mkdir()
@@ -327,6 +331,7 @@ CASES = {
     'batch size vs devices': batch_size_vs_devices,
     'an empty train or validation file': empty_data_file,
     'a data file that is not UTF-8': not_utf8,
+    '`TARGET_SENTINEL` with a vocabulary without extra ids': sentinel_without_extra_ids,
     'a TSV without its header row': tsv_without_header,
     'divergence': divergence,
     ("a prompt whose rows grow far beyond the embedding's (with `STOP_ON_DIVERGENCE = True`; "

@@ -32,6 +32,7 @@ from prompt_tuning_jax import data as data_lib
 from prompt_tuning_jax import inference
 from prompt_tuning_jax import run_setup
 from prompt_tuning_jax import scoring
+from prompt_tuning_jax import sentinel as sentinel_lib
 from prompt_tuning_jax.errors import DataError, UsageError
 from prompt_tuning_jax.many_prompts import mixed
 from prompt_tuning_jax.many_prompts.bank import PromptBank, parse_bank_spec
@@ -116,13 +117,14 @@ def ensemble_rank_classify(model: Any, params: Any, bank: PromptBank, members: S
 
 def ensemble_greedy_decode(model: Any, params: Any, bank: PromptBank, members: Sequence[str],
                            encoder_input_tokens: np.ndarray, *, max_decode_length: int,
-                           eos_id: int = 1, decode_fn: Optional[Callable[[list[int]], str]] = None
-                          ) -> DecodeEnsemble:
+                           eos_id: int = 1, decode_fn: Optional[Callable[[list[int]], str]] = None,
+                           target_sentinel: Optional[int] = None) -> DecodeEnsemble:
   """Greedy decoding by K member prompts in one batched call, then a majority vote.
 
   `decode_fn` maps a token list (up to, without, EOS) to text, e.g. a seqio
   vocabulary's `decode`; votes are over those texts. Without it votes are
-  over token tuples.
+  over token tuples. A leading `target_sentinel` (TARGET_SENTINEL) is stripped
+  from the decoded tokens first.
   """
   b = np.shape(encoder_input_tokens)[0]
   tokens, names = repeat_for_members(encoder_input_tokens, members)
@@ -130,6 +132,8 @@ def ensemble_greedy_decode(model: Any, params: Any, bank: PromptBank, members: S
                                           max_decode_length=max_decode_length, eos_id=eos_id)
   k = len(members)
   member_tokens = np.asarray(out).reshape(k, b, -1)
+  if target_sentinel is not None:
+    member_tokens = sentinel_lib.strip_leading(member_tokens, target_sentinel)
   sequences = [[_until_eos(row, eos_id) for row in member] for member in member_tokens]
   texts = [[decode_fn(s) for s in member] for member in sequences] if decode_fn else None
   vote = majority_vote(texts if texts is not None else
@@ -214,6 +218,8 @@ def evaluate_ensemble(run: RunSettings, members: Mapping[str, str],
       raise UsageError(f'{task_name} has no label words for rank classification: set '
                        'CLASS_LABELS, or use --method decode.')
     label_ids = scoring.encode_labels(vocabulary, words)
+    if s.target_sentinel is not None:
+      label_ids = sentinel_lib.prefix_labels(label_ids, s.target_sentinel)
     ensemble_predictions['average'] = [None] * count
 
   def put(predictions: list, rows: np.ndarray, values: Sequence) -> None:
@@ -233,7 +239,8 @@ def evaluate_ensemble(run: RunSettings, members: Mapping[str, str],
     else:
       result = ensemble_greedy_decode(run.model, params, bank, names, tokens,
                                       max_decode_length=s.lengths['targets'],
-                                      decode_fn=vocabulary.decode)
+                                      decode_fn=vocabulary.decode,
+                                      target_sentinel=s.target_sentinel)
       for name, texts in zip(names, result.member_texts):
         put(member_predictions[name], rows, texts[:n])
       put(ensemble_predictions['vote'], rows, result.vote[:n])
