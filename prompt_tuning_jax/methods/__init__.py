@@ -26,10 +26,12 @@ Imports point one way: `models` imports `methods`; a method imports flax, jax, `
 """
 from prompt_tuning_jax.methods.base import Method
 from prompt_tuning_jax.methods.hooks import Hooks, MethodInputs
+from prompt_tuning_jax.methods.ia3 import IA3
 from prompt_tuning_jax.methods.model_tuning import ModelTuning
+from prompt_tuning_jax.methods.prefix_tuning import PrefixTuning
 from prompt_tuning_jax.methods.prompt_tuning import PROMPT_PATH, PromptTuning
 
-METHODS = (ModelTuning, PromptTuning)
+METHODS = (ModelTuning, PromptTuning, PrefixTuning, IA3)
 
-__all__ = ['METHODS', 'PROMPT_PATH', 'Hooks', 'Method', 'MethodInputs', 'ModelTuning',
-           'PromptTuning']
+__all__ = ['IA3', 'METHODS', 'PROMPT_PATH', 'Hooks', 'Method', 'MethodInputs', 'ModelTuning',
+           'PrefixTuning', 'PromptTuning']
