@@ -193,10 +193,11 @@ def prompt_positions(valid: Array, prompt_length: int, placement: str = 'prefix'
 class Prompt(nn.Module):
   """Owns the learned prompt, a [length, emb] float32 parameter named `prompt`."""
   length: int
+  init: Initializer = random_uniform()
 
   @nn.compact
   def __call__(self, emb_dim: int) -> Array:
-    return self.param('prompt', random_uniform(), (self.length, emb_dim), jnp.float32)
+    return self.param('prompt', self.init, (self.length, emb_dim), jnp.float32)
 
 
 class PromptInput(nn.Module):

@@ -46,6 +46,9 @@ class Setup:
   mesh: jax.sharding.Mesh
   abstract: dict  # parameter tree of ShapeDtypeStructs
   vocabularies: dict
+  # {task: the TASK_INDEX of its examples} for the run's tasks: the method's
+  # (`Method.task_index`), else their places in the mixture. Batches, eval and infer use it.
+  task_index: dict[str, int]
 
   @property
   def lengths(self) -> dict[str, int]:
@@ -79,13 +82,15 @@ def setup(run: RunSettings, *, batch_size: Optional[int] = None) -> Setup:
 
   Nothing is allocated or compiled.
   """
-  remote.check_reachable(run.model_dir, 'MODEL_DIR', must_exist=False)
+  remote.check_reachable(run.model_dir, 'MODEL_DIR', must_exist=False, output=True)
   remote.check_reachable(run.initial_checkpoint_path, 'INITIAL_CHECKPOINT_PATH')
   remote.check_reachable(run.prompt.file, 'PROMPT_FILE')
   task_name = run.data.mixture_or_task_name
   data_lib.import_task_modules(run.data.module)
   data_lib.get_mixture_or_task(task_name)  # Unknown names fail here.
-  run.model.method.check(list(data_lib.task_index_of(task_name)))
+  task_names = list(data_lib.task_index_of(task_name))
+  run.model.method.check(task_names)
+  task_index = run.model.method.task_index(task_names) or data_lib.task_index_of(task_name)
   mesh = partitioning.make_mesh(run.num_partitions)
   data_parallel = mesh.shape[partitioning.DATA]
   if batch_size is not None and batch_size % data_parallel:
@@ -104,7 +109,7 @@ def setup(run: RunSettings, *, batch_size: Optional[int] = None) -> Setup:
       raise UsageError(f'The {feature!r} vocabulary of {task_name!r} has {vocab.vocab_size} '
                        f"tokens, more than the {rows} rows of the model's embedding table: "
                        'wrong model size file or vocabulary?')
-  return Setup(run, mesh, abstract, vocabularies)
+  return Setup(run, mesh, abstract, vocabularies, task_index)
 
 
 def on_devices(tree, mesh: jax.sharding.Mesh):
@@ -124,14 +129,22 @@ def read_prompt_file(path: str, shape: tuple[int, ...]) -> np.ndarray:
         f'PROMPT_FILE: {e} (the model expects (PROMPT_LENGTH, emb dim) = {shape}).') from e
 
 
-def check_sources(s: Setup) -> None:
-  """Cheap checks of the checkpoint path and the prompt file, before any loading."""
+def check_sources(s: Setup, *, trained: bool = False, task_data: bool = True) -> None:
+  """Cheap checks, before any data or weights are read: the checkpoint path, the prompt
+  file (shape and values), for `trained` runs (eval, infer) that MODEL_DIR holds the
+  CHECKPOINT_STEP to read when no PROMPT_FILE is given, and when the `task_data` will be
+  read, that a TFDS download it needs can be made (offline: one line, not minutes of
+  retries)."""
   path = s.run.initial_checkpoint_path
   if path is not None and not remote.is_remote(path) and not os.path.exists(path):
     raise CheckpointError(f'INITIAL_CHECKPOINT_PATH {path!r} does not exist.')
-  if s.run.prompt.file:
+  if s.run.prompt.file and s.prompt_shapes:
     for shape in set(s.prompt_shapes.values()):
       read_prompt_file(s.run.prompt.file, shape)
+  elif trained:
+    _checkpoint_to_read(s.run)
+  if task_data:
+    data_lib.check_sources_available(s.run.data.mixture_or_task_name)
 
 
 def _is_hf_checkpoint(path: str) -> bool:
@@ -239,7 +252,7 @@ def _initial_values(s: Setup, params: Sequence[str]) -> dict[str, np.ndarray]:
 
 def build_params(s: Setup) -> dict:
   """Frozen weights + the method's starting parameters, as a host parameter tree."""
-  check_sources(s)
+  check_sources(s, task_data=False)
   flat = tree_lib.flatten(load_frozen(s))
   prompt = s.run.prompt
   for index, (param, shape) in enumerate(s.prompt_shapes.items()):
@@ -278,9 +291,9 @@ def trained_params(s: Setup) -> tuple[dict, Optional[int]]:
   return checkpoint_params(s)
 
 
-def checkpoint_params(s: Setup) -> tuple[dict, int]:
-  """Frozen weights + the trained parameters of MODEL_DIR's CHECKPOINT_STEP; (params, step)."""
-  run = s.run
+def _checkpoint_to_read(run: RunSettings
+                        ) -> tuple[train_state_lib.TrainStateCheckpointer, Optional[int]]:
+  """MODEL_DIR's checkpoints and the step CHECKPOINT_STEP names (None: the latest), checked."""
   wanted = run.checkpoints.step
   ckpt = train_state_lib.TrainStateCheckpointer(run.model_dir, read_only=True, best_metric=(
       _saved_best_metric(run.model_dir) if wanted == BEST else None))
@@ -289,6 +302,17 @@ def checkpoint_params(s: Setup) -> tuple[dict, int]:
         f'Nothing to load: no checkpoint in {run.model_dir}/{train_state_lib.CHECKPOINT_SUBDIR} '
         'and PROMPT_FILE is not set. Train first, or pass --gin.PROMPT_FILE=...')
   step = {LATEST: None, BEST: ckpt.best_step()}.get(wanted, wanted)
+  if step is not None and step not in ckpt.all_steps():
+    raise CheckpointError(f'No checkpoint of step {step} (CHECKPOINT_STEP) in '
+                          f'{run.model_dir}/{train_state_lib.CHECKPOINT_SUBDIR}; kept steps: '
+                          f'{ckpt.all_steps()}.')
+  return ckpt, step
+
+
+def checkpoint_params(s: Setup) -> tuple[dict, int]:
+  """Frozen weights + the trained parameters of MODEL_DIR's CHECKPOINT_STEP; (params, step)."""
+  run = s.run
+  ckpt, step = _checkpoint_to_read(run)
   trainable, step = ckpt.restore_trainable(step)
   flat = tree_lib.flatten(load_frozen(s))
   expected = tree_lib.flatten(s.abstract)

@@ -30,7 +30,7 @@ POW2 = 'pow2'
 MIN_BUCKET = {'inputs': 16, 'targets': 4}
 # RunSettings fields that may change when a run in MODEL_DIR is resumed.
 RESUMABLE_FIELDS = ('model_dir', 'train_steps', 'log_period', 'eval_period', 'checkpoints',
-                    'evaluation', 'inference', 'num_partitions')
+                    'evaluation', 'inference', 'num_partitions', 'stop_on_divergence')
 
 
 def _require(condition: bool, message: str) -> None:
@@ -256,6 +256,9 @@ class RunSettings:
   log_period: int
   # Model-parallel devices; the rest split the batch.
   num_partitions: int
+  # Stop (DivergedError) when the prompt's rows grow far beyond the embedding's; else a
+  # warning. The default serves runs saved before the setting existed.
+  stop_on_divergence: bool = False
 
   def __post_init__(self):
     _require(isinstance(self.model_dir, str) and self.model_dir,
@@ -265,6 +268,8 @@ class RunSettings:
     _positive(self.eval_period, 'EVAL_PERIOD', optional=True)
     _positive(self.log_period, 'LOG_PERIOD')
     _positive(self.num_partitions, 'NUM_PARTITIONS')
+    _require(isinstance(self.stop_on_divergence, bool),
+             f'STOP_ON_DIVERGENCE must be True or False, got {self.stop_on_divergence!r}.')
     accumulation = self.optimizer.accumulation_steps
     _require(self.data.batch_size % accumulation == 0,
              f'BATCH_SIZE={self.data.batch_size} is not divisible by '

@@ -86,6 +86,24 @@ def test_resume_compares_values_not_text(tmp_path):
   assert "get_vocabulary.path: (unset) -> '/v.model'" in str(e.value)
 
 
+def test_a_run_saved_before_methods_resumes_when_its_values_are_the_same(tmp_path):
+  """config.gin as `ptj train --gin_file=runs/smoke.gin` wrote it before gin/methods/ (commit
+  fc5f044): MODEL = @models.PromptedT5(), TRAINABLE_RULES = ('.*prompt.*',), no METHOD."""
+  saved = (REPO / 'tests' / 'data' / 'config_before_methods.gin').read_text()
+  assert 'MODEL = @models.PromptedT5()' in saved and '\nMETHOD =' not in saved
+  (tmp_path / 'config.gin').write_text(saved)
+  config.check_model_dir(configure(tmp_path), override=False)  # the same run, spelt anew
+  with pytest.raises(UsageError) as e:
+    config.check_model_dir(configure(tmp_path, 'PROMPT_LENGTH = 12', 'DROPOUT_RATE = 0.1',
+                                     "TRAINABLE_RULES = ('.*',)"), override=False)
+  assert "model.method: PromptTuning(length=10, placement='prefix'" in str(e.value)
+  assert '-> PromptTuning(length=12' in str(e.value)
+  assert 'PROMPT_LENGTH: 10 -> 12' in str(e.value)
+  assert 'PROMPT_VISIBILITY' not in str(e.value)  # A macro added since changes nothing.
+  assert 'model.config.dropout_rate: 0.0 -> 0.1' in str(e.value)
+  assert "trainable rules: ('.*prompt.*',) -> ('.*',)" in str(e.value)
+
+
 @pytest.mark.parametrize('make, message', [
     (lambda: settings.PromptSettings('from_text', None, None), 'needs the text'),
     (lambda: settings.PromptSettings('class_labels', None, 'positive'), 'CLASS_LABELS must'),

@@ -16,9 +16,11 @@ Layout under MODEL_DIR:
                              train loop at its end.
 
 Atomicity: orbax writes each step into a temporary directory and renames it
-when complete, and lists only complete steps; a run killed mid-write leaves a
-temporary directory that is ignored, so a
-restore always finds the last complete checkpoint.
+when complete (on gs://, where there is no rename, it writes the step's
+directory and then `commit_success.txt`), and lists only complete steps; a run
+killed mid-write, or whose bucket stopped answering, leaves a step that is
+ignored (and removed by the next writing checkpointer), so a restore always
+finds the last complete checkpoint.
 
 Damage: a restore of the latest step that fails (files damaged or cut short
 after the save) falls back to the newest step that restores, with a warning
@@ -34,6 +36,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from typing import Any, Callable, Mapping, Optional
 
 import jax
@@ -96,10 +99,11 @@ class TrainStateCheckpointer:
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policies.AnyPreservationPolicy(kept),
         enable_async_checkpointing=False, cleanup_tmp_directories=not read_only,
-        create=not read_only, read_only=read_only)
+        create=False, read_only=read_only)  # checkpoints/ appears with the first save.
+    local = '://' not in model_dir
     self._manager = ocp.CheckpointManager(
-        os.path.join(os.path.abspath(model_dir), CHECKPOINT_SUBDIR), options=options,
-        item_names=(STATE, META))
+        os.path.join(os.path.abspath(model_dir) if local else model_dir, CHECKPOINT_SUBDIR),
+        options=options, item_names=(STATE, META))
 
   def _metric_value(self, metrics: Mapping[str, Any]) -> float:
     value = metrics.get(self.best_metric)
@@ -162,10 +166,16 @@ class TrainStateCheckpointer:
       self._manager.wait_until_finished()
       if distributed.is_primary():  # Orbax writes collectively; the numpy export once.
         self.export_numpy(step, state.trainable)
-    except OSError as e:
-      self._remove_partial(step)
+    except _write_errors('://' in self.model_dir) as e:
       last = (f'the last complete checkpoint is step {previous}' if previous is not None
               else 'no checkpoint was saved')
+      if '://' in self.model_dir:  # Unreachable: what is left of the step is never listed.
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise tree_lib.CheckpointError(
+            f'Cannot write the checkpoint of step {step} in {self.model_dir}: {reason}. '
+            f'Training stopped; {last}. Run the same command to resume once '
+            f'{self.model_dir} answers again.') from e
+      self._remove_partial(step)
       raise tree_lib.CheckpointError(
           f'Cannot write the checkpoint of step {step} in {self.model_dir}: '
           f'{e.strerror or e}. Training stopped; {last}. Free space (or fix the permissions) '
@@ -268,11 +278,20 @@ class TrainStateCheckpointer:
     self._manager.close()
 
 
+def _write_errors(remote: bool = True) -> tuple[type[Exception], ...]:
+  """What a failed write raises: OSError; on a remote MODEL_DIR also TensorFlow's errors
+  (orbax's gfile) and TensorStore's ValueErrors (orbax's arrays), after their retries."""
+  if not remote:
+    return (OSError,)
+  tf = sys.modules.get('tensorflow')
+  return (OSError, ValueError) + ((tf.errors.OpError,) if tf is not None else ())
+
+
 class _WriteErrorFilter(logging.Filter):
   """Drops log records of OSErrors (the save reports them in one line)."""
 
   def filter(self, record: logging.LogRecord) -> bool:
-    return not (record.exc_info and isinstance(record.exc_info[1], OSError))
+    return not (record.exc_info and isinstance(record.exc_info[1], _write_errors()))
 
 
 def _abstract(x):

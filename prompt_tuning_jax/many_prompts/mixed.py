@@ -35,16 +35,27 @@ Array = jnp.ndarray
 LabelTokens = Union[np.ndarray, Mapping[str, np.ndarray]]
 
 
-def gather_prompts(model: Any, bank: PromptBank, names: Sequence[str]) -> MethodInputs:
-  """The method inputs of `names` for `model`: prompts [b, P_max, H], prompt_mask [b, P_max].
+def check_model(model: Any) -> None:
+  """Refuses a model whose method a prompt of a bank cannot stand in for.
 
-  Checks that the model's method is prompt tuning (its input takes prompts) and that the
-  bank's width equals its emb_dim; pads on the side the model's placement needs.
+  That is prompt tuning, or a method built on it whose given prompts replace what it
+  learned (multi-task prompts: a task's prompt replaces the combined one).
   """
   method = getattr(model, 'method', None)
   if not isinstance(method, PromptTuning):
-    raise UsageError(f'{type(method).__name__} has no prompt: mixed-prompt batches need a '
-                     'PromptedT5 (prompt tuning).')
+    raise UsageError(f'{type(method).__name__} is not one prompt before the input: mixed-prompt '
+                     'batches need prompt tuning (or multi-task prompts, whose task prompts '
+                     'export as plain prompt files).')
+
+
+def gather_prompts(model: Any, bank: PromptBank, names: Sequence[str]) -> MethodInputs:
+  """The method inputs of `names` for `model`: prompts [b, P_max, H], prompt_mask [b, P_max].
+
+  Checks the model (`check_model`) and that the bank's width equals its emb_dim; pads on
+  the side the model's placement needs.
+  """
+  check_model(model)
+  method = model.method
   bank.check_width(model.config.emb_dim)
   prompts, prompt_mask = bank.gather(names, padding_side=padding_side_for(method.placement))
   return MethodInputs(prompts=jnp.asarray(prompts), prompt_mask=jnp.asarray(prompt_mask))

@@ -18,8 +18,10 @@ exports beside each checkpoint (`checkpoints/train_state.py`), the PEFT adapter 
 runs it refuses (`check`).
 
 `METHODS` is the registry: each is a gin configurable `methods.<ClassName>`, and
-`gin/methods/<name>.gin` sets METHOD to it. To add one: its class here (modules beside it),
-its gin file, its PEFT form in `checkpoints/peft.py` if it has one.
+`gin/methods/<name>.gin` sets METHOD to it; `PARTS` are the settings objects methods take
+(attention `Visibility`, the multi-task prompt combinations), configurable the same way.
+To add one: its class here (modules beside it), its gin file, its PEFT form in
+`checkpoints/peft.py` if it has one.
 
 Imports point one way: `models` imports `methods`; a method imports flax, jax, `prompts`,
 `masks`, `optim`, `errors` and this package only.
@@ -28,10 +30,18 @@ from prompt_tuning_jax.methods.base import Method
 from prompt_tuning_jax.methods.hooks import Hooks, MethodInputs
 from prompt_tuning_jax.methods.ia3 import IA3
 from prompt_tuning_jax.methods.model_tuning import ModelTuning
+from prompt_tuning_jax.methods.multitask_prompts import (AddTaskPrompt, ConcatTaskFeatures,
+                                                         ConcatTaskPrompt, MultiTaskPrompts,
+                                                         ProjectSharedPrompt)
+from prompt_tuning_jax.methods.per_layer_prompts import PerLayerPrompts
 from prompt_tuning_jax.methods.prefix_tuning import PrefixTuning
 from prompt_tuning_jax.methods.prompt_tuning import PROMPT_PATH, PromptTuning
+from prompt_tuning_jax.methods.visibility import Visibility
 
-METHODS = (ModelTuning, PromptTuning, PrefixTuning, IA3)
+METHODS = (ModelTuning, PromptTuning, MultiTaskPrompts, PerLayerPrompts, PrefixTuning, IA3)
+# Settings objects the methods take, gin configurables `methods.<ClassName>` as well.
+PARTS = (Visibility, AddTaskPrompt, ConcatTaskPrompt, ConcatTaskFeatures, ProjectSharedPrompt)
 
-__all__ = ['IA3', 'METHODS', 'PROMPT_PATH', 'Hooks', 'Method', 'MethodInputs', 'ModelTuning',
-           'PrefixTuning', 'PromptTuning']
+__all__ = ['IA3', 'METHODS', 'PARTS', 'PROMPT_PATH', 'AddTaskPrompt', 'ConcatTaskFeatures',
+           'ConcatTaskPrompt', 'Hooks', 'Method', 'MethodInputs', 'ModelTuning',
+           'MultiTaskPrompts', 'PerLayerPrompts', 'PrefixTuning', 'PromptTuning', 'Visibility']

@@ -34,7 +34,9 @@ class Method:
     relative positions (before the first, as HF T5 counts past key/values) over them;
   - `fold(own)`: its own parameters as exports and served models hold them, and the method
     they belong to (prefix tuning drops its training-time reparameterisation);
-  - `check(task_names)`: refuses, with one line, a run it cannot do.
+  - `check(task_names)`: refuses, with one line, a run it cannot do;
+  - `task_index(task_names)`: the TASK_INDEX each task's examples carry, when its
+    parameters depend on the example's task.
   """
   peft_type: ClassVar[Optional[str]] = None
 
@@ -93,3 +95,13 @@ class Method:
     Called by `run_setup.setup`, before anything loads or compiles.
     """
     del task_names
+
+  def task_index(self, task_names: Sequence[str]) -> Optional[dict[str, int]]:
+    """{task: the TASK_INDEX (`MethodInputs.task_index`) of its examples} for the run's tasks.
+
+    None (the default): the method has no task-specific parameters, and the examples carry
+    their task's place in the run's mixture (`data.task_index_of`). Batches, eval and infer
+    pass these indices (`run_setup.Setup.task_index`).
+    """
+    del task_names
+    return None

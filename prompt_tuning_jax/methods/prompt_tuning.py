@@ -4,7 +4,9 @@ The prompt is `encoder/prompt/prompt/prompt` (the original implementation's path
 encoder's input hook places it before the input tokens ('prefix') or right after the last
 one ('suffix'); it is visible to encoder self-attention and decoder cross-attention and
 counts in the encoder's relative positions. Per-example `prompts` / `prompt_mask` in the
-method inputs replace it (mixed-task batches, prompt ensembles).
+method inputs replace it (mixed-task batches, prompt ensembles). `visibility` (None: every
+position sees every other, as T5X) restricts what the prompt positions attend; the
+methods built on this one (multi-task, per-layer prompts) take it too.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from prompt_tuning_jax import prompts as prompts_lib
 from prompt_tuning_jax.errors import UsageError
 from prompt_tuning_jax.methods.base import Method
 from prompt_tuning_jax.methods.hooks import EncoderInput, Hooks, MethodInputs
+from prompt_tuning_jax.methods.visibility import Visibility
 
 PROMPT_PATH = 'encoder/prompt/prompt/prompt'
 
@@ -26,6 +29,7 @@ class PromptTuning(Method):
   """A [length, emb] prompt at `PROMPT_PATH`, placed 'prefix' or 'suffix'; only it trains."""
   length: int = 100
   placement: str = 'prefix'
+  visibility: Optional[Visibility] = None
   peft_type: ClassVar[Optional[str]] = 'PROMPT_TUNING'
 
   def __post_init__(self):
@@ -37,7 +41,8 @@ class PromptTuning(Method):
                        f'{prompts_lib.PLACEMENTS}.')
 
   def hooks(self) -> Hooks:
-    return Hooks(encoder_input=self._encoder_input)
+    return Hooks(encoder_input=self._encoder_input,
+                 encoder_mask=None if self.visibility is None else self.visibility.mask)
 
   def _encoder_input(self, embedded, valid, *, inputs: MethodInputs) -> EncoderInput:
     # Called in the encoder: `name='prompt'` makes the path encoder/prompt/prompt/prompt.

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any, Callable, Optional, Sequence
 
 import jax
@@ -479,7 +480,7 @@ class Decoder(nn.Module):
     y = LayerNorm(dtype=cfg.dtype, name='decoder_norm')(y)
     y = _dropout(cfg.dropout_rate, y, deterministic)
     if cfg.logits_via_embedding:
-      return self.shared_embedding.attend(y) / jnp.sqrt(jnp.float32(y.shape[-1]))
+      return self.shared_embedding.attend(y) / math.sqrt(y.shape[-1])  # weak: keeps the dtype
     return Dense(cfg.vocab_size, dtype=at_least_float32(cfg.dtype), name='logits_dense')(y)
 
 
