@@ -538,8 +538,8 @@ def _ia3_shapes(config: Any) -> dict[str, tuple[str, tuple[int, ...]]]:
   kernels = {scaling: kernel for kernel, scaling, _ in _IA3_MODULES.values()}
   out = {}
   for path, leaf in tree_lib.flatten(shapes).items():
-    owner, scaling, leaf_name = path.rsplit('/', 2)
-    if leaf_name == ia3_lib.SCALING:
+    if path.endswith(f'/{ia3_lib.SCALING}'):
+      owner, scaling, _ = path.rsplit('/', 2)
       name = hf_lib.hf_name(f'{owner}/{kernels[scaling]}/kernel')
       out[path] = (name[:-len('.weight')], tuple(leaf.shape))
   return out

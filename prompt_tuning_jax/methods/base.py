@@ -26,7 +26,8 @@ class Method:
   - `exports(trainable)`: the arrays written as numpy files beside every checkpoint;
     `prompt_file`: which of them is a plain [P, H] prompt file (`ptj eval|infer` PROMPT_FILE,
     prompt banks, PEFT prompt adapters);
-  - `peft_type`: its PEFT adapter type (`checkpoints.peft`), or None;
+  - `peft_type`: its PEFT adapter type (`checkpoints.peft`), or None; `check_peft()`
+    refuses, with one line, settings that type cannot hold;
   - `added_positions`: encoder positions it adds before the first layer (the dry run's
     activation memory);
   - `prefix_length(block)`: key/value positions its `keys_values` hook puts before the
@@ -71,6 +72,10 @@ class Method:
     """(the method to serve with, its parameters) from the trained own parameters
     ({'/'-joined path: array}); by default this method and `own` unchanged."""
     return self, dict(own)
+
+  def check_peft(self) -> None:
+    """Raises `errors.UsageError` when its `peft_type` cannot hold this method's settings
+    (`ptj export --format peft`, before the checkpoint is read)."""
 
   def owns(self, path: str) -> bool:
     """Whether the parameter at `path` is one the method adds to the T5."""

@@ -28,7 +28,8 @@ import numpy as np
 
 from prompt_tuning_jax.errors import UsageError
 from prompt_tuning_jax.methods.base import Method
-from prompt_tuning_jax.methods.hooks import ATTENTION_BLOCKS, DECODER, ENCODER, Hooks, Site
+from prompt_tuning_jax.methods.hooks import (ATTENTION_BLOCKS, DECODER, ENCODER, SELF_ATTENTION,
+                                            Hooks, Site)
 
 PREFIX = 'prefix'  # the T5's child holding the generators: prefix/<block>/...
 TABLE = 'keys_values'  # the plain table's name in a generator
@@ -105,6 +106,13 @@ class PrefixTuning(Method):
     key, value = (jnp.concatenate([jnp.broadcast_to(r.astype(x.dtype), (x.shape[0],) + r.shape),
                                    x], axis=1) for r, x in zip(rows, (key, value)))
     return key, value, bias  # the T5 made the bias [.., q, P + k] (`prefix_length`)
+
+  def check_peft(self) -> None:
+    if self.blocks != (SELF_ATTENTION,):
+      raise UsageError(
+          f'PEFT prefix tuning on a T5 holds decoder self-attention prefixes only; this run has '
+          f'them in {self.blocks}: train with PREFIX_BLOCKS = ({SELF_ATTENTION!r},) to export '
+          'to PEFT, or use --format t5x.')
 
   def prefix_length(self, block: str) -> int:
     return self.length if block in self.blocks else 0

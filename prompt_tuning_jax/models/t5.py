@@ -507,10 +507,15 @@ class T5(nn.Module):
                            method.prefix_length(hooks_lib.SELF_ATTENTION),
                            method.prefix_length(hooks_lib.CROSS_ATTENTION))
 
-  def _check_unpacked(self, segment_ids: Optional[Array]) -> None:
+  def _check_unpacked(self, segment_ids: Optional[Array], stack: str) -> None:
+    """Refuses packed rows where the method adds positions before a row's own: encoder
+    prompts and encoder self-attention prefixes (`stack` 'encoder'), decoder
+    self-attention prefixes ('decoder')."""
     method = self.method
-    if segment_ids is not None and (method.hooks().encoder_input is not None or any(
-        method.prefix_length(block) for block in hooks_lib.ATTENTION_BLOCKS)):
+    adds = (method.hooks().encoder_input is not None
+            or method.prefix_length(hooks_lib.ATTENTION) if stack == hooks_lib.ENCODER
+            else method.prefix_length(hooks_lib.SELF_ATTENTION))
+    if segment_ids is not None and adds:
       raise ValueError(f'Packed inputs (segment ids) are not supported with prompts or '
                        f'prefixes ({type(method).__name__} adds positions that a packed row '
                        'would share between examples): use a feature converter with pack=False.')
@@ -519,7 +524,7 @@ class T5(nn.Module):
              encoder_segment_ids: Optional[Array] = None,
              method_inputs: MethodInputs = MethodInputs()) -> tuple[Array, Array]:
     """-> (encoded [b, L, emb], encoder_valid [b, L] bool)."""
-    self._check_unpacked(encoder_segment_ids)
+    self._check_unpacked(encoder_segment_ids, hooks_lib.ENCODER)
     return self.encoder(encoder_input_tokens, deterministic=not enable_dropout,
                         segment_ids=encoder_segment_ids,
                         inputs=method_inputs)
@@ -531,7 +536,7 @@ class T5(nn.Module):
              encoder_segment_ids: Optional[Array] = None,
              method_inputs: MethodInputs = MethodInputs()) -> Array:
     """-> float32 logits [b, d, vocab]; `decode=True` runs one cached step."""
-    self._check_unpacked(decoder_segment_ids)
+    self._check_unpacked(decoder_segment_ids, hooks_lib.DECODER)
     return self.decoder(encoded, encoder_valid, decoder_input_tokens, decoder_target_tokens,
                         deterministic=not enable_dropout, decode=decode,
                         max_decode_length=max_decode_length, segment_ids=decoder_segment_ids,
