@@ -241,8 +241,8 @@ def test_only_the_methods_parameters_change_and_weights_are_not_differentiated(m
   # The frozen weights' gradients are never computed (as tests/test_train_step.py's
   # prompt-only step): a full step is forward (2 matmul units), activation gradients (2) and
   # weight gradients (2); without the last, 4/6 of the FLOPs. The method's own work (IA3's
-  # elementwise scales, the prefix MLP on [P, emb]) and the non-matmul work move it by a
-  # few percent.
+  # elementwise scales, the prefix MLP on [P, emb]) and the non-matmul work (Adafactor over
+  # every weight in the full step: below 4/6) move it by a few percent.
   cfg = small_config(emb_dim=64, num_heads=4, head_dim=16, mlp_dim=128, vocab_size=256)
   batch = toy_batch(batch=4, inputs=32, targets=8, vocab=256)
   model, params, _ = _with(method, batch, cfg)
@@ -250,7 +250,7 @@ def test_only_the_methods_parameters_change_and_weights_are_not_differentiated(m
                for rules in (method.trainable_rules, optim.MODEL_TUNING_RULES))
   print(f'{type(method).__name__}: compiled step FLOPs {own:.3e}, all weights {full:.3e}, '
         f'ratio {own / full:.3f} (no weight gradients: ~4/6)')
-  assert 0.62 < own / full < 0.72
+  assert 0.58 < own / full < 0.72
 
 
 # ------------------------------------------------------------ settings refused
