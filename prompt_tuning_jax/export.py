@@ -9,8 +9,8 @@ Reads MODEL_DIR/config.gin and the checkpoint of CHECKPOINT_STEP ('latest',
   INITIAL_CHECKPOINT_PATH for another run.
 - `hf`: the T5 without the method's own parameters (e.g. the prompt) as a transformers
   directory (`checkpoints.save_hf`).
-- `peft`: the method's parameters as a PEFT adapter of its `peft_type`
-  (`checkpoints.peft.save_peft_adapter`; prompt tuning: a prompt-tuning adapter).
+- `peft`: the method's parameters, folded (`Method.fold`), as a PEFT adapter of its
+  `peft_type` (`checkpoints.peft.save_peft_adapter`: prompt tuning, prefix tuning, IA3).
 """
 from __future__ import annotations
 
@@ -52,6 +52,8 @@ def export(run: RunSettings, output_dir: str, export_format: str, *,
   if export_format == 'peft' and method.peft_type is None:
     raise UsageError(f'{run.model_dir} trains {type(method).__name__}, which has no PEFT '
                      'adapter form: nothing to export as a PEFT adapter; use --format t5x or hf.')
+  if export_format == 'peft':
+    method.check_peft()
   params, step = run_setup.checkpoint_params(s)
   flat = tree_lib.flatten(jax.device_get(params))
   if export_format == 't5x':
@@ -60,7 +62,7 @@ def export(run: RunSettings, output_dir: str, export_format: str, *,
     frozen = {path: value for path, value in flat.items() if not method.owns(path)}
     hf_lib.save_hf(tree_lib.unflatten(frozen), run.model.config, output_dir)
   else:
-    own = {path: value for path, value in flat.items() if method.owns(path)}
+    own = method.fold({path: value for path, value in flat.items() if method.owns(path)})[1]
     peft_lib.save_peft_adapter(method.peft_type, own, output_dir,
                                base_model_name_or_path=base_model, config=run.model.config)
   logger.info('Exported %s step %d as %s to %s.', run.model_dir, step, export_format, output_dir)

@@ -73,6 +73,12 @@ def prompt_attention_mask(valid: Array, prompt: Array, *, prompt_to_input: bool 
   return (sees & valid[:, :, None] & valid[:, None, :])[:, None].astype(dtype)
 
 
+def with_visible_prefix(mask: Array, length: int) -> Array:
+  """[..., q, k] -> [..., q, length + k]: `length` key columns first that every query sees
+  (a method's key/value prefix, `Method.prefix_length`)."""
+  return jnp.pad(mask, [(0, 0)] * (mask.ndim - 1) + [(length, 0)], constant_values=1)
+
+
 def mask_to_bias(mask: Array, dtype=jnp.float32) -> Array:
   """0 where allowed, MASKED_LOGIT where masked."""
   return jnp.where(mask > 0, 0.0, MASKED_LOGIT).astype(dtype)

@@ -41,6 +41,12 @@ PARAM_AXES: tuple[tuple[str, tuple[str, ...]], ...] = (
     (r'.*/logits_dense/kernel', ('embed', 'vocab')),
     (r'.*/rel_embedding', ('heads', 'relpos_buckets')),
     (r'.*/scale', ('embed',)),
+    # Methods' parameters (methods/): IA3's scales, prefix tuning's generators.
+    (r'.*/(k_conv|v_conv)/ia3_scaling', ('heads', 'kv')),
+    (r'.*/intermediate_conv/ia3_scaling', ('mlp',)),
+    (r'prefix/\w+/(keys_values|embedding)', ('prompt', 'prefix_table')),
+    (r'prefix/\w+/(wi|wo)/kernel', ('prefix_table', 'prefix_table')),
+    (r'prefix/\w+/(wi|wo)/bias', ('prefix_table',)),
 )
 
 # Logical axes of the activations the model computes (used for memory
@@ -62,6 +68,8 @@ LOGICAL_RULES: tuple[tuple[str, Optional[str]], ...] = (
     ('joined_kv', MODEL),
     ('embed', None),
     ('prompt', None),
+    ('kv', None),
+    ('prefix_table', None),
     ('tasks', None),
     ('prompt+embed', None),
     ('relpos_buckets', None),

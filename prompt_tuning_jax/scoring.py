@@ -23,6 +23,7 @@ from flax import linen as nn
 
 from prompt_tuning_jax import decoding
 from prompt_tuning_jax.methods import MethodInputs
+from prompt_tuning_jax.methods.hooks import SELF_ATTENTION
 
 Array = jnp.ndarray
 
@@ -79,6 +80,16 @@ def rank_classify(model: nn.Module, params, encoder_input_tokens: Array,
   encoded, encoder_valid = decoding.encode(model, params, encoder_input_tokens,
                                            method_inputs=method_inputs)
   batch = encoded.shape[0]
+  if model.method.prefix_length(SELF_ATTENTION):
+    # A decoder self-attention prefix sits before the row: a label's offset in a shared row
+    # would change its relative position to the prefix, so each label gets its own row.
+    tiled = lambda x: jnp.repeat(x, num_labels, axis=0)  # [batch * labels, ...]
+    targets = jnp.tile(label_token_ids, (batch, 1))  # [batch * labels, d]
+    logits = model.apply({'params': params}, tiled(encoded), tiled(encoder_valid),
+                         shift_right(targets), targets, method=model.decode,
+                         method_inputs=jax.tree.map(tiled, method_inputs))
+    scores = token_log_likelihoods(logits, targets).sum(-1).reshape(batch, num_labels)
+    return _pick(scores, label_token_ids, normalize)
   # All labels share ONE decoder row per example, one segment each: the
   # cross-attention keys/values of the encoded input are computed once per
   # example, not once per label. Segment masking keeps the labels apart, and
@@ -91,6 +102,11 @@ def rank_classify(model: nn.Module, params, encoder_input_tokens: Array,
                        decoder_segment_ids=segments, method=model.decode,
                        method_inputs=method_inputs)  # [batch, labels*d, V]
   scores = token_log_likelihoods(logits, targets).reshape(batch, num_labels, d).sum(-1)
+  return _pick(scores, label_token_ids, normalize)
+
+
+def _pick(scores: Array, label_token_ids: Array, normalize) -> tuple[Array, Array]:
+  """(the best label [b], the scores [b, labels]) from summed log-likelihoods."""
   lengths = jnp.sum(label_token_ids > 0, axis=-1)  # [labels]
   scores = jnp.where(normalize, scores / lengths[None, :], scores)
   return jnp.argmax(scores, axis=-1).astype(jnp.int32), scores

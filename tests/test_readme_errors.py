@@ -35,6 +35,7 @@ from prompt_tuning_jax import train
 from prompt_tuning_jax import train_step
 from prompt_tuning_jax.checkpoints import hf
 from prompt_tuning_jax.checkpoints import train_state as train_state_lib
+from prompt_tuning_jax.methods.prefix_tuning import PrefixTuning
 from prompt_tuning_jax.methods.prompt_tuning import PromptTuning
 from prompt_tuning_jax.tasks import sources
 
@@ -116,6 +117,10 @@ def task_outside_multi_task_prompt(x, monkeypatch):
       f"MODEL_DIR = '{x}'", "MIXTURE_OR_TASK_NAME = 'smoke_sentiment_words'",
       "PROMPT_TASKS = ('smoke_sentiment', 'smoke_sentiment_np')"]).settings
   return [error(run_setup.setup, run)]
+
+
+def prefix_peft_cannot_hold(x, monkeypatch):
+  return [error(PrefixTuning(10).check_peft)]
 
 
 def model_dir_is_a_file(x, monkeypatch):
@@ -314,6 +319,7 @@ CASES = {
     'unknown task or mixture': unknown_task,
     'a GLUE/SuperGLUE task without network or local files': tfds_without_network,
     'a task without a multi-task prompt': task_outside_multi_task_prompt,
+    '`ptj export --format peft` of prefixes PEFT cannot hold': prefix_peft_cannot_hold,
     'MODEL_DIR is a file': model_dir_is_a_file,
     'MODEL_DIR holds another run': model_dir_holds_another_run,
     'MODEL_DIR in use by another `ptj train`': model_dir_in_use,

@@ -1,5 +1,5 @@
 """Checkpoint I/O: T5X and Hugging Face T5 readers and writers, prompt files (.npy and
-PEFT prompt-tuning adapters), merging.
+PEFT prompt-tuning adapters), PEFT adapters of the methods, merging.
 
 Typical use: read the frozen model, then merge it into the model's initial
 parameters so that a prompt absent from the checkpoint keeps its initial
@@ -15,7 +15,9 @@ from prompt_tuning_jax.checkpoints.hf import load_hf
 from prompt_tuning_jax.checkpoints.hf import save_hf
 from prompt_tuning_jax.checkpoints.hf import t5_to_hf_config
 from prompt_tuning_jax.checkpoints.hf import t5x_to_hf
+from prompt_tuning_jax.checkpoints.peft import load_peft_adapter
 from prompt_tuning_jax.checkpoints.peft import load_peft_prompt
+from prompt_tuning_jax.checkpoints.peft import save_peft_adapter
 from prompt_tuning_jax.checkpoints.peft import save_peft_prompt
 from prompt_tuning_jax.checkpoints.prompt_io import load_prompt
 from prompt_tuning_jax.checkpoints.prompt_io import save_prompt
@@ -35,12 +37,14 @@ __all__ = [
     'hf_config_to_t5',
     'hf_to_t5x',
     'load_hf',
+    'load_peft_adapter',
     'load_peft_prompt',
     'load_prompt',
     'load_t5x',
     'load_t5x_sharded',
     'merge_params',
     'save_hf',
+    'save_peft_adapter',
     'save_peft_prompt',
     'save_prompt',
     'save_t5x',

@@ -15,7 +15,7 @@ safetensors files are read (never pickles): a single `model.safetensors` or
 shards listed by `model.safetensors.index.json`.
 
 One set of tables below serves both directions: `_t5x_path` (HF name -> T5X
-path) reads them, `_hf_name` (T5X path -> HF name) reads them inverted, and
+path) reads them, `hf_name` (T5X path -> HF name) reads them inverted, and
 the writer checks that every name it writes maps back to its path.
 
 Tying and logit scaling. T5X's `logits_via_embedding` means both "no
@@ -283,7 +283,7 @@ def _t5x_path(name: str) -> str | None:
   return None
 
 
-def _hf_name(param: str) -> str | None:
+def hf_name(param: str) -> str | None:
   """The HF tensor name of a T5X path (the inverse of `_t5x_path`), or None."""
   if param == _EMBEDDING_PATH:
     return _EMBEDDING_KEYS[0]
@@ -379,7 +379,7 @@ def t5x_to_hf(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
   unknown = []
   for param, value in tree_lib.flatten(params).items():
     value = np.asarray(value)
-    name = _hf_name(param)
+    name = hf_name(param)
     if name is None:
       unknown.append(f'{param} {tree_lib.shape_str(value.shape)}')
       continue

@@ -1,7 +1,11 @@
 """A method's parameters as a Hugging Face PEFT adapter, written and read without PEFT.
 
-`save_peft_adapter` writes the adapter of a method's `peft_type` (`methods.Method`); the
-one PEFT type so far is PROMPT_TUNING, a soft prompt:
+`save_peft_adapter` writes the adapter of a method's `peft_type` (`methods.Method`) from its
+folded parameters (`Method.fold`); `load_peft_adapter` reads one back as (method, parameters).
+Three PEFT types: PROMPT_TUNING (a soft prompt), PREFIX_TUNING and IA3, each below. All are
+SEQ_2_SEQ_LM adapters of the `save_hf` copy of the frozen T5.
+
+PROMPT_TUNING.
 
 The format (PEFT 0.21: `peft/tuners/prompt_tuning/`, `peft/utils/save_and_load.py`,
 `PeftModelForSeq2SeqLM` in `peft/peft_model.py`):
@@ -31,12 +35,35 @@ both and returns rows [0, P).
 Not expressible in PEFT: suffix placement (`PromptedT5(prompt_placement='suffix')`),
 and our masking of padded query rows (T5X's; HF masks keys only), which changes
 only the outputs at padding positions.
+
+PREFIX_TUNING (PEFT 0.22: `peft/tuners/prefix_tuning/`, `PeftModel.get_prompt`).
+`PrefixTuningConfig` (num_virtual_tokens P, num_layers L, num_attention_heads h, token_dim
+h * head_dim, num_transformer_submodules 2, prefix_projection false, inference_mode) and one
+tensor, `prompt_embeddings` [P, 2L * h * head_dim]: the folded table (with prefix_projection,
+PEFT saves its MLP's output too). On a T5 PEFT views it as rows [P, 2L, h, head_dim],
+repeats them (4L rows) and gives decoder layer i rows 4i..4i+3 as (self-attention key,
+value, cross-attention key, value), then empties the cross-attention cache: decoder layer i's
+self-attention prefix is key row 4i mod 2L, value row 4i+1 mod 2L, and the encoder and the
+cross-attention get none. HF T5 puts the prefix before the sequence (relative positions over
+P + k keys, queries from position P; always visible), as ours does. For odd L every row is
+one layer's; for even L, layers i and i + L/2 share rows, so a prefix whose layers differ
+there cannot be written (`save_peft_prefix` refuses it), and half the rows are unused (zeros).
+A PEFT adapter reads as `PrefixTuning(P, blocks=('self_attention',), mlp_dim=None)`.
+
+IA3 (PEFT 0.22: `peft/tuners/ia3/`). `IA3Config` (target_modules ["k", "v", "wo"],
+feedforward_modules ["wo"]) and one tensor per scaled module,
+`base_model.model.<HF module>.ia3_l`: [h * head_dim, 1] for k and v (their output scaled, our
+`k_conv` / `v_conv` [h, head_dim]), [1, mlp] for `wo` (its input scaled: the MLP's product of
+activations, our `intermediate_conv` [mlp]). PEFT's module names are `save_hf`'s (`hf.py`).
+A module an adapter does not scale reads as ones; scaling any other module (q, o, wi...),
+or k, v at their input or wo at its output, is not our IA3 and is refused.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -45,18 +72,29 @@ from typing import Any
 import numpy as np
 import safetensors.numpy
 
+from prompt_tuning_jax.checkpoints import hf as hf_lib
 from prompt_tuning_jax.checkpoints import tree as tree_lib
 from prompt_tuning_jax.checkpoints.tree import check_prompt_array
 from prompt_tuning_jax.checkpoints.tree import CheckpointError
-from prompt_tuning_jax.methods import PROMPT_PATH
+from prompt_tuning_jax.methods import IA3, PROMPT_PATH, Method, PrefixTuning, PromptTuning
+from prompt_tuning_jax.methods import ia3 as ia3_lib
+from prompt_tuning_jax.methods import prefix_tuning as prefix_lib
+from prompt_tuning_jax.methods.hooks import SELF_ATTENTION
 
 ADAPTER_CONFIG_FILE = 'adapter_config.json'
 ADAPTER_WEIGHTS_FILE = 'adapter_model.safetensors'
 PICKLED_WEIGHTS_FILE = 'adapter_model.bin'
 PROMPT_KEY = 'prompt_embeddings'
 PEFT_TYPE = 'PROMPT_TUNING'
+PREFIX_TUNING, IA3_TYPE = 'PREFIX_TUNING', 'IA3'
 TASK_TYPE = 'SEQ_2_SEQ_LM'
 PROMPT_TUNING_INITS = ('RANDOM', 'SAMPLE_VOCAB', 'TEXT')
+# PEFT's IA3 on a T5: the HF projection it scales -> ours (the sibling kernel's module name,
+# our scaling module) and whether PEFT scales its input (a "feedforward module").
+_IA3_MODULES = {'k': ('key', ia3_lib.KEY_SCALING, False),
+                'v': ('value', ia3_lib.VALUE_SCALING, False),
+                'wo': ('wo', ia3_lib.MLP_SCALING, True)}
+_IA3_TENSOR = re.compile(r'base_model\.model\.(.+)\.(\w+)\.ia3_l')
 
 
 def is_peft_adapter(path: str) -> bool:
@@ -74,7 +112,44 @@ def save_peft_adapter(peft_type: str, params: Mapping[str, Any], directory: str,
   if peft_type == PEFT_TYPE:
     return save_peft_prompt(params[PROMPT_PATH], directory,
                             base_model_name_or_path=base_model_name_or_path, config=config)
+  if peft_type == PREFIX_TUNING:
+    other = sorted(set(params) - {prefix_lib.table_path(SELF_ATTENTION)})
+    if other:
+      raise CheckpointError(
+          f'{directory}: PEFT prefix tuning on a T5 has prefixes in the decoder self-attention '
+          f'only; these are elsewhere: {", ".join(other)} (train with PrefixTuning.blocks = '
+          "('self_attention',) to export to PEFT)")
+    return save_peft_prefix(params[prefix_lib.table_path(SELF_ATTENTION)], directory,
+                            base_model_name_or_path=base_model_name_or_path, config=config)
+  if peft_type == IA3_TYPE:
+    return save_peft_ia3(params, directory, base_model_name_or_path=base_model_name_or_path,
+                         config=config)
   raise CheckpointError(f'{directory}: no PEFT adapter writer for peft_type {peft_type!r}')
+
+
+def load_peft_adapter(directory: str, config: Any) -> tuple[Method, dict[str, np.ndarray]]:
+  """Reads a PEFT adapter of a T5 of `config` (a `T5Config`) as (the method, its parameters).
+
+  PROMPT_TUNING: `PromptTuning(P)` and the prompt; PREFIX_TUNING: decoder self-attention
+  prefixes, `PrefixTuning(P, blocks=('self_attention',), mlp_dim=None)` and its table; IA3:
+  `IA3()` and every scale (ones where the adapter has none). `T5(config, method=method)`
+  with these parameters and the frozen model computes what PEFT does on its `save_hf` copy.
+
+  Raises:
+    CheckpointError: as the type's reader does, or a type we do not read.
+  """
+  peft_type = _read_config(directory).get('peft_type')
+  if peft_type == PEFT_TYPE:
+    prompt = load_peft_prompt(directory, expected_shape=(None, config.emb_dim))
+    return PromptTuning(prompt.shape[0]), {PROMPT_PATH: prompt}
+  if peft_type == PREFIX_TUNING:
+    table = load_peft_prefix(directory, config)
+    method = PrefixTuning(table.shape[0], blocks=(SELF_ATTENTION,), mlp_dim=None)
+    return method, {prefix_lib.table_path(SELF_ATTENTION): table}
+  if peft_type == IA3_TYPE:
+    return IA3(), load_peft_ia3(directory, config)
+  raise CheckpointError(f'{directory}: a {peft_type} adapter; readable PEFT types: '
+                        f'{PEFT_TYPE}, {PREFIX_TUNING}, {IA3_TYPE}')
 
 
 def save_peft_prompt(prompt: Any, directory: str, *,
@@ -155,15 +230,20 @@ def save_peft_prompt(prompt: Any, directory: str, *,
       'tokenizer_kwargs': None,
       'tokenizer_name_or_path': tokenizer_name_or_path,
   }
-  table = np.ascontiguousarray(np.concatenate([array] * num_transformer_submodules, axis=0))
+  table = np.concatenate([array] * num_transformer_submodules, axis=0)
+  return _write_adapter(directory, adapter_config, {PROMPT_KEY: table})
 
+
+def _write_adapter(directory: str, adapter_config: Mapping[str, Any],
+                   tensors: Mapping[str, np.ndarray]) -> str:
+  """Writes the two files of an adapter through a temporary sibling renamed at the end."""
   parent = os.path.dirname(os.path.abspath(directory))
   os.makedirs(parent, exist_ok=True)
   staging = tempfile.mkdtemp(dir=parent, prefix=f'.{os.path.basename(directory)}.tmp')
   try:
-    safetensors.numpy.save_file({PROMPT_KEY: table},
-                                os.path.join(staging, ADAPTER_WEIGHTS_FILE),
-                                metadata={'format': 'pt'})
+    safetensors.numpy.save_file(
+        {name: np.ascontiguousarray(value, np.float32) for name, value in tensors.items()},
+        os.path.join(staging, ADAPTER_WEIGHTS_FILE), metadata={'format': 'pt'})
     with open(os.path.join(staging, ADAPTER_CONFIG_FILE), 'w') as f:
       json.dump(adapter_config, f, indent=2, sort_keys=True)
       f.write('\n')
@@ -193,29 +273,9 @@ def load_peft_prompt(directory: str, *,
       config, or a shape other than `expected_shape`.
   """
   directory = directory.rstrip('/')
+  config = _read_config(directory, PEFT_TYPE, 'a prompt-tuning one: only PEFT peft_type '
+                        f'{PEFT_TYPE} holds a soft prompt')
   config_path = f'{directory}/{ADAPTER_CONFIG_FILE}'
-  if not tree_lib.is_gcs(directory) and not os.path.isdir(directory):
-    raise CheckpointError(f'{directory}: no such PEFT adapter directory')
-  if not tree_lib.is_gcs(directory) and not os.path.isfile(config_path):
-    raise CheckpointError(
-        f'{directory}: no {ADAPTER_CONFIG_FILE}, so not a PEFT adapter directory')
-  data = tree_lib.read_bytes(config_path)
-  try:
-    config = json.loads(data)
-  except ValueError as e:
-    raise CheckpointError(f'{config_path}: not valid JSON: {e}') from e
-  if not isinstance(config, dict):
-    raise CheckpointError(f'{config_path}: not a PEFT adapter config (a JSON object)')
-  peft_type = config.get('peft_type')
-  if peft_type != PEFT_TYPE:
-    raise CheckpointError(
-        f'{directory}: a {peft_type} adapter, not a prompt-tuning one: only PEFT '
-        f'peft_type {PEFT_TYPE} holds a soft prompt')
-  task_type = config.get('task_type')
-  if task_type != TASK_TYPE:
-    raise CheckpointError(
-        f'{directory}: task_type {task_type!r}: a prompt for another kind of model; '
-        f"prompts of this project's T5 are {TASK_TYPE} adapters")
   length = config.get('num_virtual_tokens')
   width = config.get('token_dim')
   submodules = config.get('num_transformer_submodules')
@@ -226,18 +286,7 @@ def load_peft_prompt(directory: str, *,
     raise CheckpointError(
         f'{config_path}: num_transformer_submodules is {submodules!r}, not 1 or 2')
 
-  weights_path = f'{directory}/{ADAPTER_WEIGHTS_FILE}'
-  if not tree_lib.is_gcs(directory) and not os.path.isfile(weights_path):
-    pickled = os.path.isfile(f'{directory}/{PICKLED_WEIGHTS_FILE}')
-    raise CheckpointError(
-        f'{directory}: no {ADAPTER_WEIGHTS_FILE}' +
-        (f' (only safetensors are read, never the pickled {PICKLED_WEIGHTS_FILE}: '
-         're-save the adapter with safe_serialization=True)' if pickled else ''))
-  data = tree_lib.read_bytes(weights_path)
-  try:
-    tensors = safetensors.numpy.load(data)
-  except Exception as e:  # SafetensorError (a bad header), KeyError (a dtype numpy lacks), ...
-    raise CheckpointError(f'{weights_path}: not a readable safetensors file: {e!r}') from e
+  tensors, weights_path = _read_tensors(directory)
   if set(tensors) != {PROMPT_KEY}:
     raise CheckpointError(
         f'{weights_path}: a prompt-tuning adapter holds one tensor {PROMPT_KEY!r}, '
@@ -253,3 +302,244 @@ def load_peft_prompt(directory: str, *,
   prompt = table[:length]
   check_prompt_array(directory, prompt, expected_shape)
   return prompt.astype(np.float32)
+
+
+def _read_config(directory: str, peft_type: str | None = None,
+                 wanted: str = '') -> dict[str, Any]:
+  """The adapter's config, of a SEQ_2_SEQ_LM adapter of `peft_type` (None: any) or
+  CheckpointError ('a X adapter, not `wanted`')."""
+  directory = directory.rstrip('/')
+  config_path = f'{directory}/{ADAPTER_CONFIG_FILE}'
+  if not tree_lib.is_gcs(directory) and not os.path.isdir(directory):
+    raise CheckpointError(f'{directory}: no such PEFT adapter directory')
+  if not tree_lib.is_gcs(directory) and not os.path.isfile(config_path):
+    raise CheckpointError(
+        f'{directory}: no {ADAPTER_CONFIG_FILE}, so not a PEFT adapter directory')
+  data = tree_lib.read_bytes(config_path)
+  try:
+    config = json.loads(data)
+  except ValueError as e:
+    raise CheckpointError(f'{config_path}: not valid JSON: {e}') from e
+  if not isinstance(config, dict):
+    raise CheckpointError(f'{config_path}: not a PEFT adapter config (a JSON object)')
+  found = config.get('peft_type')
+  if peft_type is not None and found != peft_type:
+    raise CheckpointError(f'{directory}: a {found} adapter, not {wanted}')
+  task_type = config.get('task_type')
+  if task_type != TASK_TYPE:
+    raise CheckpointError(
+        f'{directory}: task_type {task_type!r}: an adapter for another kind of model; '
+        f"this project's T5 takes {TASK_TYPE} adapters")
+  return config
+
+
+def _read_tensors(directory: str) -> tuple[dict[str, np.ndarray], str]:
+  """(the adapter's tensors, the weights file's path): safetensors only, never pickles."""
+  directory = directory.rstrip('/')
+  weights_path = f'{directory}/{ADAPTER_WEIGHTS_FILE}'
+  if not tree_lib.is_gcs(directory) and not os.path.isfile(weights_path):
+    pickled = os.path.isfile(f'{directory}/{PICKLED_WEIGHTS_FILE}')
+    raise CheckpointError(
+        f'{directory}: no {ADAPTER_WEIGHTS_FILE}' +
+        (f' (only safetensors are read, never the pickled {PICKLED_WEIGHTS_FILE}: '
+         're-save the adapter with safe_serialization=True)' if pickled else ''))
+  data = tree_lib.read_bytes(weights_path)
+  try:
+    return safetensors.numpy.load(data), weights_path
+  except Exception as e:  # SafetensorError (a bad header), KeyError (a dtype numpy lacks), ...
+    raise CheckpointError(f'{weights_path}: not a readable safetensors file: {e!r}') from e
+
+
+# ------------------------------------------------------------ prefix tuning
+
+
+def _peft_prefix_rows(num_layers: int) -> list[tuple[int, int]]:
+  """(key row, value row) of each decoder layer in PEFT's [P, 2L, ...] view (module doc)."""
+  return [(4 * i % (2 * num_layers), (4 * i + 1) % (2 * num_layers))
+          for i in range(num_layers)]
+
+
+def save_peft_prefix(table: Any, directory: str, *, base_model_name_or_path: str | None,
+                     config: Any) -> str:
+  """Writes decoder self-attention prefixes as a PEFT prefix-tuning adapter of a T5.
+
+  Args:
+    table: PrefixTuning's plain table for 'self_attention' [P, L * 2 * h * head_dim] (row p:
+      layer by layer, the key then the value of prefix position p).
+    directory: a local directory that does not exist or is empty.
+    base_model_name_or_path: recorded for `AutoPeftModel`, e.g. the `save_hf` directory.
+    config: the frozen model's `T5Config` (L = its decoder layers, h, head_dim).
+
+  Raises:
+    CheckpointError: a table of another shape; decoder layers i and i + L/2 (even L) with
+      different prefixes, which PEFT gives the same rows; an existing non-empty `directory`.
+  """
+  layers, heads = config.num_decoder_layers, config.num_heads
+  width = heads * config.head_dim
+  array = np.asarray(table, np.float32)
+  if array.ndim != 2 or array.shape[1] != layers * 2 * width:
+    raise CheckpointError(
+        f'{directory}: a decoder self-attention prefix table is [P, {layers * 2 * width}] '
+        f'(decoder layers x 2 x heads x head_dim), got {tree_lib.shape_str(array.shape)}')
+  length = array.shape[0]
+  ours = array.reshape(length, layers, 2, width)
+  rows = np.zeros((length, 2 * layers, width), np.float32)
+  written: dict[int, int] = {}
+  for layer, pair in enumerate(_peft_prefix_rows(layers)):
+    for kv, row in enumerate(pair):
+      if row in written and not np.array_equal(rows[:, row], ours[:, layer, kv]):
+        raise CheckpointError(
+            f'{directory}: PEFT gives decoder layers {written[row]} and {layer} the same prefix '
+            f'on a T5 with {layers} decoder layers (its seq2seq cache layout: layers i and '
+            f"i + L/2 share rows when L is even), but this adapter's differ: PEFT cannot "
+            'hold it')
+      rows[:, row], written[row] = ours[:, layer, kv], layer
+  directory = tree_lib.new_local_directory(directory, 'save_peft_prefix')
+  adapter_config = {
+      'auto_mapping': None,
+      'base_model_name_or_path': base_model_name_or_path,
+      'encoder_hidden_size': width,
+      'inference_mode': True,
+      'modules_to_save': None,
+      'num_attention_heads': heads,
+      'num_layers': layers,
+      'num_transformer_submodules': 2,
+      'num_virtual_tokens': length,
+      'peft_type': PREFIX_TUNING,
+      'prefix_projection': False,
+      'revision': None,
+      'task_type': TASK_TYPE,
+      'token_dim': width,
+  }
+  return _write_adapter(directory, adapter_config, {PROMPT_KEY: rows.reshape(length, -1)})
+
+
+def load_peft_prefix(directory: str, config: Any) -> np.ndarray:
+  """Reads a PEFT prefix-tuning adapter of a T5 of `config` as our decoder self-attention
+  table [P, L * 2 * h * head_dim] (float32; see `save_peft_prefix`).
+
+  Raises:
+    CheckpointError: a missing or malformed file, another PEFT or task type, layers, heads or
+      widths other than `config`'s, a `prompt_embeddings` of another shape.
+  """
+  adapter = _read_config(directory, PREFIX_TUNING, 'a prefix-tuning one')
+  layers, width = config.num_decoder_layers, config.num_heads * config.head_dim
+  expected = {'num_layers': layers, 'num_attention_heads': config.num_heads,
+              'token_dim': width, 'num_transformer_submodules': 2}
+  for name, value in expected.items():
+    if adapter.get(name, value) not in (value, None):
+      raise CheckpointError(
+          f'{directory}: {ADAPTER_CONFIG_FILE} says {name}={adapter[name]!r}, but the T5 '
+          f'has {value} (decoder layers, heads, heads x head_dim; PEFT runs prefixes on a '
+          'T5 with 2 transformer submodules)')
+  length = adapter.get('num_virtual_tokens')
+  if not isinstance(length, int) or isinstance(length, bool) or length <= 0:
+    raise CheckpointError(f'{directory}: num_virtual_tokens is {length!r}, not a positive '
+                          'integer')
+  tensors, weights_path = _read_tensors(directory)
+  table = tensors.get(PROMPT_KEY)
+  if set(tensors) != {PROMPT_KEY} or table.shape != (length, 2 * layers * width):
+    raise CheckpointError(
+        f'{weights_path}: a prefix-tuning adapter holds one tensor {PROMPT_KEY} '
+        f'[{length}, {2 * layers * width}] (num_virtual_tokens x num_layers * 2 * token_dim), '
+        f'found ' + ', '.join(f'{k} {tree_lib.shape_str(v.shape)}' for k, v in tensors.items()))
+  rows = table.astype(np.float32).reshape(length, 2 * layers, width)
+  ours = np.stack([rows[:, list(pair)] for pair in _peft_prefix_rows(layers)], axis=1)
+  return ours.reshape(length, -1)  # [P, layers, 2, width] flattened
+
+
+# ------------------------------------------------------------ IA3
+
+
+def save_peft_ia3(params: Mapping[str, Any], directory: str, *,
+                  base_model_name_or_path: str | None, config: Any) -> str:
+  """Writes IA3's scales ({'/'-joined path: array}, `methods.IA3`'s parameters) as a PEFT
+  IA3 adapter of the `save_hf` copy of a T5 of `config`.
+
+  Raises:
+    CheckpointError: a parameter that is not an IA3 scale of this T5, an existing non-empty
+      `directory`.
+  """
+  expected = _ia3_shapes(config)
+  tensors = {}
+  for path, value in params.items():
+    value = np.asarray(value, np.float32)
+    if path not in expected or value.shape != expected[path][1]:
+      raise CheckpointError(
+          f'{directory}: {path} {tree_lib.shape_str(value.shape)} is not an IA3 scale of '
+          'this T5 (methods.IA3)')
+    name, feedforward = expected[path][0], _ia3_feedforward(path)
+    tensors[f'base_model.model.{name}.ia3_l'] = (
+        value.reshape(1, -1) if feedforward else value.reshape(-1, 1))
+  directory = tree_lib.new_local_directory(directory, 'save_peft_ia3')
+  adapter_config = {
+      'auto_mapping': None,
+      'base_model_name_or_path': base_model_name_or_path,
+      'exclude_modules': None,
+      'fan_in_fan_out': False,
+      'feedforward_modules': [m for m, (_, _, ff) in _IA3_MODULES.items() if ff],
+      'inference_mode': True,
+      'init_ia3_weights': True,
+      'modules_to_save': None,
+      'peft_type': IA3_TYPE,
+      'revision': None,
+      'target_modules': list(_IA3_MODULES),
+      'task_type': TASK_TYPE,
+  }
+  return _write_adapter(directory, adapter_config, tensors)
+
+
+def load_peft_ia3(directory: str, config: Any) -> dict[str, np.ndarray]:
+  """Reads a PEFT IA3 adapter of a T5 of `config` as every scale of `methods.IA3`
+  ({path: float32 array}; ones where the adapter scales nothing).
+
+  Raises:
+    CheckpointError: a missing or malformed file, another PEFT or task type, a tensor that
+      scales a module our IA3 does not (or the other side of it), a shape other than the T5's.
+  """
+  _read_config(directory, IA3_TYPE, 'an IA3 one')
+  tensors, weights_path = _read_tensors(directory)
+  expected = _ia3_shapes(config)
+  by_name = {name: path for path, (name, _) in expected.items()}
+  params = {path: np.ones(shape, np.float32) for path, (_, shape) in expected.items()}
+  for key, value in tensors.items():
+    match = _IA3_TENSOR.fullmatch(key)
+    module = match and _IA3_MODULES.get(match.group(2))
+    path = by_name.get(f'{match.group(1)}.{match.group(2)}') if match else None
+    if module is None or path is None:
+      raise CheckpointError(
+          f'{weights_path}: {key} scales a module our IA3 does not (it scales the keys and '
+          "values of every attention, 'k' and 'v', and the input of each MLP's 'wo')")
+    shape = expected[path][1]
+    size = int(np.prod(shape))
+    want = (1, size) if module[2] else (size, 1)
+    if value.shape != want:
+      raise CheckpointError(
+          f'{weights_path}: {key} is {tree_lib.shape_str(value.shape)}; our IA3 scales '
+          f"{'the input' if module[2] else 'the output'} of {match.group(2)!r}: "
+          f'{tree_lib.shape_str(want)}')
+    params[path] = value.astype(np.float32).reshape(shape)
+  return params
+
+
+def _ia3_feedforward(path: str) -> bool:
+  return path.split('/')[-2] == ia3_lib.MLP_SCALING
+
+
+def _ia3_shapes(config: Any) -> dict[str, tuple[str, tuple[int, ...]]]:
+  """{IA3 scale path: (HF module it scales, shape)} for a T5 of `config`."""
+  from prompt_tuning_jax.models import t5 as t5_lib  # local: models import flax
+  import jax  # pylint: disable=g-import-not-at-top
+
+  model = t5_lib.T5(config, method=IA3())
+  dummy = np.ones((1, 1), np.int32)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), dummy, dummy, dummy,
+                                             enable_dropout=False))['params']
+  kernels = {scaling: kernel for kernel, scaling, _ in _IA3_MODULES.values()}
+  out = {}
+  for path, leaf in tree_lib.flatten(shapes).items():
+    if path.endswith(f'/{ia3_lib.SCALING}'):
+      owner, scaling, _ = path.rsplit('/', 2)
+      name = hf_lib.hf_name(f'{owner}/{kernels[scaling]}/kernel')
+      out[path] = (name[:-len('.weight')], tuple(leaf.shape))
+  return out

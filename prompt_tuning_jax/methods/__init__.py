@@ -28,19 +28,20 @@ Imports point one way: `models` imports `methods`; a method imports flax, jax, `
 """
 from prompt_tuning_jax.methods.base import Method
 from prompt_tuning_jax.methods.hooks import Hooks, MethodInputs
+from prompt_tuning_jax.methods.ia3 import IA3
 from prompt_tuning_jax.methods.model_tuning import ModelTuning
 from prompt_tuning_jax.methods.multitask_prompts import (AddTaskPrompt, ConcatTaskFeatures,
                                                          ConcatTaskPrompt, MultiTaskPrompts,
                                                          ProjectSharedPrompt)
 from prompt_tuning_jax.methods.per_layer_prompts import PerLayerPrompts
+from prompt_tuning_jax.methods.prefix_tuning import PrefixTuning
 from prompt_tuning_jax.methods.prompt_tuning import PROMPT_PATH, PromptTuning
 from prompt_tuning_jax.methods.visibility import Visibility
 
-METHODS = (ModelTuning, PromptTuning, MultiTaskPrompts, PerLayerPrompts)
+METHODS = (ModelTuning, PromptTuning, MultiTaskPrompts, PerLayerPrompts, PrefixTuning, IA3)
 # Settings objects the methods take, gin configurables `methods.<ClassName>` as well.
 PARTS = (Visibility, AddTaskPrompt, ConcatTaskPrompt, ConcatTaskFeatures, ProjectSharedPrompt)
 
-__all__ = ['METHODS', 'PARTS', 'PROMPT_PATH', 'AddTaskPrompt', 'ConcatTaskFeatures',
+__all__ = ['IA3', 'METHODS', 'PARTS', 'PROMPT_PATH', 'AddTaskPrompt', 'ConcatTaskFeatures',
            'ConcatTaskPrompt', 'Hooks', 'Method', 'MethodInputs', 'ModelTuning',
-           'MultiTaskPrompts', 'PerLayerPrompts', 'ProjectSharedPrompt', 'PromptTuning',
-           'Visibility']
+           'MultiTaskPrompts', 'PerLayerPrompts', 'PrefixTuning', 'PromptTuning', 'Visibility']

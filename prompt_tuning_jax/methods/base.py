@@ -26,9 +26,15 @@ class Method:
   - `exports(trainable)`: the arrays written as numpy files beside every checkpoint;
     `prompt_file`: which of them is a plain [P, H] prompt file (`ptj eval|infer` PROMPT_FILE,
     prompt banks, PEFT prompt adapters);
-  - `peft_type`: its PEFT adapter type (`checkpoints.peft`), or None;
+  - `peft_type`: its PEFT adapter type (`checkpoints.peft`), or None; `check_peft()`
+    refuses, with one line, settings that type cannot hold;
   - `added_positions`: encoder positions it adds before the first layer (the dry run's
     activation memory);
+  - `prefix_length(block)`: key/value positions its `keys_values` hook puts before the
+    sequence in the attentions named `block`; the T5 computes their mask (always visible) and
+    relative positions (before the first, as HF T5 counts past key/values) over them;
+  - `fold(own)`: its own parameters as exports and served models hold them, and the method
+    they belong to (prefix tuning drops its training-time reparameterisation);
   - `check(task_names)`: refuses, with one line, a run it cannot do;
   - `task_index(task_names)`: the TASK_INDEX each task's examples carry, when its
     parameters depend on the example's task.
@@ -57,6 +63,19 @@ class Method:
   @property
   def added_positions(self) -> int:
     return 0
+
+  def prefix_length(self, block: str) -> int:
+    del block
+    return 0
+
+  def fold(self, own: Mapping[str, Any]) -> tuple['Method', dict[str, Any]]:
+    """(the method to serve with, its parameters) from the trained own parameters
+    ({'/'-joined path: array}); by default this method and `own` unchanged."""
+    return self, dict(own)
+
+  def check_peft(self) -> None:
+    """Raises `errors.UsageError` when its `peft_type` cannot hold this method's settings
+    (`ptj export --format peft`, before the checkpoint is read)."""
 
   def owns(self, path: str) -> bool:
     """Whether the parameter at `path` is one the method adds to the T5."""

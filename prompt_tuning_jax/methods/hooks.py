@@ -24,7 +24,13 @@ child, and its `name=` extends that module's path. `Hooks.keys_values` creating
 
 `keys_values` sees the keys and values attended: in cached decoding, the whole cache (which
 holds the sequence's own positions only), so a prefix is added on every step and never cached.
+The bias it gets already spans the `Method.prefix_length(site.block)` key positions a prefix
+adds before the sequence (always visible, relative positions counted from them).
 In the decoder, `prompt` is None (no prompt positions there yet).
+
+A module that hooks of several layers share (prefix tuning's prefix generators) cannot be
+created inside one of them: `Hooks.shared` makes it, once, as the T5's child `shared_name`
+(its parameter paths start there), and every hook is then called with it as `shared=`.
 
 `MethodInputs` are the per-example inputs a method may read: the one way they reach the model
 (`T5.__call__`, `encode`, `decode`: `method_inputs=`). Field names equal the batch features
@@ -34,7 +40,8 @@ training batch.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Mapping, NamedTuple, Optional
+import functools
+from typing import Any, Callable, Mapping, NamedTuple, Optional
 
 import jax.numpy as jnp
 
@@ -44,6 +51,7 @@ ENCODER, DECODER = 'encoder', 'decoder'
 # `Site.block` of the attentions: the module names that fix their parameter paths.
 ATTENTION, SELF_ATTENTION = 'attention', 'self_attention'
 CROSS_ATTENTION = 'encoder_decoder_attention'
+ATTENTION_BLOCKS = (ATTENTION, SELF_ATTENTION, CROSS_ATTENTION)
 MLP = 'mlp'
 
 
@@ -89,6 +97,16 @@ class Hooks:
   keys_values: Optional[Callable[..., tuple[Array, Array, Array]]] = None
   # (hidden, *, site) -> hidden
   mlp_hidden: Optional[Callable[..., Array]] = None
+  # (T5 config) -> flax module, created once as the T5's child `shared_name`; None: none.
+  shared: Optional[Callable[[Any], Any]] = None
+  shared_name: Optional[str] = None
+
+  def bind(self, shared) -> 'Hooks':
+    """These hooks, each called with `shared=shared` (the T5's instance of `self.shared`)."""
+    points = ('encoder_input', 'encoder_mask', 'layer_input', 'keys_values', 'mlp_hidden')
+    return dataclasses.replace(self, **{
+        point: functools.partial(getattr(self, point), shared=shared)
+        for point in points if getattr(self, point) is not None})
 
 
 NO_HOOKS = Hooks()

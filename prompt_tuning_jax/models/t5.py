@@ -203,12 +203,16 @@ class RelativePositionBiases(nn.Module):
   dtype: DType = jnp.float32
 
   @nn.compact
-  def __call__(self, q_len: int, k_len: int, bidirectional: bool) -> Array:
-    """Returns [1, heads, q_len, k_len] biases."""
+  def __call__(self, q_len: int, k_len: int, bidirectional: bool, prefix: int = 0) -> Array:
+    """Returns [1, heads, q_len, prefix + k_len] biases.
+
+    `prefix` keys come before the first (a method's key/value prefix: positions -prefix..-1),
+    as HF T5 places past key/values before the queries.
+    """
     rel_embedding = self.param(
         'rel_embedding', nn.initializers.variance_scaling(1.0, 'fan_avg', 'uniform'),
         (self.num_heads, self.num_buckets), jnp.float32)
-    rel = np.arange(k_len)[None, :] - np.arange(q_len)[:, None]
+    rel = np.arange(-prefix, k_len)[None, :] - np.arange(q_len)[:, None]
     buckets = relative_position_bucket(rel, bidirectional, self.num_buckets, self.max_distance)
     return jnp.take(rel_embedding, buckets, axis=1)[None].astype(self.dtype)
 
@@ -266,7 +270,9 @@ class MultiHeadAttention(nn.Module):
     The first call (cache absent) creates a cache shaped like the given
     [batch, max_length, heads, head_dim] keys and attends normally; later calls
     take one position each. `bias` must then be the full
-    [b|1, h|1, max_length, max_length] bias: its row at the index is used.
+    [b|1, h|1, max_length, P + max_length] bias: its row at the index is used; its first P
+    columns are a method's key/value prefix (`Method.prefix_length`), never cached and
+    always visible.
     """
     initialized = self.has_variable('cache', 'cached_key')
     cached_key = self.variable('cache', 'cached_key', jnp.zeros, key.shape, key.dtype)
@@ -282,7 +288,8 @@ class MultiHeadAttention(nn.Module):
     cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value, (0, i, 0, 0))
     cache_index.value = i + 1
     visible = (jnp.arange(max_length) <= i)[None, None, None, :]  # [1, 1, 1, max_length]
-    step_bias = masks_lib.mask_to_bias(visible)
+    prefix = 0 if bias is None else bias.shape[-1] - max_length
+    step_bias = masks_lib.mask_to_bias(masks_lib.with_visible_prefix(visible, prefix))
     if bias is not None:
       row = jax.lax.dynamic_slice_in_dim(bias, i, 1, axis=2)  # [b|1, h|1, 1, max_length]
       step_bias = step_bias + row
@@ -387,6 +394,7 @@ class Encoder(nn.Module):
   config: T5Config
   shared_embedding: nn.Module
   hooks: Hooks = NO_HOOKS
+  prefix_length: int = 0  # key/value prefix of the self-attention (`Method.prefix_length`)
 
   @nn.compact
   def __call__(self, tokens: Array, *, deterministic: bool,
@@ -414,8 +422,9 @@ class Encoder(nn.Module):
     position_bias = RelativePositionBiases(
         cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance,
         cfg.num_heads, at_least_float32(cfg.dtype), name='relpos_bias')(
-            length, length, bidirectional=True)
-    bias = masks_lib.mask_to_bias(mask) + position_bias  # [batch, heads, L, L]
+            length, length, bidirectional=True, prefix=self.prefix_length)
+    mask = masks_lib.with_visible_prefix(mask, self.prefix_length)
+    bias = masks_lib.mask_to_bias(mask) + position_bias  # [batch, heads, L, prefix + L]
     for i in range(cfg.num_encoder_layers):
       x = EncoderLayer(cfg, hooks, i, name=f'layers_{i}')(
           x, bias, deterministic=deterministic, prompt=prompt, inputs=inputs)
@@ -427,6 +436,9 @@ class Decoder(nn.Module):
   config: T5Config
   shared_embedding: nn.Module
   hooks: Hooks = NO_HOOKS
+  # Key/value prefixes of the self- and cross-attention (`Method.prefix_length`).
+  self_prefix_length: int = 0
+  cross_prefix_length: int = 0
 
   @nn.compact
   def __call__(self, encoded: Array, encoder_valid: Array, decoder_input_tokens: Array,
@@ -440,21 +452,24 @@ class Decoder(nn.Module):
     relpos = RelativePositionBiases(
         cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance,
         cfg.num_heads, at_least_float32(cfg.dtype), name='relpos_bias')
+    prefix = self.self_prefix_length
     if decode:
       # The cache masks future positions itself; the bias row is sliced per step.
       length = max_decode_length or decoder_input_tokens.shape[1]
-      self_bias = relpos(length, length, bidirectional=False)
+      self_bias = relpos(length, length, bidirectional=False, prefix=prefix)
       query_valid = jnp.ones(decoder_input_tokens.shape, bool)
     else:
       length = decoder_input_tokens.shape[1]
       self_mask = masks_lib.decoder_self_attention_mask(decoder_target_tokens, segment_ids)
-      self_bias = masks_lib.mask_to_bias(self_mask) + relpos(length, length, bidirectional=False)
+      self_bias = (masks_lib.mask_to_bias(masks_lib.with_visible_prefix(self_mask, prefix))
+                   + relpos(length, length, bidirectional=False, prefix=prefix))
       query_valid = decoder_target_tokens > 0
     cross_mask = masks_lib.make_attention_mask(query_valid, encoder_valid)
     if segment_ids is not None and encoder_segment_ids is not None:
       cross_mask = masks_lib.combine_masks(
           cross_mask, masks_lib.make_segment_mask(segment_ids, encoder_segment_ids))
-    cross_bias = masks_lib.mask_to_bias(cross_mask)
+    cross_bias = masks_lib.mask_to_bias(
+        masks_lib.with_visible_prefix(cross_mask, self.cross_prefix_length))
 
     y = self.shared_embedding(decoder_input_tokens.astype(jnp.int32))  # [batch, d, emb]
     y = _dropout(cfg.dropout_rate, y, deterministic)
@@ -480,20 +495,36 @@ class T5(nn.Module):
   method: Method = ModelTuning()
 
   def setup(self):
-    cfg = self.config
-    hooks = self.method.hooks()
+    cfg, method = self.config, self.method
+    hooks = method.hooks()
+    if hooks.shared is not None:  # the method's module that every layer's hooks call
+      setattr(self, hooks.shared_name, hooks.shared(cfg))
+      hooks = hooks.bind(getattr(self, hooks.shared_name))
     self.token_embedder = Embed(cfg.vocab_size, cfg.emb_dim, cfg.dtype, cfg.one_hot_embed)
-    self.encoder = Encoder(cfg, self.token_embedder, hooks)
-    self.decoder = Decoder(cfg, self.token_embedder, hooks)
+    self.encoder = Encoder(cfg, self.token_embedder, hooks,
+                           method.prefix_length(hooks_lib.ATTENTION))
+    self.decoder = Decoder(cfg, self.token_embedder, hooks,
+                           method.prefix_length(hooks_lib.SELF_ATTENTION),
+                           method.prefix_length(hooks_lib.CROSS_ATTENTION))
+
+  def _check_unpacked(self, segment_ids: Optional[Array], stack: str) -> None:
+    """Refuses packed rows where the method adds positions before a row's own: encoder
+    prompts and encoder self-attention prefixes (`stack` 'encoder'), decoder
+    self-attention prefixes ('decoder')."""
+    method = self.method
+    adds = (method.hooks().encoder_input is not None
+            or method.prefix_length(hooks_lib.ATTENTION) if stack == hooks_lib.ENCODER
+            else method.prefix_length(hooks_lib.SELF_ATTENTION))
+    if segment_ids is not None and adds:
+      raise ValueError(f'Packed inputs (segment ids) are not supported with prompts or '
+                       f'prefixes ({type(method).__name__} adds positions that a packed row '
+                       'would share between examples): use a feature converter with pack=False.')
 
   def encode(self, encoder_input_tokens: Array, *, enable_dropout: bool = False,
              encoder_segment_ids: Optional[Array] = None,
              method_inputs: MethodInputs = MethodInputs()) -> tuple[Array, Array]:
     """-> (encoded [b, L, emb], encoder_valid [b, L] bool)."""
-    if encoder_segment_ids is not None and self.method.hooks().encoder_input is not None:
-      raise ValueError(f'Packed inputs (segment ids) are not supported with prompts '
-                       f'({type(self.method).__name__} adds encoder positions that a packed row '
-                       'would share between examples): use a feature converter with pack=False.')
+    self._check_unpacked(encoder_segment_ids, hooks_lib.ENCODER)
     return self.encoder(encoder_input_tokens, deterministic=not enable_dropout,
                         segment_ids=encoder_segment_ids,
                         inputs=method_inputs)
@@ -505,6 +536,7 @@ class T5(nn.Module):
              encoder_segment_ids: Optional[Array] = None,
              method_inputs: MethodInputs = MethodInputs()) -> Array:
     """-> float32 logits [b, d, vocab]; `decode=True` runs one cached step."""
+    self._check_unpacked(decoder_segment_ids, hooks_lib.DECODER)
     return self.decoder(encoded, encoder_valid, decoder_input_tokens, decoder_target_tokens,
                         deterministic=not enable_dropout, decode=decode,
                         max_decode_length=max_decode_length, segment_ids=decoder_segment_ids,
