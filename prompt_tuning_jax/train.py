@@ -38,7 +38,9 @@ from prompt_tuning_jax import preemption
 from prompt_tuning_jax import run_dir
 from prompt_tuning_jax import run_setup
 from prompt_tuning_jax import train_step
+from prompt_tuning_jax import wayward
 from prompt_tuning_jax.checkpoints import train_state as train_state_lib
+from prompt_tuning_jax.checkpoints import tree as tree_lib
 from prompt_tuning_jax.errors import DivergedError, Stopped
 from prompt_tuning_jax.settings import RunSettings
 
@@ -63,6 +65,10 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
     evaluator = evaluation.Evaluator(run.model, run.data.mixture_or_task_name, s.lengths,
                                      run.evaluation, class_labels=run.prompt.class_labels,
                                      mesh=s.mesh, length_buckets=run.data.length_buckets)
+  opt = run.optimizer
+  wayward_ids = (wayward.text_ids(s.vocabularies['inputs'], opt.wayward_text,
+                                  s.prompt_shape[0] if s.has_prompt else None)
+                 if opt.wayward_weight else None)
   params = run_setup.build_params(s)
   ckpt = train_state_lib.TrainStateCheckpointer(
       model_dir, keep=run.checkpoints.keep, best_metric=run.evaluation.best_metric,
@@ -72,7 +78,14 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
                    'seed': run.data.seed, 'batch_size': run.data.batch_size,
                    'length_buckets': run.data.length_buckets}
   topology = distributed.topology(s.mesh)  # Recorded; may change on resume.
-  opt = run.optimizer
+  regularizer = None
+  if wayward_ids is not None:
+    target = wayward.text_embedding(tree_lib.flatten(params)['token_embedder/embedding'],
+                                    wayward_ids, s.mesh)
+    regularizer = wayward.regularizer(target, opt.wayward_weight)
+    logger.info('Wayward prompt: %g x the squared distance of the first %d prompt rows from '
+                'the embedded WAYWARD_TEXT joins the loss.', opt.wayward_weight,
+                len(wayward_ids))
   trainable, frozen = optim.partition(params, opt.trainable_rules)
   sizes = [sum(math.prod(x.shape) for x in jax.tree.leaves(t)) for t in (trainable, frozen)]
   logger.info('Training %s parameters (TRAINABLE_RULES=%s); %s frozen.', f'{sizes[0]:,}',
@@ -114,7 +127,8 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
           run.model, tx, z_loss=opt.z_loss, loss_normalization=opt.loss_normalization,
           accumulation_steps=opt.accumulation_steps,
           dropout_rng=jax.random.fold_in(jax.random.PRNGKey(run.data.seed), 2) if dropout else None,
-          learning_rate_fn=lambda step: jnp.asarray(lr_fn(step), jnp.float32)),
+          learning_rate_fn=lambda step: jnp.asarray(lr_fn(step), jnp.float32),
+          regularizer=regularizer),
       donate_argnums=(0,), out_shardings=(state_shardings, partitioning.replicated(s.mesh)))
   # Every process reads the same global batches and places its devices' rows.
   batches = data_lib.train_batches(run.data, start_step=start)
