@@ -18,7 +18,7 @@ MODEL_DIR under OUT/runs: rerun the command to resume; finished runs are skipped
 - Wayward prompts (Khashabi et al., 2022): the smoke task with the prompt held near a
   discrete text (WAYWARD_WEIGHT > 0) against the plain prompt from the same text, the text's
   read-back by nearest neighbours (`ptj neighbors --text`) and the accuracy.
-Results: OUT/travel.json and OUT/travel_tables.md.
+Results: OUT/travel_<part>.json and OUT/travel_tables.md (the tables of every part run so far).
 """
 from __future__ import annotations
 
@@ -49,18 +49,16 @@ SEEDS = (0, 1, 2)
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
-  """How a task trains: the gin files and bindings of its runs (600 steps, rate decays to 0)."""
+  """How a task trains: the gin files and bindings of its runs (the rate decays to 0)."""
   task: str
   files: tuple[str, ...]
   bindings: tuple[str, ...]
   prompt_length: int
   eval_period: int
-  labels: tuple[str, ...] = ('negative', 'positive')
 
 
-def _prompt_recipe(task: str, inputs_length: int, labels: tuple[str, ...], *,
-                   learning_rate: float = 0.03, steps: int = 600, prompt_length: int = 100,
-                   eval_period: int = 100) -> Recipe:
+def _prompt_recipe(task: str, inputs_length: int, *, steps: int = 600, eval_period: int = 200,
+                   learning_rate: float = 0.03) -> Recipe:
   """The SST-2 recipe of docs/reproduction.md (P=100, lr 0.03 -> 0, batch 32, dropout 0)."""
   return Recipe(task, ('models/t5_mini.gin', 'runs/prompt_finetune.gin'), (
       f'MIXTURE_OR_TASK_NAME={task}',
@@ -70,22 +68,31 @@ def _prompt_recipe(task: str, inputs_length: int, labels: tuple[str, ...], *,
       f'optax.linear_schedule.init_value={learning_rate}', 'optax.linear_schedule.end_value=0.0',
       f'optax.linear_schedule.transition_steps={steps}',
       "EVAL_METHODS=('rank_classification',)", 'LOG_PERIOD=50', 'EVAL_BATCH_SIZE=64'),
-      prompt_length, eval_period, labels)
+      100, eval_period)
 
 
+def _smoke_recipe(*, steps: int = 600, prompt_length: int = 50, eval_period: int = 50) -> Recipe:
+  """The README's smoke run (runs/smoke_pretrained.gin: lr 0.3 -> 0 over the run, batch 16)."""
+  return Recipe('smoke_sentiment_transfer', ('runs/smoke_pretrained.gin',),
+                (f'TRAIN_STEPS={steps}',), prompt_length, eval_period)
+
+
+SPOT_STEPS = 300
 RECIPES = {
-    # The smoke run of the README (runs/smoke_pretrained.gin: P=50, lr 0.3 -> 0, batch 16).
-    'smoke': Recipe('smoke_sentiment_transfer', ('runs/smoke_pretrained.gin',), (), 50, 50),
-    'sst2': _prompt_recipe('glue_sst2_v002', 64, ('negative', 'positive')),
-    # SPoT's library: the smoke task at P=100 (every prompt of a transfer has one shape).
-    'smoke100': dataclasses.replace(
-        Recipe('smoke_sentiment_transfer', ('runs/smoke_pretrained.gin',), (), 100, 50)),
-    'rte': _prompt_recipe('super_glue_rte_v102', 128, ('entailment', 'not_entailment')),
-    'cb': _prompt_recipe('super_glue_cb_v102', 160, ('entailment', 'contradiction', 'neutral')),
-    'boolq': _prompt_recipe('super_glue_boolq_v102', 256, ('False', 'True')),
-    'copa': _prompt_recipe('super_glue_copa_v102', 64, ('choice1', 'choice2')),
-    'wic': _prompt_recipe('super_glue_wic_v102', 64, ('False', 'True')),
-    'mrpc': _prompt_recipe('glue_mrpc_v002', 96, ('not_equivalent', 'equivalent')),
+    # Recycling (600 steps): the smoke run (P=50) and SST-2 (P=100).
+    'smoke': _smoke_recipe(),
+    'sst2': _prompt_recipe('glue_sst2_v002', 64),
+    # SPoT (300 steps, one prompt shape: P=100): the library's tasks, two of them targets.
+    'spot_smoke': _smoke_recipe(steps=SPOT_STEPS, prompt_length=100, eval_period=SPOT_STEPS),
+    'spot_sst2': _prompt_recipe('glue_sst2_v002', 64, steps=SPOT_STEPS, eval_period=SPOT_STEPS),
+    'spot_rte': _prompt_recipe('super_glue_rte_v102', 128, steps=SPOT_STEPS,
+                               eval_period=SPOT_STEPS),
+    'spot_cb': _prompt_recipe('super_glue_cb_v102', 160, steps=SPOT_STEPS,
+                              eval_period=SPOT_STEPS),
+    'spot_copa': _prompt_recipe('super_glue_copa_v102', 64, steps=SPOT_STEPS,
+                                eval_period=SPOT_STEPS),
+    'spot_wic': _prompt_recipe('super_glue_wic_v102', 64, steps=SPOT_STEPS,
+                               eval_period=SPOT_STEPS),
 }
 
 
@@ -95,7 +102,7 @@ class Run:
   recipe: str
   model: str = 'lm_adapted'
   seed: int = 0
-  init: str = 'class_labels'        # a PROMPT_INIT, or a name for `prompt_file`
+  init: str = 'class_labels'        # a PROMPT_INIT, or the name of `prompt_file`'s origin
   prompt_file: Optional[str] = None
   extra: tuple[str, ...] = ()       # more gin bindings
   prompt_length: Optional[int] = None  # None: the recipe's
@@ -120,18 +127,22 @@ def checkpoints(out: str) -> dict[str, str]:
 
 
 def train_args(run: Run, model_dir: str, models: dict[str, str]) -> list[str]:
+  """The `ptj train` arguments of a run."""
   recipe = RECIPES[run.recipe]
-  length = run.prompt_length or recipe.prompt_length
   bindings = [*recipe.bindings, f'MODEL_DIR={model_dir}',
               f'INITIAL_CHECKPOINT_PATH={models[run.model]}', f'SEED={run.seed}',
-              f'PROMPT_LENGTH={length}', f'EVAL_PERIOD={recipe.eval_period}',
-              f'CHECKPOINT_PERIOD={recipe.eval_period}', 'KEEP_CHECKPOINTS=1',
-              'BEST_METRIC=None', *run.extra]
+              f'PROMPT_LENGTH={run.prompt_length or recipe.prompt_length}',
+              f'EVAL_PERIOD={recipe.eval_period}', f'CHECKPOINT_PERIOD={recipe.eval_period}',
+              'KEEP_CHECKPOINTS=1', 'BEST_METRIC=None', *run.extra]
   if run.prompt_file:
     bindings.append(f'PROMPT_FILE={run.prompt_file}')
-  else:
+  elif not any(b.startswith('PROMPT_INIT=') for b in run.extra):
     bindings.append(f'PROMPT_INIT={run.init}')
   return [*(f'--gin_file={f}' for f in recipe.files), *(f'--gin.{b}' for b in bindings)]
+
+
+def _ptj(args: Sequence[str], env: dict[str, str], log_path: str) -> None:
+  reproduction._ptj(args, env, log_path)  # pylint: disable=protected-access
 
 
 def run_one(run: Run, out: str, env: dict[str, str], models: dict[str, str]) -> dict[str, Any]:
@@ -143,8 +154,7 @@ def run_one(run: Run, out: str, env: dict[str, str], models: dict[str, str]) -> 
       return json.load(f)
   os.makedirs(model_dir, exist_ok=True)
   tick = time.time()
-  reproduction._ptj(['train', *train_args(run, model_dir, models)], env,  # pylint: disable=protected-access
-                    os.path.join(model_dir, 'travel.log'))
+  _ptj(['train', *train_args(run, model_dir, models)], env, os.path.join(model_dir, 'travel.log'))
   curve = reproduction.eval_curve(model_dir)
   steps = max(step for step, _ in curve)
   result = {**dataclasses.asdict(run), 'name': run.name, 'model_dir': model_dir,
@@ -170,13 +180,341 @@ def run_all(runs: Sequence[Run], out: str, env: dict[str, str], models: dict[str
     return dict(zip(runs, pool.map(one, runs)))
 
 
-# ------------------------------------------------------------------ the parts
+def initial_prompt(run: Run, out: str, models: dict[str, str]) -> str:
+  """The prompt file of a run's initial prompt (untrained), built as `ptj train` builds it."""
+  path = os.path.join(out, 'initial', f'{run.name}.npy')
+  if not os.path.exists(path):
+    from prompt_tuning_jax import checkpoints as ckpt  # pylint: disable=import-outside-toplevel
+    from prompt_tuning_jax import config  # pylint: disable=import-outside-toplevel
+    from prompt_tuning_jax import run_setup  # pylint: disable=import-outside-toplevel
+    from prompt_tuning_jax.checkpoints import tree  # pylint: disable=import-outside-toplevel
+    args = train_args(run, os.path.join(out, 'initial', run.name), models)
+    files, bindings = config.split_bindings(args)
+    settings = config.configure('train', [f.split('=', 1)[1] for f in files], bindings).settings
+    params = run_setup.build_params(run_setup.setup(settings))
+    ckpt.save_prompt(path, tree.flatten(params)['encoder/prompt/prompt/prompt'])
+  return path
+
+
+def ensemble_accuracies(model_dir: str, members: dict[str, str], output: str,
+                        env: dict[str, str]) -> dict[str, float]:
+  """Rank-classification accuracy of each member prompt on the run's task and frozen model
+  (`ptj ensemble`: every member in one batched pass)."""
+  if not os.path.exists(output):
+    os.makedirs(os.path.dirname(output), exist_ok=True)
+    args = ['ensemble', f'--gin.MODEL_DIR={model_dir}', '--method', 'rank_classification',
+            '--output', output]
+    for name, path in members.items():
+      args += ['--prompt', f'{name}={path}']
+    _ptj(args, env, output + '.log')
+  with open(output) as f:
+    metrics = json.load(f)['metrics']
+  return {name: metrics[f'member/{name}']['accuracy'] for name in members}
+
+
+def _stats(values: Sequence[Optional[float]]) -> dict[str, Any]:
+  return reproduction._stats(values)  # pylint: disable=protected-access
+
+
+def _fmt(stat: dict[str, Any]) -> str:
+  if stat['mean'] is None:
+    return 'n/a'
+  return f"{stat['mean']:.1f} ± {stat['std']:.1f}" + (f" (n={stat['n']})" if stat['n'] != 3 else '')
+
+
+# ------------------------------------------------------------------ recycling
+
+# (source, target) frozen models: the shipped pair (one frozen embedding table) and the
+# first version against the shipped LM-adapted model (different tables).
+PAIRS = (('span_corruption', 'lm_adapted'), ('lm_adapted', 'span_corruption'),
+         ('first_lm_adapted', 'lm_adapted'), ('lm_adapted', 'first_lm_adapted'))
+RECYCLING_TASKS = ('smoke', 'sst2')
+# The first version carries little on SST-2 (49.7%, docs/reproduction.md): one seed there.
+FIRST_VERSION_SST2_SEEDS = (0,)
+RECYCLERS = ('v2v-lin', 'v2v-nn')
+
+
+def _seeds(recipe: str, model: str) -> tuple[int, ...]:
+  return FIRST_VERSION_SST2_SEEDS if (recipe, model) == ('sst2', 'first_lm_adapted') else SEEDS
 
 
 def source_runs() -> list[Run]:
-  """Prompts on each frozen model: smoke and SST-2, 3 seeds (recycling's sources and targets)."""
-  return [Run(recipe, model, seed) for recipe in ('smoke', 'sst2')
-          for model in ('lm_adapted', 'span_corruption', 'first_lm_adapted') for seed in SEEDS]
+  """Prompts on each frozen model (recycling's sources, targets and step-0 baselines)."""
+  return [Run(recipe, model, seed) for recipe in RECYCLING_TASKS
+          for model in ('lm_adapted', 'span_corruption', 'first_lm_adapted')
+          for seed in _seeds(recipe, model)]
+
+
+def recycle_prompts(sources: dict[Run, dict[str, Any]], out: str, models: dict[str, str]
+                    ) -> dict[tuple, dict[str, Any]]:
+  """Every source prompt recycled to each pair's target by each recycler (in this process:
+  one fit per pair and recycler, `ptj recycle`'s functions); {(task, source, target,
+  recycler, seed): {'file', 'r_squared', 'identical_tables'}}."""
+  from prompt_tuning_jax import checkpoints as ckpt  # pylint: disable=import-outside-toplevel
+  from prompt_tuning_jax.analysis import neighbors  # pylint: disable=import-outside-toplevel
+  from prompt_tuning_jax.transfer import recycling  # pylint: disable=import-outside-toplevel
+  vocabulary = neighbors.PieceVocabulary(VOCAB)
+  ids = recycling.word_ids(vocabulary)
+  tables = {name: neighbors.load_t5x_embedding(path) for name, path in models.items()}
+  recycled = {}
+  for source, target in PAIRS:
+    for recycler in RECYCLERS:
+      fitted = None
+      for task in RECYCLING_TASKS:
+        for seed in _seeds(task, source):
+          key = (task, source, target, recycler, seed)
+          path = os.path.join(out, 'recycled',
+                              f'{task}-{source}-to-{target}-{recycler}-s{seed}.npy')
+          if not os.path.exists(path):
+            fitted = fitted or recycling.fit(tables[source], tables[target], ids, recycler)
+            prompt = ckpt.load_prompt(sources[Run(task, source, seed)]['prompt_file'])
+            ckpt.save_prompt(path, fitted(prompt))
+            with open(path + '.json', 'w') as f:
+              json.dump({'r_squared': fitted.r_squared, 'words': fitted.words,
+                         'identical_tables': fitted.identical_tables}, f)
+          with open(path + '.json') as f:
+            recycled[key] = {'file': path, **json.load(f)}
+  return recycled
+
+
+def zero_shot(sources: dict[Run, dict[str, Any]], recycled: dict[tuple, dict[str, Any]],
+              out: str, env: dict[str, str], models: dict[str, str]) -> dict[str, Any]:
+  """Zero-shot accuracy on each target model: recycled and moved-as-is prompts, the target's
+  own trained prompts, untrained class-label and random-uniform prompts."""
+  table = {}
+  for task in RECYCLING_TASKS:
+    for target in ('lm_adapted', 'span_corruption', 'first_lm_adapted'):
+      members = {}
+      for seed in _seeds(task, target):
+        members[f'own-s{seed}'] = sources[Run(task, target, seed)]['prompt_file']
+        for init in ('class_labels', 'random_uniform'):
+          members[f'{init}-s{seed}'] = initial_prompt(Run(task, target, seed, init), out, models)
+      for source, pair_target in PAIRS:
+        if pair_target != target:
+          continue
+        for seed in _seeds(task, source):
+          members[f'{source}-as_is-s{seed}'] = sources[Run(task, source, seed)]['prompt_file']
+          for recycler in RECYCLERS:
+            entry = recycled[(task, source, target, recycler, seed)]
+            if not entry['identical_tables']:  # identical tables: the as-is prompt
+              members[f'{source}-{recycler}-s{seed}'] = entry['file']
+      own_dir = sources[Run(task, target, _seeds(task, target)[0])]['model_dir']
+      accuracies = ensemble_accuracies(own_dir, members, os.path.join(
+          out, 'zero_shot', f'{task}-{target}.json'), env)
+      table[f'{task}/{target}'] = accuracies
+  return table
+
+
+def steps_saved_runs(recycled: dict[tuple, dict[str, Any]]) -> list[Run]:
+  """The smoke task on the LM-adapted model from recycled prompts (span corruption: the
+  prompt as it is; the first version: v2v-lin), against its class-label runs."""
+  return [Run('smoke', 'lm_adapted', seed, f'from-{source}-{recycler}',
+              recycled[('smoke', source, 'lm_adapted', recycler, seed)]['file'])
+          for source, recycler in (('span_corruption', 'v2v-lin'),
+                                   ('first_lm_adapted', 'v2v-lin'))
+          for seed in SEEDS]
+
+
+def recycling_report(sources, recycled, zero, continued) -> dict[str, Any]:
+  """The zero-shot table's cells (mean ± std over seeds), the fits, and the steps-saved
+  curves (step 0: the zero-shot accuracy of the starting prompt)."""
+  cells = {}
+  for key, accuracies in zero.items():
+    groups: dict[str, list[float]] = {}
+    for name, accuracy in accuracies.items():
+      groups.setdefault(name.rsplit('-s', 1)[0], []).append(accuracy)
+    cells[key] = {group: _stats(values) for group, values in groups.items()}
+  fits = {f'{source} -> {target}, {recycler}': next(
+      v['r_squared'] for k, v in recycled.items() if k[1:4] == (source, target, recycler))
+          for source, target in PAIRS for recycler in RECYCLERS}
+  start = zero['smoke/lm_adapted']
+  curves = {'class_labels': [[(0, start[f'class_labels-s{seed}'])]
+                             + sources[Run('smoke', 'lm_adapted', seed)]['curve']
+                             for seed in SEEDS]}
+  for run, result in continued.items():
+    source, recycler = run.init.removeprefix('from-').rsplit('-', 1)
+    member = f'{source}-{recycler}' if f'{source}-{recycler}-s0' in start else f'{source}-as_is'
+    curves.setdefault(run.init, []).append([(0, start[f'{member}-s{run.seed}'])]
+                                           + result['curve'])
+  # Steps saved: the first step within 2 points of class-label init's final mean accuracy.
+  level = _stats([c[-1][1] for c in curves['class_labels']])['mean'] - 2.0
+  steps = {init: [steps_to_reach(c, level) for c in runs] for init, runs in curves.items()}
+  return {'zero_shot': cells, 'fits': fits, 'curves': curves, 'level': level,
+          'steps_to_level': steps}
+
+
+def steps_to_reach(curve: Sequence[tuple[int, float]], level: float) -> Optional[int]:
+  """The first eval step at which the accuracy is at least `level`; None: never."""
+  return next((step for step, accuracy in curve if accuracy >= level), None)
+
+
+# ------------------------------------------------------------------ SPoT
+
+# The library: each task's prompt trained from class labels, each with its own seed (the
+# sampled-vocabulary rows of one seed are the same in every task's prompt).
+SPOT_LIBRARY = {'spot_sst2': 10, 'spot_smoke': 11, 'spot_rte': 12, 'spot_cb': 13,
+                'spot_copa': 14, 'spot_wic': 15}
+SPOT_TARGETS = ('spot_sst2', 'spot_smoke')
+
+
+def spot_library_runs() -> list[Run]:
+  return [Run(task, seed=seed) for task, seed in SPOT_LIBRARY.items()]
+
+
+def spot_rankings(library: dict[Run, dict[str, Any]], out: str, env: dict[str, str],
+                  models: dict[str, str]) -> dict[str, Any]:
+  """`ptj spot` for each target against the other tasks' prompts, each metric; and the same
+  ranking of the untrained (initial) prompts: what the initialisation alone gives."""
+  from prompt_tuning_jax import checkpoints as ckpt  # pylint: disable=import-outside-toplevel
+  from prompt_tuning_jax.transfer import spot  # pylint: disable=import-outside-toplevel
+  rankings = {}
+  for target in SPOT_TARGETS:
+    target_run = Run(target, seed=SPOT_LIBRARY[target])
+    sources = {task: library[Run(task, seed=seed)]['prompt_file']
+               for task, seed in SPOT_LIBRARY.items() if task != target}
+    initial = {task: initial_prompt(Run(task, seed=seed), out, models)
+               for task, seed in SPOT_LIBRARY.items()}
+    for metric in spot.METRICS:
+      output = os.path.join(out, 'spot', f'{target}-{metric}.json')
+      if not os.path.exists(output):
+        args = ['spot', '--target', library[target_run]['prompt_file'], '--metric', metric,
+                '--output', output]
+        for name, path in sources.items():
+          args += ['--source', f'{name}={path}']
+        _ptj(args, env, output + '.log')
+      with open(output) as f:
+        trained = [(r['name'], r['similarity']) for r in json.load(f)['ranking']]
+      untrained = spot.rank(ckpt.load_prompt(initial[target]),
+                            {n: ckpt.load_prompt(initial[n]) for n in sources}, metric)
+      rankings[f'{target}/{metric}'] = {'trained': trained, 'initial': untrained}
+  return rankings
+
+
+def spot_transfer_runs(library: dict[Run, dict[str, Any]], rankings: dict[str, Any]
+                       ) -> list[Run]:
+  """Each target: class-label init (3 seeds), every other task's prompt (seed 0), the best
+  source by average-token similarity (3 seeds)."""
+  runs = []
+  for target in SPOT_TARGETS:
+    runs += [Run(target, seed=seed) for seed in SEEDS]
+    best = rankings[f'{target}/average_tokens']['trained'][0][0]
+    for task, seed in SPOT_LIBRARY.items():
+      if task != target:
+        source = library[Run(task, seed=seed)]['prompt_file']
+        for s in SEEDS if task == best else (0,):
+          runs.append(Run(target, seed=s, init=f'spot-{task}', prompt_file=source))
+  return runs
+
+
+def spot_report(rankings, transfers: dict[Run, dict[str, Any]]) -> dict[str, Any]:
+  report = {}
+  for target in SPOT_TARGETS:
+    results: dict[str, list[float]] = {}
+    for run, result in transfers.items():
+      if run.recipe == target:
+        results.setdefault(run.init, []).append(result['accuracy'])
+    report[target] = {'transfer': {init: _stats(v) for init, v in results.items()},
+                      'rankings': {m: rankings[f'{target}/{m}'] for m in ('average_tokens',
+                                                                          'per_token')}}
+  return report
+
+
+# ------------------------------------------------------------------ Wayward prompts
+
+# The original's SST-2 task text (its wayward config), without its backquotes: 78 pieces of
+# t5_mini's vocabulary, so the prompt has 78 rows.
+WAYWARD_TEXT = ('Classify these movie reviews based on sentiment . Use 2 classes . One positive '
+                '( for reviews that paint the movie in a favorable light ) and one negative '
+                '( for reviews that make you not want to see the movie ) . Use the string '
+                'positive for the positive class , the good movies , and use the string '
+                'negative for the negative class , the bad movies .')
+WAYWARD_LENGTH = 78
+WAYWARD_WEIGHTS = (0.0, 0.01, 0.1)
+
+
+def wayward_runs() -> list[Run]:
+  """The smoke run from the text's embedding, held near it with each weight (0: plain)."""
+  return [Run('smoke', seed=seed, init=f'wayward-w{weight:g}', prompt_length=WAYWARD_LENGTH,
+              extra=("PROMPT_INIT='from_text'", f'settings.PromptSettings.text={WAYWARD_TEXT!r}',
+                     f'WAYWARD_TEXT={WAYWARD_TEXT!r}', f'WAYWARD_WEIGHT={weight}'))
+          for weight in WAYWARD_WEIGHTS for seed in SEEDS]
+
+
+def wayward_report(results: dict[Run, dict[str, Any]], models: dict[str, str]) -> dict[str, Any]:
+  """Accuracy and the read-back of the text (nearest pieces, `ptj neighbors --text`)."""
+  from prompt_tuning_jax import checkpoints as ckpt  # pylint: disable=import-outside-toplevel
+  from prompt_tuning_jax.analysis import neighbors  # pylint: disable=import-outside-toplevel
+  vocabulary = neighbors.PieceVocabulary(VOCAB)
+  table = neighbors.load_t5x_embedding(models['lm_adapted'])
+  ids = vocabulary.encode(WAYWARD_TEXT)
+  report = {}
+  for weight in WAYWARD_WEIGHTS:
+    rows = [(result['accuracy'], neighbors.read_back(neighbors.nearest_neighbors(
+        ckpt.load_prompt(result['prompt_file']), table, top_k=5, max_id=len(vocabulary))[1],
+        ids, vocabulary)) for run, result in results.items() if run.init == f'wayward-w{weight:g}']
+    report[f'{weight:g}'] = {
+        'accuracy': _stats([a for a, _ in rows]),
+        'top1_read_back': _stats([100 * r['top1_accuracy'] for _, r in rows]),
+        'top5_read_back': _stats([100 * r['topk_accuracy'] for _, r in rows]),
+        'text_seed0': rows[0][1]['text']}
+  return report
+
+
+# ------------------------------------------------------------------ tables
+
+
+def tables(report: dict[str, Any]) -> str:
+  """The three measured tables, as markdown."""
+  lines = []
+  if 'recycling' in report:
+    rec = report['recycling']
+    lines += ['| task | source -> target | recycled v2v-lin | recycled v2v-nn | moved as is | '
+              "target's own prompt | class-label init (untrained) | random init (untrained) |",
+              '|---|---|---|---|---|---|---|---|']
+    for task in RECYCLING_TASKS:
+      for source, target in PAIRS:
+        cells = rec['zero_shot'][f'{task}/{target}']
+        lin, nn = (cells.get(f'{source}-{r}') for r in RECYCLERS)
+        same = lin is None
+        lines.append(
+            f'| {task} | {source} -> {target} | {"= as is" if same else _fmt(lin)} | '
+            f'{"= as is" if same else _fmt(nn)} | {_fmt(cells[f"{source}-as_is"])} | '
+            f"{_fmt(cells['own'])} | {_fmt(cells['class_labels'])} | "
+            f"{_fmt(cells['random_uniform'])} |")
+    lines += ['', '| map | R^2 on its 3,749 word pairs |', '|---|---|']
+    lines += [f'| {k} | {v:.3f} |' for k, v in rec['fits'].items()]
+    steps = sorted({s for curves in rec['curves'].values() for c in curves for s, _ in c})
+    shown = [s for s in steps if s in (0, 50, 100, 150, 200, 300, 400, 600)]
+    lines += ['', '| smoke task on the LM-adapted model, start | '
+              + ' | '.join(f'step {s}' for s in shown)
+              + f" | steps to {rec['level']:.1f}% |", '|---|' + '---|' * (len(shown) + 1)]
+    for start, curves in rec['curves'].items():
+      by_step = {s: [dict(c).get(s) for c in curves] for s in shown}
+      reached = ', '.join('never' if n is None else str(n) for n in rec['steps_to_level'][start])
+      lines.append(f'| {start} | ' + ' | '.join(_fmt(_stats(by_step[s])) for s in shown)
+                   + f' | {reached} |')
+  if 'spot' in report:
+    lines += ['', '| target | source (similarity: average tokens / per token; initial prompts) '
+              '| accuracy after transfer |', '|---|---|---|']
+    for target, r in report['spot'].items():
+      average = dict(r['rankings']['average_tokens']['trained'])
+      per_token = dict(r['rankings']['per_token']['trained'])
+      initial = dict(r['rankings']['average_tokens']['initial'])
+      for init, stat in sorted(r['transfer'].items(), key=lambda kv: -(kv[1]['mean'] or 0)):
+        name = init.removeprefix('spot-')
+        similarity = (f'{average[name]:+.3f} / {per_token[name]:+.3f}; {initial[name]:+.3f}'
+                      if name in average else '(class-label init)')
+        lines.append(f'| {target} | {name}: {similarity} | {_fmt(stat)} |')
+  if 'wayward' in report:
+    lines += ['', '| WAYWARD_WEIGHT | accuracy | read-back: nearest piece right | in the top 5 '
+              '| seed 0 reads |', '|---|---|---|---|---|']
+    for weight, r in report['wayward'].items():
+      lines.append(f"| {weight} | {_fmt(r['accuracy'])} | {_fmt(r['top1_read_back'])}% | "
+                   f"{_fmt(r['top5_read_back'])}% | {r['text_seed0'][:80]} |")
+  return '\n'.join(lines) + '\n'
+
+
+PARTS = ('recycling', 'wayward', 'spot')
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -184,13 +522,41 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   p.add_argument('--out', required=True, help='results directory (resumable)')
   p.add_argument('--shared', default=os.path.join(os.path.dirname(REPO), 'shared'),
                  help='the shared data directory (GLUE and SuperGLUE files)')
-  p.add_argument('--part', choices=('sources', 'recycling', 'spot', 'wayward', 'all'),
-                 default='all')
-  p.add_argument('--jobs', type=int, default=1, help='runs at a time')
+  p.add_argument('--part', choices=(*PARTS, 'all'), default='all',
+                 help='one part (parts may run at the same time, as separate processes)')
+  p.add_argument('--jobs', type=int, default=1, help='training runs at a time')
   args = p.parse_args(argv)
   env = reproduction._env(args.shared)  # pylint: disable=protected-access
   models = checkpoints(args.out)
-  run_all(source_runs(), args.out, env, models, args.jobs)
+  parts = PARTS if args.part == 'all' else (args.part,)
+  for part in parts:
+    if part == 'recycling':
+      sources = run_all(source_runs(), args.out, env, models, args.jobs)
+      recycled = recycle_prompts(sources, args.out, models)
+      zero = zero_shot(sources, recycled, args.out, env, models)
+      continued = run_all(steps_saved_runs(recycled), args.out, env, models, args.jobs)
+      result = recycling_report(sources, recycled, zero, continued)
+    elif part == 'wayward':
+      result = wayward_report(run_all(wayward_runs(), args.out, env, models, args.jobs), models)
+    else:
+      library = run_all(spot_library_runs(), args.out, env, models, args.jobs)
+      rankings = spot_rankings(library, args.out, env, models)
+      transfers = run_all(spot_transfer_runs(library, rankings), args.out, env, models,
+                          args.jobs)
+      result = spot_report(rankings, transfers)
+    with open(os.path.join(args.out, f'travel_{part}.json'), 'w') as f:
+      json.dump(result, f, indent=1)
+  # The tables of every part measured so far (parts may run as separate processes).
+  report = {}
+  for part in PARTS:
+    path = os.path.join(args.out, f'travel_{part}.json')
+    if os.path.exists(path):
+      with open(path) as f:
+        report[part] = json.load(f)
+  text = tables(report)
+  with open(os.path.join(args.out, 'travel_tables.md'), 'w') as f:
+    f.write(text)
+  print(text)
   return 0
 
 

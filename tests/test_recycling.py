@@ -36,11 +36,11 @@ def test_linear_recycler_recovers_a_known_map_exactly():
   # the entries' size; 1e-10 leaves room for the condition number).
   np.testing.assert_allclose(fitted.projection, projection, rtol=0, atol=1e-10)
   prompt = np.random.default_rng(1).standard_normal((5, 16)).astype(np.float32)
-  result = recycling.recycle(prompt, source, target, np.arange(600))
-  assert not result.identical_tables and result.words == 600
-  assert result.r_squared == pytest.approx(1.0, abs=1e-12)
+  fitted = recycling.fit(source, target, np.arange(600))
+  assert not fitted.identical_tables and fitted.words == 600
+  assert fitted.r_squared == pytest.approx(1.0, abs=1e-12)
   # The map applied in float64, the prompt written in float32: one rounding.
-  np.testing.assert_array_max_ulp(result.prompt, (prompt @ projection).astype(np.float32), 1)
+  np.testing.assert_array_max_ulp(fitted(prompt), (prompt @ projection).astype(np.float32), 1)
 
 
 def test_network_recycler_learns_the_map():
@@ -60,9 +60,9 @@ def test_a_prompt_recycled_to_the_same_model_is_unchanged(pieces):
   table = neighbors.load_t5x_embedding(LM_ADAPTED)
   prompt = np.random.default_rng(0).standard_normal((7, table.shape[1])).astype(np.float32)
   ids = recycling.word_ids(pieces)
-  result = recycling.recycle(prompt, table, table, ids)
-  assert result.identical_tables
-  np.testing.assert_array_equal(result.prompt, prompt)
+  fitted = recycling.fit(table, table, ids)
+  assert fitted.identical_tables
+  np.testing.assert_array_equal(fitted(prompt), prompt)
   # The least-squares map itself is the identity there (float64: to ~1e-12).
   fitted = recycling.LinearRecycler().fit(table[ids], table[ids])
   np.testing.assert_allclose(fitted.projection, np.eye(table.shape[1]), rtol=0, atol=1e-9)
@@ -124,8 +124,8 @@ def test_a_vocabulary_mismatch_stops_with_one_line(tmp_path, capsys):
 def test_errors_before_anything_is_fitted(pieces):
   table = np.zeros((len(pieces), 8), np.float32)
   with pytest.raises(UsageError, match='widths differ'):
-    recycling.recycle(np.zeros((2, 4), np.float32), table, table + 1, np.arange(100))
+    recycling.fit(table, table + 1, np.arange(100))(np.zeros((2, 4), np.float32))
   with pytest.raises(UsageError, match='cannot determine a map'):
-    recycling.recycle(np.zeros((2, 8), np.float32), table, table + 1, np.arange(8))
+    recycling.fit(table, table + 1, np.arange(8))
   with pytest.raises(UsageError, match="the target model's vocabulary"):
     recycling.check_table(np.zeros((300, 8)), pieces, 'target')

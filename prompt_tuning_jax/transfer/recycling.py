@@ -27,7 +27,7 @@ import dataclasses
 import logging
 import re
 import sys
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -78,6 +78,12 @@ def check_table(table: np.ndarray, vocabulary: neighbors.PieceVocabulary, which:
     raise UsageError(f'The {which} vocabulary {vocabulary.path} has {len(vocabulary)} ids, more '
                      f'than the {table.shape[0]} rows of the {which} embedding table: is it '
                      f"the {which} model's vocabulary?")
+
+
+def check_width(prompt: np.ndarray, width: int) -> None:
+  if prompt.ndim != 2 or prompt.shape[1] != width:
+    raise UsageError(f'The prompt is {prompt.shape}, the source embedding table {width} wide: '
+                     'their widths differ (wrong source model?).')
 
 
 # ------------------------------------------------------------ recyclers
@@ -156,32 +162,37 @@ def make_recycler(name: str, seed: int = 0):
 
 
 @dataclasses.dataclass(frozen=True)
-class Recycled:
-  """A recycled prompt and how well the map fits the word pairs it was learnt from."""
-  prompt: np.ndarray        # [P, H_t] float32
-  identical_tables: bool    # the tables were equal: the prompt is unchanged
+class Fitted:
+  """A recycler fitted on word pairs; `fitted(prompt)` is the recycled prompt, float32."""
+  recycler: str
   words: int                # word pairs the map was fitted on
-  r_squared: float          # the fit on those pairs: 1 - residual / variance of the target rows
+  r_squared: float          # on those pairs: 1 - residual / variance of the target rows
+  identical_tables: bool    # the tables were equal: the map is the identity
+  width: int                # the source width
+  _map: Optional[Callable[[np.ndarray], np.ndarray]] = None
+
+  def __call__(self, prompt: np.ndarray) -> np.ndarray:
+    prompt = np.asarray(prompt, np.float32)
+    check_width(prompt, self.width)
+    if self.identical_tables:
+      return prompt.copy()
+    return np.asarray(self._map(prompt), np.float32)
 
 
-def recycle(prompt: np.ndarray, source_table: np.ndarray, target_table: np.ndarray,
-            ids: np.ndarray, recycler: str = LINEAR, seed: int = 0) -> Recycled:
-  """The prompt [P, H_s] mapped to the target's space, by a recycler fitted on rows `ids`."""
-  prompt = np.asarray(prompt, np.float32)
-  if prompt.shape[1] != source_table.shape[1]:
-    raise UsageError(f'The prompt is {prompt.shape}, the source embedding table '
-                     f'{source_table.shape}: their widths differ (wrong source model?).')
+def fit(source_table: np.ndarray, target_table: np.ndarray, ids: np.ndarray,
+        recycler: str = LINEAR, seed: int = 0) -> Fitted:
+  """A recycler from the source table's space to the target's, fitted on rows `ids`."""
+  width = source_table.shape[1]
   if source_table.shape == target_table.shape and np.array_equal(source_table, target_table):
-    return Recycled(prompt.copy(), True, len(ids), 1.0)
-  if len(ids) <= source_table.shape[1]:
-    raise UsageError(f'{len(ids)} word pieces cannot determine a map from {source_table.shape[1]} '
-                     'dimensions: lower --word_offset or raise --num_words.')
-  source, target = source_table[ids], target_table[ids]
+    return Fitted(recycler, len(ids), 1.0, True, width)
+  if len(ids) <= width:
+    raise UsageError(f'{len(ids)} word pieces cannot determine a map from {width} dimensions: '
+                     'lower --word_offset or raise --num_words.')
+  source, target = source_table[ids], np.asarray(target_table[ids], np.float64)
   fitted = make_recycler(recycler, seed).fit(source, target)
-  target64 = np.asarray(target, np.float64)
-  residual = np.sum(np.square(fitted(source) - target64))
-  r_squared = 1.0 - residual / np.sum(np.square(target64 - target64.mean(axis=0)))
-  return Recycled(np.asarray(fitted(prompt), np.float32), False, len(ids), float(r_squared))
+  residual = np.sum(np.square(fitted(source) - target))
+  r_squared = 1.0 - residual / np.sum(np.square(target - target.mean(axis=0)))
+  return Fitted(recycler, len(ids), float(r_squared), False, width, fitted)
 
 
 # ------------------------------------------------------------ command line
@@ -223,16 +234,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     target_table = neighbors.load_t5x_embedding(args.target_checkpoint)
     check_table(source_table, source_vocab, 'source')
     check_table(target_table, target_vocab, 'target')
+    check_width(prompt, source_table.shape[1])
     ids = word_ids(source_vocab, args.num_words, args.word_offset)
-    result = recycle(prompt, source_table, target_table, ids, args.recycler, args.seed)
-    checkpoints.save_prompt(args.output, result.prompt)
-    if result.identical_tables:
+    fitted = fit(source_table, target_table, ids, args.recycler, args.seed)
+    recycled = fitted(prompt)
+    checkpoints.save_prompt(args.output, recycled)
+    if fitted.identical_tables:
       how = ('the two embedding tables are identical: every recycler is the identity, the '
              'prompt is written unchanged')
     else:
-      how = f'{args.recycler} fitted on {result.words} word pieces (R^2 {result.r_squared:.3f})'
-    print(f'{args.prompt} {tuple(prompt.shape)} -> {args.output} '
-          f'{tuple(result.prompt.shape)}: {how}', flush=True)
+      how = f'{args.recycler} fitted on {fitted.words} word pieces (R^2 {fitted.r_squared:.3f})'
+    print(f'{args.prompt} {tuple(prompt.shape)} -> {args.output} {tuple(recycled.shape)}: {how}',
+          flush=True)
     return 0
 
   return config.report_errors('recycle', run)

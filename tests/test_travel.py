@@ -1,0 +1,90 @@
+"""The travel study's driver (benchmarks/travel.py): its plan, its flags and its tables."""
+from __future__ import annotations
+
+import pytest
+
+from benchmarks import travel
+from prompt_tuning_jax import config
+from prompt_tuning_jax import pretrained
+from prompt_tuning_jax.analysis import neighbors
+
+pytestmark = pytest.mark.usefixtures('restore_ptj_global_state')
+
+MODELS = {'lm_adapted': '/m/lm', 'span_corruption': '/m/span', 'first_lm_adapted': '/m/first'}
+
+
+def _settings(run: travel.Run):
+  files, bindings = config.split_bindings(travel.train_args(run, '/tmp/travel_run', MODELS))
+  return config.configure('train', [f.split('=', 1)[1] for f in files], bindings).settings
+
+
+def test_the_plan_lists_each_run_once():
+  sources = travel.source_runs()
+  assert len(sources) == len(set(r.name for r in sources)) == 2 * 3 * 3 - 2
+  library = {run: {'prompt_file': f'/lib/{run.recipe}.npy'} for run in travel.spot_library_runs()}
+  rankings = {f'{t}/average_tokens': {'trained': [('spot_rte', 0.9), ('spot_cb', 0.1)]}
+              for t in travel.SPOT_TARGETS}
+  transfers = travel.spot_transfer_runs(library, rankings)
+  names = [r.name for r in sources + transfers + travel.wayward_runs()
+           + travel.spot_library_runs()]
+  assert len(names) == len(set(names))
+  for target in travel.SPOT_TARGETS:
+    mine = [r for r in transfers if r.recipe == target]
+    assert sorted(r.seed for r in mine if r.init == 'class_labels') == [0, 1, 2]
+    assert sorted(r.seed for r in mine if r.init == 'spot-spot_rte') == [0, 1, 2]  # the best
+    assert [r.seed for r in mine if r.init == 'spot-spot_cb'] == [0]
+    assert not any(r.init == f'spot-{target}' for r in mine)  # never its own prompt
+  assert len(set(travel.SPOT_LIBRARY.values())) == len(travel.SPOT_LIBRARY)  # distinct seeds
+
+
+def test_run_flags_configure_the_intended_runs():
+  sst2 = _settings(travel.Run('sst2', 'span_corruption', 2))
+  assert (sst2.train_steps, sst2.data.batch_size, sst2.model.prompt_length) == (600, 32, 100)
+  assert sst2.initial_checkpoint_path == '/m/span' and sst2.data.seed == 2
+  assert sst2.prompt.init == 'class_labels' and sst2.optimizer.wayward_weight == 0
+  spot = _settings(travel.Run('spot_smoke', seed=11, init='spot-spot_rte',
+                              prompt_file='/lib/rte.npy'))
+  assert (spot.train_steps, spot.eval_period, spot.model.prompt_length) == (300, 300, 100)
+  assert spot.prompt.file == '/lib/rte.npy'
+  held = _settings(travel.wayward_runs()[-1])
+  assert held.optimizer.wayward_weight == travel.WAYWARD_WEIGHTS[-1]
+  assert held.optimizer.wayward_text == held.prompt.text == travel.WAYWARD_TEXT
+  assert held.prompt.init == 'from_text'
+  # The prompt is exactly as long as the text (as in the original).
+  vocabulary = neighbors.PieceVocabulary(pretrained.path('t5_mini/spiece.model'))
+  assert held.model.prompt_length == len(vocabulary.encode(travel.WAYWARD_TEXT))
+
+
+def test_steps_to_reach():
+  curve = [(0, 50.0), (50, 70.0), (100, 81.0), (150, 79.0)]
+  assert travel.steps_to_reach(curve, 80.0) == 100
+  assert travel.steps_to_reach(curve, 40.0) == 0
+  assert travel.steps_to_reach(curve, 90.0) is None
+
+
+def test_tables_of_a_report():
+  stat = {'mean': 75.0, 'std': 1.0, 'n': 3}
+  cells = {'own': stat, 'class_labels': stat, 'random_uniform': stat}
+  zero = {}
+  for task in travel.RECYCLING_TASKS:
+    for source, target in travel.PAIRS:
+      entry = zero.setdefault(f'{task}/{target}', dict(cells))
+      entry[f'{source}-as_is'] = stat
+      if 'first' in source + target:
+        entry.update({f'{source}-{r}': stat for r in travel.RECYCLERS})
+  report = {
+      'recycling': {'zero_shot': zero, 'fits': {'a -> b, v2v-lin': 0.11},
+                    'curves': {'class_labels': [[(0, 50.0), (50, 80.0)]]}, 'level': 78.0,
+                    'steps_to_level': {'class_labels': [50]}},
+      'spot': {'spot_sst2': {'transfer': {'class_labels': stat, 'spot-spot_rte': stat},
+                             'rankings': {m: {'trained': [('spot_rte', 0.5)],
+                                              'initial': [('spot_rte', 0.1)]}
+                                          for m in ('average_tokens', 'per_token')}}},
+      'wayward': {'0': {'accuracy': stat, 'top1_read_back': stat, 'top5_read_back': stat,
+                        'text_seed0': 'classify these'}}}
+  text = travel.tables(report)
+  assert '| smoke | span_corruption -> lm_adapted | = as is | = as is | 75.0 ± 1.0 |' in text
+  assert '| sst2 | first_lm_adapted -> lm_adapted | 75.0 ± 1.0 | 75.0 ± 1.0 |' in text
+  assert '| class_labels | 50.0 ± 0.0 (n=1) | 80.0 ± 0.0 (n=1) | 50 |' in text
+  assert '| spot_sst2 | spot_rte: +0.500 / +0.500; +0.100 | 75.0 ± 1.0 |' in text
+  assert '| 0 | 75.0 ± 1.0 | 75.0 ± 1.0% | 75.0 ± 1.0% | classify these |' in text
