@@ -141,6 +141,14 @@ def vocabulary_too_large(x, monkeypatch):
   return [error(run_setup.setup, run)]
 
 
+def recycling_across_vocabularies(x, monkeypatch):
+  from prompt_tuning_jax.analysis import neighbors  # pylint: disable=import-outside-toplevel
+  from prompt_tuning_jax.transfer import recycling  # pylint: disable=import-outside-toplevel
+  return [error(recycling.check_same_vocabulary,
+                neighbors.PieceVocabulary(pretrained.path('t5_mini/spiece.model')),
+                neighbors.piece_vocabulary('byte'))]
+
+
 def prompt_of_the_wrong_shape(x, monkeypatch):
   np.save(x / 'p.npy', np.zeros((100, 512), np.float32))
   return [error(run_setup.read_prompt_file, str(x / 'p.npy'), (100, 768))]
@@ -220,6 +228,7 @@ CASES = {
     'a Hugging Face directory with only `pytorch_model.bin`': pytorch_only,
     'a cut-short `model.safetensors`': cut_short_safetensors,
     'vocabulary larger than the embedding': vocabulary_too_large,
+    '`ptj recycle` between models with different vocabularies': recycling_across_vocabularies,
     'prompt file of the wrong shape': prompt_of_the_wrong_shape,
     'NaN/inf in a prompt file': nan_prompt,
     'batch size vs devices': batch_size_vs_devices,

@@ -127,3 +127,14 @@ def test_read_back_of_a_prompt_near_a_text():
                              ids, vocab)
   assert back['top1_accuracy'] == pytest.approx(1 - 4 / len(ids))
   assert back['text'].endswith('positive or negative')
+
+
+def test_the_wayward_gin_file_starts_from_the_text_and_holds_it():
+  text = 'Classify these reviews by sentiment .'
+  run = config.configure('train', ['runs/smoke_pretrained.gin', 'prompts/wayward.gin'], [
+      'MODEL_DIR = "/tmp/wayward"', f'WAYWARD_TEXT = {text!r}', 'PROMPT_LENGTH = 9']).settings
+  assert (run.prompt.init, run.prompt.text) == ('from_text', text)
+  assert (run.optimizer.wayward_weight, run.optimizer.wayward_text) == (0.01, text)
+  with pytest.raises(UsageError, match='WAYWARD_TEXT is not set'):
+    config.configure('train', ['runs/smoke_pretrained.gin', 'prompts/wayward.gin'],
+                     ['MODEL_DIR = "/tmp/wayward"'])
