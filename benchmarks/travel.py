@@ -32,6 +32,8 @@ import sys
 import time
 from typing import Any, Optional, Sequence
 
+import numpy as np
+
 
 from benchmarks import reproduction
 
@@ -81,7 +83,7 @@ SPOT_STEPS = 300
 RECIPES = {
     # Recycling (600 steps): the smoke run (P=50) and SST-2 (P=100).
     'smoke': _smoke_recipe(),
-    'sst2': _prompt_recipe('glue_sst2_v002', 64),
+    'sst2': _prompt_recipe('glue_sst2_v002', 64, eval_period=600),  # one eval: the end
     # SPoT (300 steps, one prompt shape: P=100): the library's tasks, two of them targets.
     'spot_smoke': _smoke_recipe(steps=SPOT_STEPS, prompt_length=100, eval_period=SPOT_STEPS),
     'spot_sst2': _prompt_recipe('glue_sst2_v002', 64, steps=SPOT_STEPS, eval_period=SPOT_STEPS),
@@ -121,9 +123,49 @@ def checkpoints(out: str) -> dict[str, str]:
                              cwd=REPO, check=True, capture_output=True).stdout
     subprocess.run(['tar', '-x', '-C', first, '--strip-components=3'], input=archive,
                    check=True)
+  permuted = os.path.join(out, 'models', 'permuted_lm_adapted')
+  if not os.path.exists(os.path.join(permuted, 'checkpoint')):
+    permute_model(os.path.join(PRETRAINED, 'lm_adapted'), permuted)
   return {'lm_adapted': os.path.join(PRETRAINED, 'lm_adapted'),
           'span_corruption': os.path.join(PRETRAINED, 'span_corruption'),
-          'first_lm_adapted': os.path.join(first, 'lm_adapted')}
+          'first_lm_adapted': os.path.join(first, 'lm_adapted'),
+          'permuted_lm_adapted': permuted}
+
+
+def signed_permutation(width: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """(perm, signs): x S has component j = signs[j] * x[perm[j]]."""
+  rng = np.random.default_rng(seed)
+  return rng.permutation(width), rng.choice(np.array([-1.0, 1.0]), width)
+
+
+def permute_model(source: str, path: str, seed: int = 0) -> None:
+  """Writes `source` (a T5X checkpoint) in a residual space whose dimensions are permuted
+  and sign-flipped (a signed permutation S): the same function (RMS norms and the tied
+  output commute with S), but an embedding table E S. The recycling control: a prompt p of
+  `source` is the prompt p S here, a linear map of its rows that `v2v-lin` can recover.
+
+  E -> E S, norm scales permuted, kernels reading the residual stream S^T W, kernels writing
+  it W S; the relative-position biases are unchanged.
+  """
+  from prompt_tuning_jax import checkpoints as ckpt  # pylint: disable=import-outside-toplevel
+  from prompt_tuning_jax.checkpoints import tree  # pylint: disable=import-outside-toplevel
+  flat = tree.flatten(ckpt.load_t5x(source))
+  perm, signs = signed_permutation(flat['token_embedder/embedding'].shape[1], seed)
+  out = {}
+  for name, value in flat.items():
+    value = np.asarray(value)
+    dtype, x = value.dtype, value.astype(np.float32)  # bfloat16: the signs and order are exact
+    kind = '/'.join(name.split('/')[-2:])
+    if name == 'token_embedder/embedding' or kind in ('out/kernel', 'wo/kernel'):
+      x = x[:, perm] * signs
+    elif kind.split('/')[0] in ('query', 'key', 'value', 'wi_0', 'wi_1', 'wi'):
+      x = x[perm, :] * signs[:, None]
+    elif name.endswith('/scale'):
+      x = x[perm]
+    elif not name.endswith('relpos_bias/rel_embedding'):
+      raise ValueError(f'permute_model: no rule for {name}')
+    out[name] = x.astype(dtype)
+  ckpt.save_t5x(tree.unflatten(out), path)
 
 
 def train_args(run: Run, model_dir: str, models: dict[str, str]) -> list[str]:
@@ -197,13 +239,13 @@ def initial_prompt(run: Run, out: str, models: dict[str, str]) -> str:
 
 
 def ensemble_accuracies(model_dir: str, members: dict[str, str], output: str,
-                        env: dict[str, str]) -> dict[str, float]:
+                        env: dict[str, str], bindings: Sequence[str] = ()) -> dict[str, float]:
   """Rank-classification accuracy of each member prompt on the run's task and frozen model
   (`ptj ensemble`: every member in one batched pass)."""
   if not os.path.exists(output):
     os.makedirs(os.path.dirname(output), exist_ok=True)
-    args = ['ensemble', f'--gin.MODEL_DIR={model_dir}', '--method', 'rank_classification',
-            '--output', output]
+    args = ['ensemble', f'--gin.MODEL_DIR={model_dir}', *bindings, '--method',
+            'rank_classification', '--output', output]
     for name, path in members.items():
       args += ['--prompt', f'{name}={path}']
     _ptj(args, env, output + '.log')
@@ -227,7 +269,11 @@ def _fmt(stat: dict[str, Any]) -> str:
 # (source, target) frozen models: the shipped pair (one frozen embedding table) and the
 # first version against the shipped LM-adapted model (different tables).
 PAIRS = (('span_corruption', 'lm_adapted'), ('lm_adapted', 'span_corruption'),
-         ('first_lm_adapted', 'lm_adapted'), ('lm_adapted', 'first_lm_adapted'))
+         ('first_lm_adapted', 'lm_adapted'), ('lm_adapted', 'first_lm_adapted'),
+         ('lm_adapted', 'permuted_lm_adapted'))
+# The control (`permute_model`): the LM-adapted model's function in a permuted space. Its own
+# trained prompts are the LM-adapted ones mapped exactly; none is trained on it.
+CONTROL = 'permuted_lm_adapted'
 RECYCLING_TASKS = ('smoke', 'sst2')
 # The first version carries little on SST-2 (49.7%, docs/reproduction.md): one seed there.
 FIRST_VERSION_SST2_SEEDS = (0,)
@@ -283,12 +329,16 @@ def zero_shot(sources: dict[Run, dict[str, Any]], recycled: dict[tuple, dict[str
   own trained prompts, untrained class-label and random-uniform prompts."""
   table = {}
   for task in RECYCLING_TASKS:
-    for target in ('lm_adapted', 'span_corruption', 'first_lm_adapted'):
-      members = {}
-      for seed in _seeds(task, target):
-        members[f'own-s{seed}'] = sources[Run(task, target, seed)]['prompt_file']
-        for init in ('class_labels', 'random_uniform'):
-          members[f'{init}-s{seed}'] = initial_prompt(Run(task, target, seed, init), out, models)
+    for target in ('lm_adapted', 'span_corruption', 'first_lm_adapted', CONTROL):
+      members, bindings = {}, []
+      if target == CONTROL:  # evaluated with an LM-adapted run's configuration
+        bindings = [f'--gin.INITIAL_CHECKPOINT_PATH={models[CONTROL]}']
+      else:
+        for seed in _seeds(task, target):
+          members[f'own-s{seed}'] = sources[Run(task, target, seed)]['prompt_file']
+          for init in ('class_labels', 'random_uniform'):
+            members[f'{init}-s{seed}'] = initial_prompt(Run(task, target, seed, init), out,
+                                                        models)
       for source, pair_target in PAIRS:
         if pair_target != target:
           continue
@@ -298,10 +348,10 @@ def zero_shot(sources: dict[Run, dict[str, Any]], recycled: dict[tuple, dict[str
             entry = recycled[(task, source, target, recycler, seed)]
             if not entry['identical_tables']:  # identical tables: the as-is prompt
               members[f'{source}-{recycler}-s{seed}'] = entry['file']
-      own_dir = sources[Run(task, target, _seeds(task, target)[0])]['model_dir']
-      accuracies = ensemble_accuracies(own_dir, members, os.path.join(
-          out, 'zero_shot', f'{task}-{target}.json'), env)
-      table[f'{task}/{target}'] = accuracies
+      run_dir = sources[Run(task, 'lm_adapted' if target == CONTROL else target, 0)]['model_dir']
+      table[f'{task}/{target}'] = ensemble_accuracies(
+          run_dir, members, os.path.join(out, 'zero_shot', f'{task}-{target}.json'), env,
+          bindings)
   return table
 
 
@@ -476,11 +526,12 @@ def tables(report: dict[str, Any]) -> str:
         cells = rec['zero_shot'][f'{task}/{target}']
         lin, nn = (cells.get(f'{source}-{r}') for r in RECYCLERS)
         same = lin is None
+        own, labels, uniform = (_fmt(cells[k]) if k in cells else 'n/a'
+                                for k in ('own', 'class_labels', 'random_uniform'))
         lines.append(
             f'| {task} | {source} -> {target} | {"= as is" if same else _fmt(lin)} | '
             f'{"= as is" if same else _fmt(nn)} | {_fmt(cells[f"{source}-as_is"])} | '
-            f"{_fmt(cells['own'])} | {_fmt(cells['class_labels'])} | "
-            f"{_fmt(cells['random_uniform'])} |")
+            f'{own} | {labels} | {uniform} |')
     lines += ['', '| map | R^2 on its 3,749 word pairs |', '|---|---|']
     lines += [f'| {k} | {v:.3f} |' for k, v in rec['fits'].items()]
     steps = sorted({s for curves in rec['curves'].values() for c in curves for s, _ in c})

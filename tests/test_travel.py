@@ -88,3 +88,32 @@ def test_tables_of_a_report():
   assert '| class_labels | 50.0 ± 0.0 (n=1) | 80.0 ± 0.0 (n=1) | 50 |' in text
   assert '| spot_sst2 | spot_rte: +0.500 / +0.500; +0.100 | 75.0 ± 1.0 |' in text
   assert '| 0 | 75.0 ± 1.0 | 75.0 ± 1.0% | 75.0 ± 1.0% | classify these |' in text
+
+
+def test_the_permuted_control_is_the_same_function_in_a_permuted_space(tmp_path):
+  """`permute_model`: the LM-adapted t5_mini with a prompt p, and its permuted copy with the
+  prompt p S, give the same logits (float64: the reordered sums agree to ~1e-12)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from prompt_tuning_jax import checkpoints  # pylint: disable=import-outside-toplevel
+  from prompt_tuning_jax.models import PromptedT5, get_config  # pylint: disable=import-outside-toplevel
+  source = pretrained.path('t5_mini/lm_adapted')
+  travel.permute_model(source, str(tmp_path / 'permuted'))
+  perm, signs = travel.signed_permutation(128)
+  rng = np.random.default_rng(0)
+  prompt = rng.standard_normal((4, 128))
+  inputs = jnp.asarray(rng.integers(2, 8000, (2, 9)))
+  decoder_inputs = jnp.asarray(rng.integers(2, 8000, (2, 3)))
+  with jax.enable_x64(True):
+    model = PromptedT5(get_config('t5_mini').replace(dtype=jnp.float64), prompt_length=4)
+
+    def logits(path, p):
+      params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), checkpoints.load_t5x(path))
+      params['encoder']['prompt'] = {'prompt': {'prompt': jnp.asarray(p)}}
+      return np.asarray(model.apply({'params': params}, inputs, decoder_inputs, decoder_inputs,
+                                    enable_dropout=False))
+    original = logits(source, prompt)
+    np.testing.assert_allclose(logits(str(tmp_path / 'permuted'), prompt[:, perm] * signs),
+                               original, rtol=0, atol=1e-9 * np.abs(original).max())
+    assert np.abs(logits(str(tmp_path / 'permuted'), prompt) - original).max() > 1e-3
