@@ -52,7 +52,7 @@ def test_the_regularized_step_adds_the_penalty_and_its_gradient():
     return _prompt(new_state.trainable), jax.device_get(metrics)
 
   plain, plain_metrics = step(None)
-  held, held_metrics = step(wayward.regularizer(target, weight))
+  held, held_metrics = step(wayward.regularizer(target, weight, ('/'.join(PROMPT),)))
   prompt = _prompt(trainable)
   difference = prompt[:3] - target
   assert held_metrics['loss'] == plain_metrics['loss']  # the objective's loss, unchanged
@@ -90,7 +90,7 @@ def test_weight_zero_is_plain_prompt_tuning_bit_for_bit(tmp_path):
   from prompt_tuning_jax import run_setup  # pylint: disable=import-outside-toplevel
   s = run_setup.setup(_settings(tmp_path / 'held'))
   table = np.asarray(run_setup.load_frozen(s)['token_embedder']['embedding'])
-  ids = wayward.text_ids(s.vocabularies['inputs'], 'ok!', 3)
+  ids = wayward.text_ids(s.vocabularies['inputs'], 'ok!', s.prompt_shapes)
   distance = lambda p: float(wayward.squared_distance(p, table[ids]))  # noqa: E731
   assert distance(held) < distance(plain)
   assert 'regularizer' in open(tmp_path / 'held' / 'metrics.jsonl').read()
@@ -105,10 +105,28 @@ def test_wayward_settings_and_text_errors():
   with pytest.raises(UsageError, match='WAYWARD_TEXT must be a text'):
     settings_lib.OptimizerSettings(*base, wayward_text='  ')
   vocab = neighbors.SeqioPieces(__import__('seqio').ByteVocabulary())
+  prompt = '/'.join(PROMPT)
+  assert wayward.text_ids(vocab, 'ok', {prompt: (3, 16)}) == vocab.encode('ok')
   with pytest.raises(UsageError, match='4 pieces, more than PROMPT_LENGTH=3'):
-    wayward.text_ids(vocab, 'long', 3)
-  with pytest.raises(UsageError, match='this model has no prompt'):
-    wayward.text_ids(vocab, 'ok', None)
+    wayward.text_ids(vocab, 'long', {prompt: (3, 16)})
+  with pytest.raises(UsageError, match='this method has no prompt'):
+    wayward.text_ids(vocab, 'ok', {})  # model tuning's prompt_shapes
+  with pytest.raises(UsageError, match=r'has shape \(2, 3, 16\), not \[length, emb\]'):
+    wayward.text_ids(vocab, 'ok', {prompt: (3, 16), 'encoder/task_prompts': (2, 3, 16)})
+
+
+def test_the_regularizer_holds_each_of_the_methods_prompts():
+  """A multi-task run's shared prompt and prompt tuning's: one term per prompt, summed."""
+  rng = np.random.default_rng(0)
+  a, b, target = (rng.standard_normal(shape).astype(np.float32)
+                  for shape in ((4, 8), (5, 8), (2, 8)))
+  trainable = {'encoder': {'prompt': {'prompt': {'prompt': a, 'shared_prompt': b}}}}
+  paths = ('encoder/prompt/prompt/prompt', 'encoder/prompt/prompt/shared_prompt')
+  want = [0.5 * np.sum((p[:2] - target) ** 2) / 2 for p in (a, b)]
+  assert float(wayward.regularizer(target, 0.5, paths[:1])(trainable)) == pytest.approx(
+      want[0], rel=1e-6)
+  assert float(wayward.regularizer(target, 0.5, paths)(trainable)) == pytest.approx(
+      sum(want), rel=1e-6)
 
 
 def test_read_back_of_a_prompt_near_a_text():
