@@ -455,6 +455,7 @@ def configured_values(*roots: str, skip: Sequence[str] = ()) -> dict[str, Any]:
 
 
 _MODEL, _TRAINABLE_RULES = f'{_RUN_SETTINGS}.model', 'settings.OptimizerSettings.trainable_rules'
+_WAYWARD = ('settings.OptimizerSettings.wayward_weight', 'settings.OptimizerSettings.wayward_text')
 
 
 def _compared_values(text: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -465,13 +466,14 @@ def _compared_values(text: str) -> tuple[dict[str, Any], dict[str, Any]]:
   config fields, its method (a frozen dataclass) and the rules that train (TRAINABLE_RULES,
   or the method's when None). So `MODEL = @models.PromptedT5()` with TRAINABLE_RULES
   ('.*prompt.*',), as runs saved before gin/methods/ existed, equals today's `@models.T5()`
-  with `METHOD = @methods.PromptTuning()`.
+  with `METHOD = @methods.PromptTuning()`. The Wayward settings too: a run saved before
+  WAYWARD_WEIGHT existed trained with weight 0.
   """
   _parse([], [text])
   fields = [f'{_RUN_SETTINGS}.{f.name}' for f in dataclasses.fields(settings_lib.RunSettings)]
   resumable = [f'{_RUN_SETTINGS}.{field}' for field in settings_lib.RESUMABLE_FIELDS]
   values = configured_values(_RUN_SETTINGS, _VOCABULARY,
-                             skip=resumable + [_MODEL, _TRAINABLE_RULES])
+                             skip=resumable + [_MODEL, _TRAINABLE_RULES, *_WAYWARD])
   model_macros = {name: value for name, value in configured_values(
       _RUN_SETTINGS, skip=[f for f in fields if f != _MODEL]).items()
                   if _MACRO_NAME.fullmatch(name) and not isinstance(value, _Reference)}
@@ -481,6 +483,7 @@ def _compared_values(text: str) -> tuple[dict[str, Any], dict[str, Any]]:
                  for field in dataclasses.fields(model_config)})
   values['model.method'] = run.model.method
   values['trainable rules'] = run.trainable_rules
+  values['wayward (weight, text)'] = (run.optimizer.wayward_weight, run.optimizer.wayward_text)
   return values, model_macros
 
 

@@ -39,12 +39,12 @@ def test_the_plan_lists_each_run_once():
 
 def test_run_flags_configure_the_intended_runs():
   sst2 = _settings(travel.Run('sst2', 'span_corruption', 2))
-  assert (sst2.train_steps, sst2.data.batch_size, sst2.model.prompt_length) == (600, 32, 100)
+  assert (sst2.train_steps, sst2.data.batch_size, sst2.model.method.length) == (600, 32, 100)
   assert sst2.initial_checkpoint_path == '/m/span' and sst2.data.seed == 2
   assert sst2.prompt.init == 'class_labels' and sst2.optimizer.wayward_weight == 0
   spot = _settings(travel.Run('spot_smoke', seed=11, init='spot-spot_rte',
                               prompt_file='/lib/rte.npy'))
-  assert (spot.train_steps, spot.eval_period, spot.model.prompt_length) == (300, 300, 100)
+  assert (spot.train_steps, spot.eval_period, spot.model.method.length) == (300, 300, 100)
   assert spot.prompt.file == '/lib/rte.npy'
   held = _settings(travel.wayward_runs()[-1])
   assert held.optimizer.wayward_weight == travel.WAYWARD_WEIGHTS[-1]
@@ -52,7 +52,7 @@ def test_run_flags_configure_the_intended_runs():
   assert held.prompt.init == 'from_text'
   # The prompt is exactly as long as the text (as in the original).
   vocabulary = neighbors.PieceVocabulary(pretrained.path('t5_mini/spiece.model'))
-  assert held.model.prompt_length == len(vocabulary.encode(travel.WAYWARD_TEXT))
+  assert held.model.method.length == len(vocabulary.encode(travel.WAYWARD_TEXT))
 
 
 def test_steps_to_reach():
