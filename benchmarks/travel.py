@@ -17,7 +17,9 @@ MODEL_DIR under OUT/runs: rerun the command to resume; finished runs are skipped
   class-label init, and (3 seeds) from the best-ranked source;
 - Wayward prompts (Khashabi et al., 2022): the smoke task with the prompt held near a
   discrete text (WAYWARD_WEIGHT > 0) against the plain prompt from the same text, the text's
-  read-back by nearest neighbours (`ptj neighbors --text`) and the accuracy.
+  read-back by nearest neighbours (`ptj neighbors --text`) and the accuracy;
+- spot_small (not in 'all'): SPoT cut to a 3-prompt library and zero-shot transfer.
+`--finished_only` trains nothing: recycling and Wayward measure the runs that finished.
 Results: OUT/travel_<part>.json and OUT/travel_tables.md (the tables of every part run so far).
 """
 from __future__ import annotations
@@ -95,6 +97,9 @@ RECIPES = {
                                 eval_period=SPOT_STEPS),
     'spot_wic': _prompt_recipe('super_glue_wic_v102', 64, steps=SPOT_STEPS,
                                eval_period=SPOT_STEPS),
+    # SPoT cut to what a shared 2-core machine carries (part spot_small, P=50, 100 steps).
+    'spot50_sst2': _prompt_recipe('glue_sst2_v002', 64, steps=100, eval_period=100),
+    'spot50_copa': _prompt_recipe('super_glue_copa_v102', 64, steps=100, eval_period=100),
 }
 
 
@@ -209,9 +214,17 @@ def run_one(run: Run, out: str, env: dict[str, str], models: dict[str, str]) -> 
 
 
 def run_all(runs: Sequence[Run], out: str, env: dict[str, str], models: dict[str, str],
-            jobs: int) -> dict[Run, dict[str, Any]]:
-  """Every run (`jobs` at a time); their results by run."""
+            jobs: int, finished_only: bool = False) -> dict[Run, dict[str, Any]]:
+  """Every run (`jobs` at a time); their results by run. `finished_only`: trains nothing,
+  the results of the runs that finished (the others are said to be cut)."""
   tick = time.time()
+  if finished_only:
+    done = [run for run in runs
+            if os.path.exists(os.path.join(out, 'runs', run.name, 'result.json'))]
+    for run in runs:
+      if run not in done:
+        print(f'{run.name}: not run (cut)', flush=True)
+    runs = done
 
   def one(run: Run) -> dict[str, Any]:
     result = run_one(run, out, env, models)
@@ -291,6 +304,12 @@ def source_runs() -> list[Run]:
           for seed in _seeds(recipe, model)]
 
 
+def measured_tasks(sources: dict[Run, dict[str, Any]]) -> tuple[str, ...]:
+  """The recycling tasks whose source runs all finished (all of them unless cut)."""
+  return tuple(task for task in RECYCLING_TASKS
+               if all(run in sources for run in source_runs() if run.recipe == task))
+
+
 def recycle_prompts(sources: dict[Run, dict[str, Any]], out: str, models: dict[str, str]
                     ) -> dict[tuple, dict[str, Any]]:
   """Every source prompt recycled to each pair's target by each recycler (in this process:
@@ -306,7 +325,7 @@ def recycle_prompts(sources: dict[Run, dict[str, Any]], out: str, models: dict[s
   for source, target in PAIRS:
     for recycler in RECYCLERS:
       fitted = None
-      for task in RECYCLING_TASKS:
+      for task in measured_tasks(sources):
         for seed in _seeds(task, source):
           key = (task, source, target, recycler, seed)
           path = os.path.join(out, 'recycled',
@@ -328,7 +347,7 @@ def zero_shot(sources: dict[Run, dict[str, Any]], recycled: dict[tuple, dict[str
   """Zero-shot accuracy on each target model: recycled and moved-as-is prompts, the target's
   own trained prompts, untrained class-label and random-uniform prompts."""
   table = {}
-  for task in RECYCLING_TASKS:
+  for task in measured_tasks(sources):
     for target in ('lm_adapted', 'span_corruption', 'first_lm_adapted', CONTROL):
       members, bindings = {}, []
       if target == CONTROL:  # evaluated with an LM-adapted run's configuration
@@ -389,8 +408,8 @@ def recycling_report(sources, recycled, zero, continued) -> dict[str, Any]:
   # Steps saved: the first step within 2 points of class-label init's final mean accuracy.
   level = _stats([c[-1][1] for c in curves['class_labels']])['mean'] - 2.0
   steps = {init: [steps_to_reach(c, level) for c in runs] for init, runs in curves.items()}
-  return {'zero_shot': cells, 'fits': fits, 'curves': curves, 'level': level,
-          'steps_to_level': steps}
+  return {'tasks': measured_tasks(sources), 'zero_shot': cells, 'fits': fits,
+          'curves': curves, 'level': level, 'steps_to_level': steps}
 
 
 def steps_to_reach(curve: Sequence[tuple[int, float]], level: float) -> Optional[int]:
@@ -469,6 +488,45 @@ def spot_report(rankings, transfers: dict[Run, dict[str, Any]]) -> dict[str, Any
   return report
 
 
+# SPoT cut (part spot_small): a library of three P=50 prompts on the LM-adapted model (SST-2
+# and COPA, 100 steps, their own seeds; the smoke task: the recycling's seed-0 source, 600
+# steps); each of the smoke task and SST-2 ranks the other two (`ptj spot`, both metrics),
+# and every source prompt is scored zero-shot on it beside its own prompt and class-label
+# init (3 seeds, untrained). No transfer training: the zero-shot start is what is measured.
+SPOT_SMALL_LIBRARY = {'sst2': Run('spot50_sst2', seed=10, prompt_length=50),
+                      'copa': Run('spot50_copa', seed=14, prompt_length=50),
+                      'smoke': Run('smoke', seed=0)}
+SPOT_SMALL_TARGETS = ('smoke', 'sst2')
+
+
+def spot_small(library: dict[Run, dict[str, Any]], out: str, env: dict[str, str],
+               models: dict[str, str]) -> dict[str, Any]:
+  """Rankings and zero-shot accuracies of the cut SPoT part, per target."""
+  from prompt_tuning_jax import checkpoints as ckpt  # pylint: disable=import-outside-toplevel
+  from prompt_tuning_jax.transfer import spot  # pylint: disable=import-outside-toplevel
+  files = {task: library[run]['prompt_file'] for task, run in SPOT_SMALL_LIBRARY.items()}
+  report = {}
+  for target in SPOT_SMALL_TARGETS:
+    target_run = SPOT_SMALL_LIBRARY[target]
+    sources = {task: ckpt.load_prompt(f) for task, f in files.items() if task != target}
+    rankings = {metric: spot.rank(ckpt.load_prompt(files[target]), sources, metric)
+                for metric in spot.METRICS}
+    members = {f'source-{task}': files[task] for task in sources}
+    members['own'] = files[target]
+    for seed in SEEDS:
+      members[f'class_labels-s{seed}'] = initial_prompt(
+          dataclasses.replace(target_run, seed=seed), out, models)
+    accuracies = ensemble_accuracies(library[target_run]['model_dir'], members,
+                                     os.path.join(out, 'spot_small', f'{target}.json'), env)
+    report[target] = {
+        'rankings': rankings,
+        'zero_shot': {name: accuracies[name] for name in members if 'class_labels' not in name},
+        'class_labels': _stats([accuracies[f'class_labels-s{seed}'] for seed in SEEDS]),
+        'library_accuracy': {task: library[run]['accuracy']
+                             for task, run in SPOT_SMALL_LIBRARY.items()}}
+  return report
+
+
 # ------------------------------------------------------------------ Wayward prompts
 
 # The original's SST-2 task text (its wayward config), without its backquotes: 78 pieces of
@@ -502,6 +560,8 @@ def wayward_report(results: dict[Run, dict[str, Any]], models: dict[str, str]) -
     rows = [(result['accuracy'], neighbors.read_back(neighbors.nearest_neighbors(
         ckpt.load_prompt(result['prompt_file']), table, top_k=5, max_id=len(vocabulary))[1],
         ids, vocabulary)) for run, result in results.items() if run.init == f'wayward-w{weight:g}']
+    if not rows:
+      continue
     report[f'{weight:g}'] = {
         'accuracy': _stats([a for a, _ in rows]),
         'top1_read_back': _stats([100 * r['top1_accuracy'] for _, r in rows]),
@@ -521,7 +581,7 @@ def tables(report: dict[str, Any]) -> str:
     lines += ['| task | source -> target | recycled v2v-lin | recycled v2v-nn | moved as is | '
               "target's own prompt | class-label init (untrained) | random init (untrained) |",
               '|---|---|---|---|---|---|---|---|']
-    for task in RECYCLING_TASKS:
+    for task in rec['tasks']:
       for source, target in PAIRS:
         cells = rec['zero_shot'][f'{task}/{target}']
         lin, nn = (cells.get(f'{source}-{r}') for r in RECYCLERS)
@@ -556,6 +616,17 @@ def tables(report: dict[str, Any]) -> str:
         similarity = (f'{average[name]:+.3f} / {per_token[name]:+.3f}; {initial[name]:+.3f}'
                       if name in average else '(class-label init)')
         lines.append(f'| {target} | {name}: {similarity} | {_fmt(stat)} |')
+  if 'spot_small' in report:
+    lines += ['', '| target | source | similarity: average tokens | per token | zero-shot '
+              'accuracy on the target |', '|---|---|---|---|---|']
+    for target, r in report['spot_small'].items():
+      per_token = dict(r['rankings']['per_token'])
+      for name, average in r['rankings']['average_tokens']:
+        lines.append(f"| {target} | {name} | {average:+.3f} | {per_token[name]:+.3f} | "
+                     f"{r['zero_shot'][f'source-{name}']:.1f} |")
+      lines.append(f"| {target} | class-label init (untrained) | | | "
+                   f"{_fmt(r['class_labels'])} |")
+      lines.append(f"| {target} | its own prompt | | | {r['zero_shot']['own']:.1f} |")
   if 'wayward' in report:
     lines += ['', '| WAYWARD_WEIGHT | accuracy | read-back: nearest piece right | in the top 5 '
               '| seed 0 reads |', '|---|---|---|---|---|']
@@ -565,7 +636,7 @@ def tables(report: dict[str, Any]) -> str:
   return '\n'.join(lines) + '\n'
 
 
-PARTS = ('recycling', 'wayward', 'spot')
+PARTS = ('recycling', 'wayward', 'spot', 'spot_small')
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -576,19 +647,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   p.add_argument('--part', choices=(*PARTS, 'all'), default='all',
                  help='one part (parts may run at the same time, as separate processes)')
   p.add_argument('--jobs', type=int, default=1, help='training runs at a time')
+  p.add_argument('--finished_only', action='store_true',
+                 help='train nothing: recycling and wayward measure the runs that finished')
   args = p.parse_args(argv)
   env = reproduction._env(args.shared)  # pylint: disable=protected-access
   models = checkpoints(args.out)
-  parts = PARTS if args.part == 'all' else (args.part,)
+  parts = PARTS[:3] if args.part == 'all' else (args.part,)
   for part in parts:
     if part == 'recycling':
-      sources = run_all(source_runs(), args.out, env, models, args.jobs)
+      sources = run_all(source_runs(), args.out, env, models, args.jobs, args.finished_only)
       recycled = recycle_prompts(sources, args.out, models)
       zero = zero_shot(sources, recycled, args.out, env, models)
-      continued = run_all(steps_saved_runs(recycled), args.out, env, models, args.jobs)
+      continued = run_all(steps_saved_runs(recycled), args.out, env, models, args.jobs,
+                          args.finished_only)
       result = recycling_report(sources, recycled, zero, continued)
     elif part == 'wayward':
-      result = wayward_report(run_all(wayward_runs(), args.out, env, models, args.jobs), models)
+      result = wayward_report(run_all(wayward_runs(), args.out, env, models, args.jobs,
+                                      args.finished_only), models)
+    elif part == 'spot_small':
+      result = spot_small(run_all(list(SPOT_SMALL_LIBRARY.values()), args.out, env, models,
+                                  args.jobs), args.out, env, models)
     else:
       library = run_all(spot_library_runs(), args.out, env, models, args.jobs)
       rankings = spot_rankings(library, args.out, env, models)

@@ -1,6 +1,9 @@
 """The travel study's driver (benchmarks/travel.py): its plan, its flags and its tables."""
 from __future__ import annotations
 
+import json
+import os
+
 import pytest
 
 from benchmarks import travel
@@ -73,13 +76,18 @@ def test_tables_of_a_report():
       if 'first' in source + target:
         entry.update({f'{source}-{r}': stat for r in travel.RECYCLERS})
   report = {
-      'recycling': {'zero_shot': zero, 'fits': {'a -> b, v2v-lin': 0.11},
+      'recycling': {'tasks': travel.RECYCLING_TASKS, 'zero_shot': zero, 'fits': {'a -> b, v2v-lin': 0.11},
                     'curves': {'class_labels': [[(0, 50.0), (50, 80.0)]]}, 'level': 78.0,
                     'steps_to_level': {'class_labels': [50]}},
       'spot': {'spot_sst2': {'transfer': {'class_labels': stat, 'spot-spot_rte': stat},
                              'rankings': {m: {'trained': [('spot_rte', 0.5)],
                                               'initial': [('spot_rte', 0.1)]}
                                           for m in ('average_tokens', 'per_token')}}},
+      'spot_small': {'sst2': {'rankings': {'average_tokens': [('copa', 0.25), ('smoke', -0.5)],
+                                           'per_token': [('smoke', 0.125), ('copa', 0.0)]},
+                              'zero_shot': {'source-copa': 50.5, 'source-smoke': 60.0,
+                                            'own': 80.0},
+                              'class_labels': stat}},
       'wayward': {'0': {'accuracy': stat, 'top1_read_back': stat, 'top5_read_back': stat,
                         'text_seed0': 'classify these'}}}
   text = travel.tables(report)
@@ -88,6 +96,22 @@ def test_tables_of_a_report():
   assert '| class_labels | 50.0 ± 0.0 (n=1) | 80.0 ± 0.0 (n=1) | 50 |' in text
   assert '| spot_sst2 | spot_rte: +0.500 / +0.500; +0.100 | 75.0 ± 1.0 |' in text
   assert '| 0 | 75.0 ± 1.0 | 75.0 ± 1.0% | 75.0 ± 1.0% | classify these |' in text
+  assert '| sst2 | copa | +0.250 | +0.000 | 50.5 |\n| sst2 | smoke | -0.500 | +0.125 | 60.0 |' in text
+  assert '| sst2 | class-label init (untrained) | | | 75.0 ± 1.0 |' in text
+
+
+def test_a_cut_measures_the_finished_runs_only(tmp_path, capsys):
+  """--finished_only: no training; recycling keeps the tasks whose sources all finished."""
+  finished = [run for run in travel.source_runs() if run.recipe == 'smoke']
+  for run in finished + [travel.Run('sst2', 'lm_adapted', 0)]:
+    os.makedirs(tmp_path / 'runs' / run.name)
+    with open(tmp_path / 'runs' / run.name / 'result.json', 'w') as f:
+      json.dump({'accuracy': 70.0, 'seconds': 1.0}, f)
+  sources = travel.run_all(travel.source_runs(), str(tmp_path), {}, MODELS, 1,
+                           finished_only=True)
+  assert len(sources) == len(finished) + 1
+  assert travel.measured_tasks(sources) == ('smoke',)
+  assert 'sst2-span_corruption-class_labels-s1: not run (cut)' in capsys.readouterr().out
 
 
 def test_the_permuted_control_is_the_same_function_in_a_permuted_space(tmp_path):
