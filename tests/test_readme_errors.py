@@ -224,6 +224,15 @@ def recycling_across_vocabularies(x, monkeypatch):
                 neighbors.piece_vocabulary('byte'))]
 
 
+def wayward_without_room(x, monkeypatch):
+  from prompt_tuning_jax import wayward  # pylint: disable=import-outside-toplevel
+  from prompt_tuning_jax.analysis import neighbors  # pylint: disable=import-outside-toplevel
+  vocabulary = neighbors.PieceVocabulary(pretrained.path('t5_mini/spiece.model'))
+  text = 'Classify these movie reviews based on sentiment .'
+  return [error(wayward.text_ids, vocabulary, text, {'encoder/prompt/prompt/prompt': (5, 128)}),
+          error(wayward.text_ids, vocabulary, text, {})]
+
+
 def prompt_of_the_wrong_shape(x, monkeypatch):
   np.save(x / 'p.npy', np.zeros((100, 512), np.float32))
   return [error(run_setup.read_prompt_file, str(x / 'p.npy'), (100, 768))]
@@ -331,6 +340,7 @@ CASES = {
     'a cut-short `model.safetensors`': cut_short_safetensors,
     'vocabulary larger than the embedding': vocabulary_too_large,
     '`ptj recycle` between models with different vocabularies': recycling_across_vocabularies,
+    'a Wayward text longer than the prompt, or no prompt to hold': wayward_without_room,
     'prompt file of the wrong shape': prompt_of_the_wrong_shape,
     'NaN/inf in a prompt file': nan_prompt,
     'batch size vs devices': batch_size_vs_devices,
