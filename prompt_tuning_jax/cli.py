@@ -27,6 +27,8 @@ COMMANDS = {
                'learnt from the shared vocabulary (--recycler v2v-lin|v2v-nn)',
     'spot': 'rank source prompts for a target task by task similarity (SPoT) and name the '
             'flags that start the target from the best',
+    'table': "the paper's domain-shift tables (Table 1: MRQA, Table 2: QQP <-> MRPC) from "
+             "runs' eval metrics, prompt beside model tuning",
     'export': "write MODEL_DIR's checkpoint as a T5X checkpoint, a Hugging Face T5 or a PEFT "
               'prompt adapter (--format t5x|hf|peft --output DIR)',
 }
@@ -56,6 +58,9 @@ def command_main(command: str) -> Callable[[Optional[Sequence[str]]], int]:
   if command == 'spot':
     from prompt_tuning_jax.transfer import spot
     return spot.main
+  if command == 'table':
+    from prompt_tuning_jax.analysis import tables
+    return tables.main
   from prompt_tuning_jax.analysis import neighbors
   return neighbors.main
 
