@@ -23,6 +23,10 @@ COMMANDS = {
                    'line naming its prompt',
     'ensemble': 'score K prompts and their ensemble (majority vote / mean scores) in one pass',
     'neighbors': 'nearest vocabulary pieces of each prompt vector (text report + PNG)',
+    'recycle': 'move a prompt to another frozen model: a map between their embedding spaces '
+               'learnt from the shared vocabulary (--recycler v2v-lin|v2v-nn)',
+    'spot': 'rank source prompts for a target task by task similarity (SPoT) and name the '
+            'flags that start the target from the best',
     'table': "the paper's domain-shift tables (Table 1: MRQA, Table 2: QQP <-> MRPC) from "
              "runs' eval metrics, prompt beside model tuning",
     'export': "write MODEL_DIR's checkpoint as a T5X checkpoint, a Hugging Face T5 or a PEFT "
@@ -48,6 +52,12 @@ def command_main(command: str) -> Callable[[Optional[Sequence[str]]], int]:
   if command == 'ensemble':
     from prompt_tuning_jax.many_prompts import ensemble
     return ensemble.main
+  if command == 'recycle':
+    from prompt_tuning_jax.transfer import recycling
+    return recycling.main
+  if command == 'spot':
+    from prompt_tuning_jax.transfer import spot
+    return spot.main
   if command == 'table':
     from prompt_tuning_jax.analysis import tables
     return tables.main

@@ -185,6 +185,8 @@ def format_train_line(step: int, total: int, metrics: Mapping[str, float],
   pad eff 0.71 [32+16:80 64+16:20] | eta 0:01:02` (batch shapes inputs+targets:steps)."""
   parts = [f'step {step}/{total}', f'loss {metrics["loss"]:.4g}',
            f'acc {metrics["accuracy"]:.3f}']
+  if 'regularizer' in metrics:
+    parts.append(f'reg {metrics["regularizer"]:.4g}')
   if 'learning_rate' in metrics:
     parts.append(f'lr {metrics["learning_rate"]:.3g}')
   if 'examples_per_second' in metrics:
@@ -320,7 +322,7 @@ class TrainWindow:
           lambda m: float(m['target_tokens']))
       return sum(float(m[key]) * weight(m) for m in values) / max(tokens, 1.0)
 
-    return {
+    averages = {
         'loss': per_token('loss'),
         'z_loss': per_token('z_loss'),
         'accuracy': sum(float(m['accuracy']) * float(m['target_tokens']) for m in values)
@@ -328,3 +330,6 @@ class TrainWindow:
         'grad_norm': float(np.mean([float(m['grad_norm']) for m in values])),
         'target_tokens_per_step': tokens / len(values),
     }
+    if 'regularizer' in values[0]:  # A penalty per step (train_step's `regularizer`).
+      averages['regularizer'] = float(np.mean([float(m['regularizer']) for m in values]))
+    return averages

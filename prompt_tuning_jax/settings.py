@@ -159,6 +159,10 @@ class OptimizerSettings:
   accumulation_steps: int
   z_loss: float = 1e-4
   loss_normalization: str = 'sum'
+  # Wayward prompts (`wayward.py`): WAYWARD_WEIGHT x the mean squared distance between the
+  # prompt's first rows and the embedded WAYWARD_TEXT joins the loss; weight 0: off.
+  wayward_weight: float = 0.0
+  wayward_text: Optional[str] = None
 
   def __post_init__(self):
     _require(callable(self.optimizer),
@@ -170,6 +174,14 @@ class OptimizerSettings:
              f'{self.learning_rate!r}.')
     _positive(self.accumulation_steps, 'ACCUMULATION_STEPS')
     _one_of(self.loss_normalization, LOSS_NORMALIZATIONS, 'loss_normalization')
+    _require(isinstance(self.wayward_weight, (int, float)) and self.wayward_weight >= 0,
+             f'WAYWARD_WEIGHT must be a number >= 0, got {self.wayward_weight!r}.')
+    _require(self.wayward_text is None or (isinstance(self.wayward_text, str)
+                                           and self.wayward_text.strip()),
+             f'WAYWARD_TEXT must be a text or None, got {self.wayward_text!r}.')
+    _require(self.wayward_weight == 0 or self.wayward_text is not None,
+             f'WAYWARD_WEIGHT={self.wayward_weight} needs the text the prompt is held near: '
+             'set WAYWARD_TEXT.')
     if self.trainable_rules is None:
       return
     rules = (self.trainable_rules,) if isinstance(self.trainable_rules, str) else tuple(

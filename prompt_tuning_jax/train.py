@@ -38,6 +38,7 @@ from prompt_tuning_jax import preemption
 from prompt_tuning_jax import run_dir
 from prompt_tuning_jax import run_setup
 from prompt_tuning_jax import train_step
+from prompt_tuning_jax import wayward
 from prompt_tuning_jax.checkpoints import train_state as train_state_lib
 from prompt_tuning_jax.checkpoints import tree as tree_lib
 from prompt_tuning_jax.errors import DivergedError, Stopped
@@ -70,6 +71,10 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
                                      run.evaluation, class_labels=run.prompt.class_labels,
                                      mesh=s.mesh, length_buckets=run.data.length_buckets,
                                      task_index=s.task_index, target_sentinel=s.target_sentinel)
+  opt = run.optimizer
+  # Checked now (the text fits the method's prompts); built once the embedding is loaded.
+  wayward_ids = (wayward.text_ids(s.vocabularies['inputs'], opt.wayward_text, s.prompt_shapes)
+                 if opt.wayward_weight else None)
   params = run_setup.build_params(s)
   ckpt = train_state_lib.TrainStateCheckpointer(
       model_dir, keep=run.checkpoints.keep, best_metric=run.evaluation.best_metric,
@@ -79,7 +84,14 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
                    'seed': run.data.seed, 'batch_size': run.data.batch_size,
                    'length_buckets': run.data.length_buckets}
   topology = distributed.topology(s.mesh)  # Recorded; may change on resume.
-  opt = run.optimizer
+  regularizer = None
+  if wayward_ids is not None:
+    regularizer = wayward.regularizer(
+        wayward.text_embedding(tree_lib.flatten(params)['token_embedder/embedding'],
+                               wayward_ids, s.mesh), opt.wayward_weight, tuple(s.prompt_shapes))
+    logger.info('Wayward prompt: %g x the squared distance of the first %d rows of %s from '
+                'the embedded WAYWARD_TEXT joins the loss.', opt.wayward_weight,
+                len(wayward_ids), ', '.join(s.prompt_shapes))
   trainable, frozen = optim.partition(params, run.trainable_rules)
   sizes = [sum(math.prod(x.shape) for x in jax.tree.leaves(t)) for t in (trainable, frozen)]
   logger.info('Training %s parameters (TRAINABLE_RULES=%s); %s frozen.', f'{sizes[0]:,}',
@@ -122,7 +134,8 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
           run.model, tx, z_loss=opt.z_loss, loss_normalization=opt.loss_normalization,
           accumulation_steps=opt.accumulation_steps,
           dropout_rng=jax.random.fold_in(jax.random.PRNGKey(run.data.seed), 2) if dropout else None,
-          learning_rate_fn=lambda step: jnp.asarray(lr_fn(step), jnp.float32)),
+          learning_rate_fn=lambda step: jnp.asarray(lr_fn(step), jnp.float32),
+          regularizer=regularizer),
       donate_argnums=(0,), out_shardings=(state_shardings, partitioning.replicated(s.mesh)))
   # Every process reads the same global batches and places its devices' rows.
   batches = data_lib.train_batches(run.data, start_step=start, task_index=s.task_index)

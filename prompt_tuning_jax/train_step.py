@@ -71,7 +71,8 @@ def init_train_state(trainable: Params, frozen: Params,
 def make_train_step(model, tx: optax.GradientTransformation, *, z_loss: float = 1e-4,
                     loss_normalization: str = 'sum', accumulation_steps: int = 1,
                     dropout_rng: Optional[jax.Array] = None,
-                    learning_rate_fn: Optional[Callable[[Array], Array]] = None
+                    learning_rate_fn: Optional[Callable[[Array], Array]] = None,
+                    regularizer: Optional[Callable[[Params], Array]] = None
                     ) -> Callable[[TrainState, Params, dict], tuple[TrainState, dict]]:
   """Builds `train_step(state, frozen, batch) -> (state, metrics)` (not jitted).
 
@@ -81,6 +82,9 @@ def make_train_step(model, tx: optax.GradientTransformation, *, z_loss: float = 
   (per target token). With `accumulation_steps` > 1 the batch is split into
   that many micro-batches whose gradients are summed (then normalised once).
   Dropout runs when `dropout_rng` is given (folded with the step).
+  `regularizer(trainable) -> scalar` (e.g. `wayward.regularizer`) is added once per step to
+  the normalised loss, its gradient to the gradients; its value is `metrics['regularizer']`
+  and `metrics['loss']` stays the objective's. None: the plain step.
   """
   if loss_normalization not in ('sum', 'mean'):
     raise ValueError(f"loss_normalization must be 'sum' or 'mean', got {loss_normalization!r}")
@@ -118,6 +122,9 @@ def make_train_step(model, tx: optax.GradientTransformation, *, z_loss: float = 
       denom = jnp.maximum(stats['tokens'], 1.0)
       loss, grads = loss / denom, jax.tree.map(lambda g: g / denom, grads)
       stats = dict(stats, z_loss=stats['z_loss'] / denom)
+    if regularizer is not None:
+      penalty, penalty_grads = jax.value_and_grad(regularizer)(state.trainable)
+      grads = jax.tree.map(jnp.add, grads, penalty_grads)
 
     # Frozen leaves get zero "gradients" that set_to_zero discards; XLA drops them.
     full_grads = optim.merge(grads, jax.tree.map(jnp.zeros_like, frozen))
@@ -135,6 +142,8 @@ def make_train_step(model, tx: optax.GradientTransformation, *, z_loss: float = 
         # would make XLA compute the frozen weights' gradients after all.
         'grad_norm': optax.tree.norm(grads),
     }
+    if regularizer is not None:
+      metrics['regularizer'] = penalty
     if learning_rate_fn is not None:
       metrics['learning_rate'] = learning_rate_fn(state.step)
     return TrainState(state.step + 1, new_trainable, opt_state), metrics

@@ -82,8 +82,8 @@ def test_every_run_file_parses_with_every_model_file():
   for prompt in sorted(os.listdir(os.path.join(gin_dir, 'prompts'))):
     config.configure('train', ['models/t5_1_1_base.gin', 'runs/prompt_finetune.gin',
                                f'prompts/{prompt}'],
-                     ["MODEL_DIR = '/m'", "MIXTURE_OR_TASK_NAME = 't'", "PROMPT_FILE = '/p.npy'"],
-                     [])
+                     ["MODEL_DIR = '/m'", "MIXTURE_OR_TASK_NAME = 't'", "PROMPT_FILE = '/p.npy'",
+                      "WAYWARD_TEXT = 'a text'"], [])
 
 
 @pytest.mark.parametrize('files, bindings, message', [

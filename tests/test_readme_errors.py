@@ -221,6 +221,23 @@ def vocabulary_too_large(x, monkeypatch):
   return [error(run_setup.setup, run)]
 
 
+def recycling_across_vocabularies(x, monkeypatch):
+  from prompt_tuning_jax.analysis import neighbors  # pylint: disable=import-outside-toplevel
+  from prompt_tuning_jax.transfer import recycling  # pylint: disable=import-outside-toplevel
+  return [error(recycling.check_same_vocabulary,
+                neighbors.PieceVocabulary(pretrained.path('t5_mini/spiece.model')),
+                neighbors.piece_vocabulary('byte'))]
+
+
+def wayward_without_room(x, monkeypatch):
+  from prompt_tuning_jax import wayward  # pylint: disable=import-outside-toplevel
+  from prompt_tuning_jax.analysis import neighbors  # pylint: disable=import-outside-toplevel
+  vocabulary = neighbors.PieceVocabulary(pretrained.path('t5_mini/spiece.model'))
+  text = 'Classify these movie reviews based on sentiment .'
+  return [error(wayward.text_ids, vocabulary, text, {'encoder/prompt/prompt/prompt': (5, 128)}),
+          error(wayward.text_ids, vocabulary, text, {})]
+
+
 def prompt_of_the_wrong_shape(x, monkeypatch):
   np.save(x / 'p.npy', np.zeros((100, 512), np.float32))
   return [error(run_setup.read_prompt_file, str(x / 'p.npy'), (100, 768))]
@@ -332,6 +349,8 @@ CASES = {
     'a Hugging Face directory with only `pytorch_model.bin`': pytorch_only,
     'a cut-short `model.safetensors`': cut_short_safetensors,
     'vocabulary larger than the embedding': vocabulary_too_large,
+    '`ptj recycle` between models with different vocabularies': recycling_across_vocabularies,
+    'a Wayward text longer than the prompt, or no prompt to hold': wayward_without_room,
     'prompt file of the wrong shape': prompt_of_the_wrong_shape,
     'NaN/inf in a prompt file': nan_prompt,
     'batch size vs devices': batch_size_vs_devices,

@@ -210,6 +210,23 @@ def label_piece_ids(vocabulary: Any, labels: Sequence[str]
   return out
 
 
+def read_back(ids: np.ndarray, text_ids: Sequence[int], vocabulary: Any) -> dict[str, Any]:
+  """How the first n prompt rows' neighbours (ids [P, k], nearest first) read as a text's n pieces.
+
+  `top1_accuracy`: the share of rows whose nearest piece is the text's piece at that
+  position; `topk_accuracy`: among the row's k; `text`: the nearest pieces, decoded.
+  """
+  n = len(text_ids)
+  if n > ids.shape[0]:
+    raise UsageError(f'The text has {n} pieces, more than the prompt has rows ({ids.shape[0]}).')
+  wanted = np.asarray(text_ids)
+  top1 = ids[:n, 0]
+  pieces = [vocabulary.piece(int(i)) for i in top1]
+  return {'pieces': n, 'top1_accuracy': float(np.mean(top1 == wanted)),
+          'topk_accuracy': float(np.mean([w in row for w, row in zip(wanted, ids[:n])])),
+          'text': ''.join(pieces).replace(WORD_BOUNDARY, ' ').strip()}
+
+
 def label_hits(ids: np.ndarray, label_ids: Mapping[str, Sequence[int]]) -> list[list[str]]:
   """For each row of ids [P, k]: the labels with a piece among that row's ids."""
   sets = {label: set(v) for label, v in label_ids.items()}
@@ -239,6 +256,7 @@ class NeighborReport:
   random_hits: list[list[str]]
   embedding_norms: tuple[float, float]  # mean, std of the table's row norms
   source: str = ''
+  read_back: Optional[dict[str, Any]] = None  # `read_back` of a text, when one was given
 
   def summary(self) -> dict[str, Any]:
     def share(hits):
@@ -262,13 +280,14 @@ class NeighborReport:
         'random_label_share': share(self.random_hits),
         'label_share_by_label': {
             label: float(np.mean([label in h for h in self.hits])) for label in self.label_ids},
+        'read_back': self.read_back,
     }
 
 
 def analyze(prompt: np.ndarray, embedding: np.ndarray, *,
             vocabulary: Optional[Any] = None, labels: Sequence[str] = (),
             top_k: int = 5, max_id: Optional[int] = None, seed: int = 0,
-            source: str = '') -> NeighborReport:
+            source: str = '', text: Optional[str] = None) -> NeighborReport:
   """Nearest neighbours of a prompt [P, H] in `embedding` [V, H], with baselines.
 
   Args:
@@ -279,11 +298,12 @@ def analyze(prompt: np.ndarray, embedding: np.ndarray, *,
     max_id: search ids < max_id; defaults to the vocabulary's size when one
       is given (T5 tables have padding rows past 32100), else all rows.
     seed: the random baseline's seed.
+    text: a text the prompt should read as (a Wayward prompt's): its `read_back`.
   """
   prompt = np.asarray(prompt, np.float32)
   embedding = np.asarray(embedding, np.float32)
-  if labels and vocabulary is None:
-    raise UsageError('Class labels need a vocabulary to find their pieces (--vocab).')
+  if (labels or text) and vocabulary is None:
+    raise UsageError('Class labels and texts need a vocabulary to find their pieces (--vocab).')
   if max_id is None and vocabulary is not None:
     max_id = min(len(vocabulary), embedding.shape[0])
   sims, ids = nearest_neighbors(prompt, embedding, top_k=top_k, max_id=max_id)
@@ -304,7 +324,8 @@ def analyze(prompt: np.ndarray, embedding: np.ndarray, *,
       label_pieces={label: [decode(i) for i in v] for label, v in label_ids.items()},
       hits=label_hits(ids, label_ids),
       random_hits=label_hits(random_ids, label_ids),
-      embedding_norms=(float(table_norms.mean()), float(table_norms.std())), source=source)
+      embedding_norms=(float(table_norms.mean()), float(table_norms.std())), source=source,
+      read_back=read_back(ids, vocabulary.encode(text), vocabulary) if text else None)
 
 
 # ------------------------------------------------------------ presentation
@@ -330,6 +351,11 @@ def format_report(report: NeighborReport) -> str:
     for label, pieces in s['labels'].items():
       lines.append(f'  label {label!r} pieces {pieces}: in the top-k of '
                    f'{s["label_share_by_label"][label]:.2%} of rows')
+  if report.read_back:
+    r = report.read_back
+    lines += [f'read back as the text ({r["pieces"]} pieces): nearest piece right at '
+              f'{r["top1_accuracy"]:.1%} of positions, among the top {report.top_k} at '
+              f'{r["topk_accuracy"]:.1%}', f'  reads: {r["text"]}']
   lines += ['', 'The random baseline: random directions scaled to the prompt row norms.', '',
             f'{"pos":>4} {"norm":>8}  neighbours (piece cosine)']
   for i in range(report.sims.shape[0]):
@@ -495,6 +521,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                  help="seqio extra ids after the vocab's pieces (T5: 100)")
   p.add_argument('--labels', default='',
                  help='comma-separated class-label words, e.g. "positive,negative"')
+  p.add_argument('--text', help='a text the prompt should read as (Wayward prompts): how '
+                 "many of the first rows' nearest pieces are the text's pieces")
   p.add_argument('--top_k', type=int, default=5)
   p.add_argument('--seed', type=int, default=0, help='seed of the random baseline')
   p.add_argument('--output_dir', required=True)
@@ -513,7 +541,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                        f'{table_source} is {table.shape}: their widths differ (wrong model size?).')
     labels = [w.strip() for w in args.labels.split(',') if w.strip()]
     report = analyze(prompt, table, vocabulary=piece_vocabulary(args.vocab, args.extra_ids),
-                     labels=labels, top_k=args.top_k, seed=args.seed, source=args.prompt)
+                     labels=labels, top_k=args.top_k, seed=args.seed, source=args.prompt,
+                     text=args.text)
     paths = write_report(report, args.output_dir)
     summary = report.summary()
     lines = [f'{args.prompt} {tuple(prompt.shape)} vs {table_source} {tuple(table.shape)}',
@@ -522,6 +551,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if labels:
       lines.append(f'  rows with a label in the top {args.top_k}: prompt '
                    f'{summary["label_share"]:.1%}, random {summary["random_label_share"]:.1%}')
+    if report.read_back:
+      r = report.read_back
+      lines.append(f'  read back as the text: {r["top1_accuracy"]:.1%} of its {r["pieces"]} '
+                   f'pieces nearest, {r["topk_accuracy"]:.1%} in the top {args.top_k}')
     lines += [f'  {kind}: {path}' for kind, path in paths.items()]
     print('\n'.join(lines), flush=True)
     return 0
