@@ -174,6 +174,24 @@ def place_prompt(embedded: Array, valid: Array, prompt: Array, prompt_valid: Arr
           jnp.take_along_axis(both_valid, src, axis=1))
 
 
+# ------------------------------------------------------------ norms
+
+
+def mean_row_norm(x: Array) -> Array:
+  """The mean L2 norm of the rows (vectors along the last axis) of `x`, in float32."""
+  x = jnp.asarray(x, jnp.float32)
+  return jnp.mean(jnp.linalg.norm(x.reshape(-1, x.shape[-1]), axis=-1))
+
+
+def mean_prompt_row_norm(params: dict, embedding_dim: int) -> Optional[Array]:
+  """The mean L2 norm of the rows of every prompt parameter in `params` (a path with
+  'prompt' in it, rows `embedding_dim` wide); None when there is none."""
+  leaves = [jnp.asarray(x, jnp.float32).reshape(-1, embedding_dim)
+            for path, x in jax.tree_util.tree_leaves_with_path(params)
+            if 'prompt' in jax.tree_util.keystr(path) and x.shape[-1:] == (embedding_dim,)]
+  return mean_row_norm(jnp.concatenate(leaves)) if leaves else None
+
+
 # ------------------------------------------------------------ modules
 
 

@@ -23,6 +23,11 @@ DECODERS = (GREEDY, BEAM)
 PROMPT_INITS = ('random_uniform', 'sampled_vocab', 'class_labels', 'from_text')
 LATEST, BEST = 'latest', 'best'
 LOSS_NORMALIZATIONS = ('sum', 'mean')
+# LOSS: what a train step minimises (objectives.py). The first is T5X's token loss; the
+# others score every label word of the example's task (its label set) and compare them.
+TOKEN_CROSS_ENTROPY = 'token_cross_entropy'
+LABEL_SET_LOSSES = ('sequence_cross_entropy', 'perceptron', 'hinge')
+LOSSES = (TOKEN_CROSS_ENTROPY, *LABEL_SET_LOSSES)
 # LENGTH_BUCKETS = POW2: each feature's buckets are the powers of two from its
 # MIN_BUCKET up to its TASK_FEATURE_LENGTHS value, and that value itself
 # (targets start lower: class labels are 1-3 tokens).
@@ -150,6 +155,9 @@ class OptimizerSettings:
   # Regexes over '/'-joined parameter paths (`optim.partition`).
   trainable_rules: Sequence[str]
   accumulation_steps: int
+  # LOSS: one of LOSSES; HINGE_MARGIN: the margin of 'hinge' (in label log-likelihood).
+  loss: str = TOKEN_CROSS_ENTROPY
+  hinge_margin: float = 1.0
   z_loss: float = 1e-4
   loss_normalization: str = 'sum'
 
@@ -171,7 +179,10 @@ class OptimizerSettings:
         raise UsageError(f'TRAINABLE_RULES: {rule!r} is not a regular expression ({e}).') from e
     _positive(self.accumulation_steps, 'ACCUMULATION_STEPS')
     _one_of(self.loss_normalization, LOSS_NORMALIZATIONS, 'loss_normalization')
-    _freeze(self, trainable_rules=rules)
+    _one_of(self.loss, LOSSES, 'LOSS')
+    _require(isinstance(self.hinge_margin, (int, float)) and self.hinge_margin > 0,
+             f'HINGE_MARGIN must be a positive number, got {self.hinge_margin!r}.')
+    _freeze(self, trainable_rules=rules, hinge_margin=float(self.hinge_margin))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -32,15 +32,17 @@ from prompt_tuning_jax import distributed
 from prompt_tuning_jax import dry_run
 from prompt_tuning_jax import evaluation
 from prompt_tuning_jax import logging_utils
+from prompt_tuning_jax import objectives
 from prompt_tuning_jax import optim
 from prompt_tuning_jax import partitioning
 from prompt_tuning_jax import preemption
+from prompt_tuning_jax import prompts as prompts_lib
 from prompt_tuning_jax import run_dir
 from prompt_tuning_jax import run_setup
 from prompt_tuning_jax import train_step
 from prompt_tuning_jax.checkpoints import train_state as train_state_lib
 from prompt_tuning_jax.errors import DivergedError, Stopped
-from prompt_tuning_jax.settings import RunSettings
+from prompt_tuning_jax.settings import TOKEN_CROSS_ENTROPY, RunSettings
 
 logger = logging.getLogger('prompt_tuning_jax')
 
@@ -56,6 +58,11 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
   stop = stop or preemption.NoSignals()
   s = run_setup.setup(run, batch_size=run.data.batch_size)
   run_setup.check_sources(s)
+  opt = run.optimizer
+  label_sets = None  # A loss over the label set: each task's labels (refused without).
+  if opt.loss != TOKEN_CROSS_ENTROPY:
+    label_sets = objectives.label_sets(run.data.mixture_or_task_name, opt.loss,
+                                       run.prompt.class_labels)
   model_dir, steps = run.model_dir, run.train_steps
   primary = jax.process_index() == 0
   evaluator = None
@@ -72,13 +79,16 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
                    'seed': run.data.seed, 'batch_size': run.data.batch_size,
                    'length_buckets': run.data.length_buckets}
   topology = distributed.topology(s.mesh)  # Recorded; may change on resume.
-  opt = run.optimizer
   trainable, frozen = optim.partition(params, opt.trainable_rules)
   sizes = [sum(math.prod(x.shape) for x in jax.tree.leaves(t)) for t in (trainable, frozen)]
   logger.info('Training %s parameters (TRAINABLE_RULES=%s); %s frozen.', f'{sizes[0]:,}',
               tuple(opt.trainable_rules), f'{sizes[1]:,}')
   tx = optim.partitioned_optimizer(params, opt.optimizer(learning_rate=opt.learning_rate),
                                    opt.trainable_rules)
+  # The frozen embedding's mean row norm: what the prompt's rows are logged against.
+  embedding = params['token_embedder']['embedding']  # [vocab, emb]
+  replicated = partitioning.replicated(s.mesh)
+  embedding_norm = float(jax.jit(prompts_lib.mean_row_norm, out_shardings=replicated)(embedding))
   frozen = run_setup.on_devices(frozen, s.mesh)
   abstract_state = jax.eval_shape(lambda t, f: train_step.init_train_state(t, f, tx), trainable,
                                   frozen)
@@ -114,7 +124,9 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
           run.model, tx, z_loss=opt.z_loss, loss_normalization=opt.loss_normalization,
           accumulation_steps=opt.accumulation_steps,
           dropout_rng=jax.random.fold_in(jax.random.PRNGKey(run.data.seed), 2) if dropout else None,
-          learning_rate_fn=lambda step: jnp.asarray(lr_fn(step), jnp.float32)),
+          learning_rate_fn=lambda step: jnp.asarray(lr_fn(step), jnp.float32),
+          label_objective=None if label_sets is None else label_sets.objective(
+              objectives.label_loss(opt.loss, opt.hinge_margin))),
       donate_argnums=(0,), out_shardings=(state_shardings, partitioning.replicated(s.mesh)))
   # Every process reads the same global batches and places its devices' rows.
   batches = data_lib.train_batches(run.data, start_step=start)
@@ -125,12 +137,16 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
       host = counter.pop(next(batches))
     except StopIteration:  # The batches repeat the split: it is empty.
       raise data_lib.no_examples(run.data.mixture_or_task_name, 'train') from None
+    if label_sets is not None:
+      host[objectives.LABEL_INDEX] = label_sets.gold(host)
     return partitioning.global_batch(host, s.mesh), logging_utils.BatchShape.of(host)
 
   batch, shape = next_batch()
   if save_config is not None and primary:
     save_config(model_dir)
   window = logging_utils.TrainWindow(opt.loss_normalization)
+  prompt_norm = jax.jit(lambda trainable: prompts_lib.mean_prompt_row_norm(
+      trainable, embedding_dim=embedding.shape[1]), out_shardings=replicated)
   compiled_steps = {}  # One compiled step per batch shape (one per length-bucket pair).
 
   def compiled(state, frozen, batch):
@@ -158,6 +174,9 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
         _check_finite(window, step, last_saved, model_dir)
         values = window.averages()
         values.update(learning_rate=float(lr_fn(step - 1)), **counter.metrics())
+        norm = prompt_norm(state.trainable)
+        if norm is not None:  # Absent without a trainable prompt.
+          values.update(prompt_norm=float(norm), embedding_norm=embedding_norm)
         values.update(examples_per_second=run.data.batch_size * window.steps_done / window.seconds,
                       tokens_per_second=window.tokens_done / window.seconds,
                       **window.padding())

@@ -1,0 +1,271 @@
+"""Losses over the label set (LOSS): each against numpy from the same label scores.
+
+The numpy side computes each loss and its derivative with respect to the label
+scores by hand; the gradient with respect to the prompt is then that derivative
+through the Jacobian of the label scores. Compared in float64 (a float64 model
+under `jax.enable_x64`), so the tolerances are float64 rounding.
+"""
+from __future__ import annotations
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import seqio
+from conftest import small_config
+
+from prompt_tuning_jax import data
+from prompt_tuning_jax import objectives
+from prompt_tuning_jax import optim
+from prompt_tuning_jax import scoring
+from prompt_tuning_jax import train_step
+from prompt_tuning_jax.errors import DataError, UsageError
+from prompt_tuning_jax.models import PromptedT5
+from prompt_tuning_jax.settings import OptimizerSettings
+from prompt_tuning_jax.tasks import smoke
+
+LOSSES = {'sequence_cross_entropy': None, 'perceptron': 0.0, 'hinge': 1.0}  # name: margin
+
+
+# ------------------------------------------------------------ numpy, by hand
+
+
+def numpy_loss(name: str, scores: np.ndarray, gold: np.ndarray, valid: np.ndarray,
+               margin: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+  """(loss [b], d loss / d scores [b, labels]) of each example, in float64."""
+  loss, grad = np.zeros(len(scores)), np.zeros(scores.shape)
+  for i, (s, g, v) in enumerate(zip(scores.astype(np.float64), gold, valid)):
+    labels = np.flatnonzero(v)
+    if name == 'sequence_cross_entropy':
+      p = np.exp(s[labels] - s[labels].max())
+      p /= p.sum()
+      loss[i] = -np.log(p[list(labels).index(g)])
+      grad[i, labels] = p
+      grad[i, g] -= 1.0
+      continue
+    others = [c for c in labels if c != g]
+    if not others:
+      continue
+    rival = others[int(np.argmax(s[others]))]  # the first of tied rivals
+    violation = (0.0 if name == 'perceptron' else margin) + s[rival] - s[g]
+    if violation >= 0:  # At the boundary: value 0, gradient the update.
+      loss[i] = violation
+      grad[i, rival] += 1.0
+      grad[i, g] -= 1.0
+  return loss, grad
+
+
+def jax_loss(name: str, margin: float = 1.0):
+  return objectives.label_loss(name, margin)
+
+
+# ------------------------------------------------------------ on scores: ties, margins
+
+
+# Each row: scores, valid labels, gold. Three labels; the third is padding in rows 0-2
+# (a two-label task), and its score 0 would win if it were not masked.
+SCORES = np.array([
+    [-1.0, -1.0, 0.0],   # gold tied with the other label
+    [-3.0, -1.2, 0.0],   # gold first by 1.8: above the margin
+    [-2.0, -1.6, 0.0],   # gold first by 0.4: below the margin
+    [-0.5, -0.5, -2.0],  # two rivals tied above the gold
+    [-2.5, -1.5, -0.5],  # gold first by exactly the margin
+    [-0.7, -3.0, -0.9],  # gold second
+])
+VALID = np.array([[1, 1, 0], [1, 1, 0], [1, 1, 0], [1, 1, 1], [1, 1, 1], [1, 1, 1]], bool)
+GOLD = np.array([0, 1, 1, 2, 2, 2])
+
+
+@pytest.mark.parametrize('name', LOSSES)
+def test_each_loss_and_its_gradient_on_scores_with_ties_and_three_labels(name):
+  expected, expected_grad = numpy_loss(name, SCORES, GOLD, VALID)
+  with jax.enable_x64(True):
+    fn = jax_loss(name)
+    loss = fn(jnp.asarray(SCORES), jnp.asarray(GOLD), jnp.asarray(VALID))
+    grad = jax.grad(lambda s: fn(s, jnp.asarray(GOLD), jnp.asarray(VALID)).sum())(
+        jnp.asarray(SCORES))
+  np.testing.assert_allclose(loss, expected, rtol=1e-12, atol=1e-12)
+  np.testing.assert_allclose(grad, expected_grad, rtol=1e-12, atol=1e-12)
+  assert not np.any(grad[:3, 2]), 'a padding label never gets a gradient'
+
+
+def test_perceptron_is_zero_once_gold_ranks_first_the_hinge_only_by_its_margin():
+  with jax.enable_x64(True):
+    perceptron = np.asarray(jax_loss('perceptron')(SCORES, GOLD, VALID))
+    hinge = np.asarray(jax_loss('hinge', 1.0)(SCORES, GOLD, VALID))
+  # Gold first by 1.8 / 0.4 / exactly 1.0 (rows 1, 2, 4): the perceptron is zero for all.
+  np.testing.assert_array_equal(perceptron[[1, 2, 4]], 0.0)
+  np.testing.assert_allclose(hinge[[1, 2, 4]], [0.0, 0.6, 0.0], atol=1e-12)
+  # A tie (row 0) is no win: the value is 0, the gradient the perceptron's update.
+  assert perceptron[0] == 0.0 and hinge[0] == pytest.approx(1.0)
+  np.testing.assert_allclose(perceptron[[3, 5]], [1.5, 0.2], atol=1e-12)
+  np.testing.assert_allclose(hinge[[3, 5]], [2.5, 1.2], atol=1e-12)
+  # A task with one label has no rival: nothing to rank.
+  one = np.asarray(jax_loss('hinge')(np.array([[-2.0, 0.0]]), np.array([0]),
+                                     np.array([[True, False]])))
+  assert one.tolist() == [0.0]
+  correct = objectives.rank_correct(jnp.asarray(SCORES), jnp.asarray(GOLD), jnp.asarray(VALID))
+  assert np.asarray(correct).tolist() == [True, True, True, False, True, False]
+
+
+# ------------------------------------------------------------ through the model
+
+
+def _tables():
+  """Two tasks: two labels of 2 tokens with EOS, three labels of up to 3 tokens."""
+  tokens = np.zeros((2, 3, 3), np.int32)
+  tokens[0, :2, :2] = [[5, 1], [9, 1]]
+  tokens[1] = [[7, 8, 1], [11, 1, 0], [13, 4, 1]]
+  valid = np.array([[1, 1, 0], [1, 1, 1]], bool)
+  return tokens, valid
+
+
+def _batch(tokens, task, gold):
+  """Four examples; each target is its gold label's tokens (as the data pipeline gives)."""
+  rng = np.random.RandomState(0)
+  inputs = rng.randint(2, 64, (len(task), 6))
+  inputs[1, 4:] = inputs[3, 3:] = 0
+  targets = np.zeros((len(task), 4), np.int32)
+  for i, (t, g) in enumerate(zip(task, gold)):
+    label = tokens[t, g][tokens[t, g] > 0]
+    targets[i, :len(label)] = label
+  return {'encoder_input_tokens': inputs.astype(np.int32), 'decoder_target_tokens': targets,
+          'decoder_input_tokens': np.pad(targets[:, :-1], ((0, 0), (1, 0))),
+          'decoder_loss_weights': (targets > 0).astype(np.int32),
+          data.TASK_INDEX: np.asarray(task, np.int32),
+          objectives.LABEL_INDEX: np.asarray(gold, np.int32)}
+
+
+@pytest.fixture(scope='module')
+def float64_model():
+  with jax.enable_x64(True):
+    model = PromptedT5(small_config(dtype=jnp.float64), prompt_length=3)
+    tokens, valid = _tables()
+    batch = _batch(tokens, task=[0, 1, 1, 0], gold=[1, 2, 0, 0])
+    dummy = jnp.ones((1, 1), jnp.int32)
+    params = jax.jit(lambda rng: model.init(rng, dummy, dummy, dummy, enable_dropout=False))(
+        jax.random.PRNGKey(0))['params']
+    params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), params)
+    yield model, params, batch, tokens, valid
+
+
+def test_label_scores_are_each_labels_own_teacher_forced_score(float64_model):
+  """One packed row per example == scoring each (example, label) in its own decoder row."""
+  model, params, batch, tokens, valid = float64_model
+  with jax.enable_x64(True):
+    labels = tokens[batch[data.TASK_INDEX]]  # [b, 3, 3]
+    packed = jax.jit(train_step.label_scores, static_argnums=0)(model, params, batch,
+                                                                 jnp.asarray(labels))
+    alone = scoring.jit_score_targets(model, params,
+                                  np.repeat(batch['encoder_input_tokens'], 3, axis=0),
+                                  labels.reshape(-1, 3)).reshape(-1, 3)
+  assert packed.dtype == jnp.float64
+  real = valid[batch[data.TASK_INDEX]]
+  np.testing.assert_allclose(np.asarray(packed)[real], np.asarray(alone)[real], rtol=1e-12)
+  assert np.all(np.asarray(packed)[~real] == 0.0)  # padding labels: masked by the losses
+  assert np.ptp(np.asarray(packed)[real]) > 1.0
+
+
+def test_train_step_loss_and_prompt_gradient_equal_numpy_from_the_label_scores(float64_model):
+  """Each loss, and the hinge again in 2 micro-batches (gradient accumulation) averaged over
+  the examples (loss_normalization 'mean')."""
+  model, params, batch, tokens, valid = float64_model
+  task, gold = batch[data.TASK_INDEX], batch[objectives.LABEL_INDEX]
+  with jax.enable_x64(True):
+    prompt = params['encoder']['prompt']['prompt']['prompt']
+
+    def scores_of(p):
+      tree = jax.tree.map(lambda x: x, params)
+      tree['encoder']['prompt']['prompt']['prompt'] = p
+      return train_step.label_scores(model, tree, batch, jnp.asarray(tokens[task]))
+
+    scores = np.asarray(jax.jit(scores_of)(prompt))
+    jacobian = np.asarray(jax.jit(jax.jacrev(scores_of))(prompt))  # [b, labels, P, emb]
+    # SGD at rate 1 makes the update the negative gradient.
+    tx = optim.partitioned_optimizer(params, optax.sgd(1.0), optim.PROMPT_TUNING_RULES)
+    trainable, frozen = optim.partition(params, optim.PROMPT_TUNING_RULES)
+    for name, steps, normalization in [*((name, 1, 'sum') for name in LOSSES),
+                                       ('hinge', 2, 'mean')]:
+      expected, d_scores = numpy_loss(name, scores, gold, valid[task])
+      expected_grad = np.einsum('bc,bcph->ph', d_scores, jacobian)
+      if normalization == 'mean':
+        expected, expected_grad = expected / 4, expected_grad / 4
+      objective = objectives.LabelObjective(jax_loss(name), tokens, valid)
+      step = jax.jit(train_step.make_train_step(model, tx, label_objective=objective,
+                                                accumulation_steps=steps,
+                                                loss_normalization=normalization))
+      state, metrics = step(train_step.init_train_state(trainable, frozen, tx), frozen, batch)
+      grad = np.asarray(prompt - state.trainable['encoder']['prompt']['prompt']['prompt'])
+      np.testing.assert_allclose(float(metrics['loss']), expected.sum(), rtol=1e-10)
+      np.testing.assert_allclose(grad, expected_grad, rtol=1e-8, atol=1e-12)
+      assert np.abs(expected_grad).max() > 1e-3, name  # the gold is not first everywhere
+      correct = objectives.rank_correct(scores, gold, valid[task])
+      assert float(metrics['rank_accuracy']) == float(np.mean(correct)) == 0.25
+      assert float(metrics['examples']) == 4.0 and 'accuracy' not in metrics
+
+
+# ------------------------------------------------------------ the data side
+
+
+MIXTURE = 'test_label_losses_mixture'
+
+
+def _mixture() -> str:
+  """A two-label smoke task and a three-label one with multi-token words, mixed 1:1."""
+  smoke.register('test_label_losses_two', ('-', '+'))
+  smoke.register('test_label_losses_three', ('bad', 'good', 'so-so'))
+  if MIXTURE not in seqio.MixtureRegistry.names():
+    seqio.MixtureRegistry.add(MIXTURE, ['test_label_losses_two', 'test_label_losses_three'],
+                              default_rate=1.0)
+  return MIXTURE
+
+
+def test_gold_labels_of_a_mixture_with_different_label_counts_and_bucketed_targets():
+  sets = objectives.label_sets(_mixture(), 'hinge')
+  assert sets.task_names == tuple(data.task_index_of(MIXTURE))  # by TASK_INDEX
+  three = sets.task_names.index('test_label_losses_three')
+  assert sets.tokens.shape == (2, 3, 6)  # 'so-so' + EOS
+  assert sets.valid[three].all() and sets.valid[1 - three].tolist() == [True, True, False]
+  settings = data.DataSettings(MIXTURE, {'inputs': 64, 'targets': 8}, 8, seed=0, module=None,
+                               length_buckets='pow2')
+  seen, widths = set(), set()
+  for batch in itertools.islice(data.train_batches(settings), 40):
+    widths.add(batch['decoder_target_tokens'].shape[1])
+    gold = sets.gold(batch)
+    for task, label, target in zip(batch[data.TASK_INDEX], gold, batch['decoder_target_tokens']):
+      assert smoke.VOCABULARY.decode(target.tolist()) == sets.words[task][label]
+      seen.add((int(task), int(label)))
+  assert seen == {(0, 0), (0, 1), (1, 0), (1, 1)}
+  assert min(widths) < sets.tokens.shape[2] < max(widths)  # targets cut to 4 and to 8
+
+
+def test_a_target_that_is_no_label_and_a_task_without_labels_are_clear_errors():
+  sets = objectives.label_sets(_mixture(), 'perceptron')
+  vocab = smoke.VOCABULARY
+  target = np.array([vocab.encode('good') + [1, 0, 0, 0]], np.int32)
+  two = sets.task_names.index('test_label_losses_two')
+  batch = {'decoder_target_tokens': target, data.TASK_INDEX: np.array([two], np.int32)}
+  with pytest.raises(DataError, match=r"An example of 'test_label_losses_two' has the target "
+                     r"'good' .* none of its label words \['-', '\+'\]"):
+    sets.gold(batch)
+  batch[data.TASK_INDEX] = np.array([1 - two], np.int32)
+  assert sets.gold(batch).tolist() == [1]
+  with pytest.raises(UsageError, match="LOSS='hinge' scores each task's label words, and "
+                     "'pretrain_span_corruption' has none"):
+    objectives.label_sets('pretrain_span_corruption', 'hinge')
+  # CLASS_LABELS give every task its labels.
+  assert objectives.label_sets(smoke.TASK_NAME, 'hinge', ('bad', 'good')).words == (
+      ('bad', 'good'),)
+
+
+def test_loss_settings_are_checked():
+  kwargs = dict(optimizer=optim.adafactor, learning_rate=0.1, trainable_rules=('.*',),
+                accumulation_steps=1)
+  assert OptimizerSettings(**kwargs).loss == 'token_cross_entropy'
+  with pytest.raises(UsageError, match="Unknown LOSS 'hing'; expected one of"):
+    OptimizerSettings(**kwargs, loss='hing')
+  with pytest.raises(UsageError, match='HINGE_MARGIN must be a positive number, got 0'):
+    OptimizerSettings(**kwargs, loss='hinge', hinge_margin=0)
