@@ -8,6 +8,10 @@ under `jax.enable_x64`), so the tolerances are float64 rounding.
 from __future__ import annotations
 
 import itertools
+import json
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +22,7 @@ import seqio
 from conftest import small_config
 
 from prompt_tuning_jax import data
+from prompt_tuning_jax import logging_utils
 from prompt_tuning_jax import objectives
 from prompt_tuning_jax import optim
 from prompt_tuning_jax import scoring
@@ -269,3 +274,80 @@ def test_loss_settings_are_checked():
     OptimizerSettings(**kwargs, loss='hing')
   with pytest.raises(UsageError, match='HINGE_MARGIN must be a positive number, got 0'):
     OptimizerSettings(**kwargs, loss='hinge', hinge_margin=0)
+
+
+# ------------------------------------------------------------ in a run
+
+
+def test_a_run_over_tasks_of_two_and_three_labels_logs_rank_accuracy_and_norms(
+    tmp_path, restore_ptj_global_state):
+  """Mixed label counts, length buckets, 2 micro-batches and dropout, end to end."""
+  from test_train import run  # pylint: disable=g-import-not-at-top
+  result = run(tmp_path, 4, f'MIXTURE_OR_TASK_NAME = {_mixture()!r}', "LOSS = 'hinge'",
+               'ACCUMULATION_STEPS = 2', "LENGTH_BUCKETS = {'targets': (4, 8)}",
+               "TASK_FEATURE_LENGTHS = {'inputs': 64, 'targets': 8}")
+  assert result['final_step'] == 4
+  records = [r for r in logging_utils.read_metrics(str(tmp_path)) if r['split'] == 'train']
+  assert [r['step'] for r in records] == [2, 4]
+  for r in records:
+    assert 'accuracy' not in r and 'z_loss' not in r and 0 <= r['rank_accuracy'] <= 1
+    assert r['loss'] >= 0 and r['prompt_norm'] > 0 and r['embedding_norm'] > 0
+  line = logging_utils.format_train_line(4, 4, records[-1], None)
+  assert ' | rank acc ' in line and ' | prompt norm ' in line and ' | acc ' not in line
+
+
+def test_model_tuning_with_a_label_loss_has_no_prompt_norm(tmp_path, restore_ptj_global_state):
+  from test_train import run  # pylint: disable=g-import-not-at-top
+  from prompt_tuning_jax.models import T5  # pylint: disable=g-import-not-at-top
+  run(tmp_path, 2, "TRAINABLE_RULES = ('.*',)", "LOSS = 'sequence_cross_entropy'",
+      'LEARNING_RATE = 1e-3', model=T5(small_config(vocab_size=384)))
+  record = logging_utils.read_metrics(str(tmp_path))[-1]
+  assert record['step'] == 2 and 'rank_accuracy' in record
+  assert 'prompt_norm' not in record and 'embedding_norm' not in record
+
+
+def _mesh_steps() -> dict:
+  """One hinge step on one device and on a 2 x 2 (data x model) mesh of 4 CPU devices."""
+  from prompt_tuning_jax import partitioning  # pylint: disable=g-import-not-at-top
+  from prompt_tuning_jax import run_setup  # pylint: disable=g-import-not-at-top
+  model = PromptedT5(small_config(), prompt_length=3)
+  tokens, valid = _tables()
+  batch = _batch(tokens, task=[0, 1, 1, 0], gold=[1, 2, 0, 0])
+  dummy = jnp.ones((1, 1), jnp.int32)
+  params = model.init(jax.random.PRNGKey(0), dummy, dummy, dummy, enable_dropout=False)['params']
+  tx = optim.partitioned_optimizer(params, optax.adam(0.1), optim.PROMPT_TUNING_RULES)
+  trainable, frozen = optim.partition(params, optim.PROMPT_TUNING_RULES)
+  step = jax.jit(train_step.make_train_step(
+      model, tx, label_objective=objectives.LabelObjective(jax_loss('hinge'), tokens, valid)))
+  out = {}
+  for name, mesh in (('one', None), ('mesh', partitioning.make_mesh(2))):
+    t, f, b = trainable, frozen, batch
+    if mesh is not None:
+      t, f = run_setup.on_devices(t, mesh), run_setup.on_devices(f, mesh)
+      b = partitioning.global_batch(b, mesh)
+    state, metrics = step(train_step.init_train_state(t, f, tx), f, b)
+    out[name] = {'loss': float(metrics['loss']),
+                 'prompt': np.asarray(state.trainable['encoder']['prompt']['prompt']['prompt'])
+                 .tolist()}
+  return out
+
+
+@pytest.mark.slow  # a subprocess with 4 CPU devices: two compilations
+def test_a_label_loss_step_on_a_mesh_equals_one_device(tmp_path):
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4',
+             JAX_PLATFORMS='cpu')
+  proc = subprocess.run([sys.executable, __file__, str(tmp_path / 'out.json')], env=env,
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(tmp_path / 'out.json') as f:
+    out = json.load(f)
+  assert out['one']['loss'] > 0
+  # The mesh sums the batch and the model-parallel matmuls in another order: float32 ulps.
+  np.testing.assert_allclose(out['mesh']['loss'], out['one']['loss'], rtol=1e-5)
+  np.testing.assert_allclose(out['mesh']['prompt'], out['one']['prompt'], rtol=0, atol=1e-5)
+
+
+if __name__ == '__main__':
+  assert jax.device_count() == 4
+  with open(sys.argv[1], 'w') as f:
+    json.dump(_mesh_steps(), f)

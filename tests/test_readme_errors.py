@@ -25,6 +25,7 @@ from prompt_tuning_jax import config
 from prompt_tuning_jax import data
 from prompt_tuning_jax import distributed
 from prompt_tuning_jax import errors
+from prompt_tuning_jax import objectives
 from prompt_tuning_jax import optim
 from prompt_tuning_jax import pretrained
 from prompt_tuning_jax import remote
@@ -34,6 +35,7 @@ from prompt_tuning_jax import train
 from prompt_tuning_jax import train_step
 from prompt_tuning_jax.checkpoints import hf
 from prompt_tuning_jax.checkpoints import train_state as train_state_lib
+from prompt_tuning_jax.tasks import smoke as smoke_task
 from prompt_tuning_jax.tasks import sources
 
 pytestmark = pytest.mark.usefixtures('restore_ptj_global_state')
@@ -171,6 +173,17 @@ def not_utf8(x, monkeypatch):
   return [error(list, sources.read_jsonl(x / 'CB' / 'train.jsonl'))]
 
 
+def label_loss_without_labels(x, monkeypatch):
+  return [error(objectives.label_sets, 'super_glue_record_v102', 'hinge')]
+
+
+def target_not_a_label(x, monkeypatch):
+  sets = objectives.label_sets(smoke_task.TASK_NAME, 'hinge')
+  target = np.array([smoke_task.VOCABULARY.encode('good') + [1]], np.int32)
+  return [error(sets.gold, {'decoder_target_tokens': target,
+                            data.TASK_INDEX: np.zeros(1, np.int32)})]
+
+
 def divergence(x, monkeypatch):
   window = types.SimpleNamespace(first_nonfinite_loss=lambda step: (812, 'nan'))
   check = train._check_finite  # pylint: disable=protected-access
@@ -225,6 +238,8 @@ CASES = {
     'batch size vs devices': batch_size_vs_devices,
     'an empty train or validation file': empty_data_file,
     'a data file that is not UTF-8': not_utf8,
+    'a loss over the label set on a task without label words': label_loss_without_labels,
+    'a target that is none of the label words (with such a loss)': target_not_a_label,
     'divergence': divergence,
     'a process of a multi-host run died': peer_died,
     'disk full at a save': disk_full,
