@@ -11,8 +11,10 @@ dev sentences) at P=100; the smoke transfer task the README's main run
 Every run is an ordinary `ptj train` in its own MODEL_DIR
 (OUT/<task>/<loss>/lr<rate>/runs/<name>): rerunning resumes or skips. Writes
 OUT/results.json and OUT/label_losses.md: each loss's sweep, its seeds
-(mean ± population std) and the paired difference against token
-cross-entropy seed by seed (mean ± its standard error).
+(mean ± population std), the paired difference against token
+cross-entropy seed by seed (mean ± its standard error) and, per seed, the
+exact McNemar p-value of the two runs' predictions on the same dev examples
+(`ptj infer` with rank classification of each final checkpoint).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import argparse
 import concurrent.futures
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -90,6 +93,28 @@ def _records(model_dir: str) -> list[dict]:
     return [json.loads(line) for line in f if line.strip()]
 
 
+def correct_predictions(model_dir: str, env: dict[str, str]) -> list[bool]:
+  """Whether the final checkpoint's rank-classification prediction of each dev example is
+  right, in the examples' order (`ptj infer`, written once into MODEL_DIR/inference)."""
+  out = os.path.join(model_dir, 'inference', 'rank_validation.jsonl')
+  if not os.path.exists(out):
+    reproduction._ptj(['infer', f'--gin.MODEL_DIR={model_dir}',  # pylint: disable=protected-access
+                       '--gin.INFER_METHOD=rank_classification', '--gin.INFER_SPLIT=validation',
+                       f'--gin.INFER_OUTPUT_FILE={out}'], env,
+                      os.path.join(model_dir, 'study.log'))
+  with open(out) as f:
+    return [r['prediction'] == r['target'] for r in map(json.loads, f)]
+
+
+def mcnemar(a: Sequence[bool], b: Sequence[bool]) -> dict[str, Any]:
+  """Exact (binomial) two-sided McNemar test of two classifiers on the same examples."""
+  only_a = sum(x and not y for x, y in zip(a, b, strict=True))
+  only_b = sum(y and not x for x, y in zip(a, b, strict=True))
+  n = only_a + only_b
+  tail = sum(math.comb(n, k) for k in range(min(only_a, only_b) + 1)) / 2 ** n if n else 1.0
+  return {'only_first': only_a, 'only_second': only_b, 'p': min(1.0, 2 * tail)}
+
+
 def _parallel(jobs: int, calls: Sequence[tuple]) -> list[dict[str, Any]]:
   with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
     return list(pool.map(lambda args: run(*args), calls))
@@ -147,6 +172,9 @@ def table(summary: dict[str, Any]) -> str:
       train = e['train'].get(0, {})
       norm = (f"{train['prompt_norm']:.2f} ({train['embedding_norm']:.2f})"
               if 'prompt_norm' in train else '')
+      tests = e.get('mcnemar', {})
+      if tests:
+        diff += ' (McNemar p ' + ' / '.join(f"{tests[s]['p']:.3f}" for s in sorted(tests)) + ')'
       lines.append(f"| {task} | {loss} | {sweep} | {e['rate']} | {seeds} | "
                    f"{e['stats']['mean']:.1f} ± {e['stats']['std']:.1f} | {diff} | {norm} |")
   return '\n'.join(lines) + '\n'
@@ -160,6 +188,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   p.add_argument('--losses', nargs='+', default=list(LOSSES), choices=LOSSES)
   p.add_argument('--jobs', type=int, default=1, help='runs at a time')
   p.add_argument('--sweep_only', action='store_true', help='only the seed-0 rate sweep')
+  p.add_argument('--mcnemar', action='store_true',
+                 help='predict the dev split with each final checkpoint; McNemar per seed')
   args = p.parse_args(argv)
   env = reproduction._env(args.shared)  # pylint: disable=protected-access
   sweep = [(task, loss, rate, 0, args.out, env) for task in args.tasks for loss in args.losses
@@ -171,6 +201,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
              for task in args.tasks for loss in args.losses for seed in SEEDS if seed]
     results += _parallel(args.jobs, seeds)
   summary = summarise(results, args.tasks, args.losses)
+  if args.mcnemar:
+    for task, losses in summary.items():
+      base = losses.get('token_cross_entropy')
+      for loss, entry in losses.items():
+        if base is None or loss == 'token_cross_entropy':
+          continue
+        entry['mcnemar'] = {}
+        for seed in set(entry['seeds']) & set(base['seeds']):
+          dirs = [r['model_dir'] for r in results if r['task'] == task and r['seed'] == seed
+                  and (r['loss'], r['rate']) in ((loss, entry['rate']),
+                                                 ('token_cross_entropy', base['rate']))]
+          ours, theirs = (correct_predictions(d, env) for d in sorted(
+              dirs, key=lambda d: 'token_cross_entropy' in d))
+          entry['mcnemar'][seed] = mcnemar(ours, theirs)
   with open(os.path.join(args.out, 'results.json'), 'w') as f:
     json.dump({'runs': results, 'summary': summary}, f, indent=1)
   text = table(summary)

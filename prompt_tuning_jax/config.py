@@ -380,11 +380,28 @@ def _compared_values(text: str) -> dict[str, Any]:
   return configured_values(_RUN_SETTINGS, _VOCABULARY, skip=settings_lib.RESUMABLE_FIELDS)
 
 
+def _macro_defaults() -> dict[str, Any]:
+  """{macro: its settings field's default} for the fields with a default that a macro binds,
+  in the configuration gin holds."""
+  out = {}
+  for cls in _SETTINGS:
+    bound = _bindings(f'settings.{cls.__name__}')
+    for field in dataclasses.fields(cls):
+      value = bound.get(field.name)
+      if (field.default is not dataclasses.MISSING
+          and isinstance(value, gin.config.ConfigurableReference)
+          and value.selector == 'gin.macro'):
+        out['/'.join(value.scopes)] = field.default
+  return out
+
+
 def check_model_dir(configuration: Configuration, *, override: bool) -> None:
   """Refuses to resume a run in MODEL_DIR whose saved configured values differ.
 
   TRAIN_STEPS, MODEL_DIR, NUM_PARTITIONS and the checkpoint, eval and infer
   settings may change (`settings.RESUMABLE_FIELDS`); anything else, unless `override`.
+  A setting the saved configuration lacks (added later, e.g. LOSS) is compared with
+  its settings field's default.
   """
   model_dir = configuration.settings.model_dir
   saved_path = config_file(model_dir)
@@ -396,9 +413,12 @@ def check_model_dir(configuration: Configuration, *, override: bool) -> None:
     except errors.UsageError as e:
       raise errors.UsageError(f'{saved_path} does not parse ({e}): use another MODEL_DIR.') from e
   current = _compared_values(configuration.text)  # Last: gin holds the run's configuration.
+  # A setting added after the run was saved is no difference at its default (the run had it).
+  defaults = _macro_defaults()
   diffs = [f'  {name}: {saved.get(name, _UNSET)!r} -> {current.get(name, _UNSET)!r}'
            for name in sorted(saved.keys() | current.keys())
-           if saved.get(name, _UNSET) != current.get(name, _UNSET)]
+           if saved.get(name, _UNSET) != current.get(name, _UNSET)
+           and not (name not in saved and current[name] == defaults.get(name, _UNSET))]
   if not diffs:
     return
   message = (f'MODEL_DIR {model_dir} holds a run with a different configuration:\n'

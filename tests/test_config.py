@@ -83,6 +83,19 @@ def test_resume_compares_values_not_text(tmp_path):
   assert "get_vocabulary.path: (unset) -> '/v.model'" in str(e.value)
 
 
+def test_a_run_saved_before_a_setting_existed_resumes_at_its_default(tmp_path):
+  """A config.gin without LOSS / HINGE_MARGIN (saved before they existed) trained with the
+  token loss: resuming with the default is no difference, another loss is."""
+  text = configure(tmp_path).text
+  old = '\n'.join(line for line in text.splitlines()
+                  if 'LOSS' not in line and 'HINGE_MARGIN' not in line)
+  assert 'LOSS' not in old
+  (tmp_path / 'config.gin').write_text(old)
+  config.check_model_dir(configure(tmp_path), override=False)
+  with pytest.raises(UsageError, match="LOSS: \\(unset\\) -> 'hinge'"):
+    config.check_model_dir(configure(tmp_path, "LOSS = 'hinge'"), override=False)
+
+
 @pytest.mark.parametrize('make, message', [
     (lambda: settings.PromptSettings('from_text', None, None), 'needs the text'),
     (lambda: settings.PromptSettings('class_labels', None, 'positive'), 'CLASS_LABELS must'),
