@@ -17,18 +17,20 @@ functions trace under any enclosing `jax.jit`/`pjit`; the `jit_*` variants are
 jitted with the module and the sizes (beam size, decode length) static, so
 repeated calls with the same shapes reuse one compilation.
 
-`prompts` [b, P, emb] / `prompt_mask` [b, P] give every example its own prompt
-(mixed-prompt batches, prompt ensembles); see `PromptedT5`. `jit_decode`
-picks greedy decoding or beam search by name (the DECODER setting).
+`method_inputs` (`methods.MethodInputs`) are the per-example inputs of the model's
+method, e.g. every example's own prompt (mixed-prompt batches, prompt ensembles); they
+reach the encoder and every decoder step. `jit_decode` picks greedy decoding or beam
+search by name (the DECODER setting).
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from prompt_tuning_jax.methods import MethodInputs
 from prompt_tuning_jax.settings import BEAM, GREEDY
 
 Array = jnp.ndarray
@@ -46,32 +48,32 @@ def _variables(params: Params, **collections) -> dict:
 
 
 def encode(model: nn.Module, params: Params, encoder_input_tokens: Array, *,
-           prompts: Optional[Array] = None,
-           prompt_mask: Optional[Array] = None) -> tuple[Array, Array]:
+           method_inputs: MethodInputs = MethodInputs()) -> tuple[Array, Array]:
   """Runs the encoder: tokens [b, t] -> (encoded [b, L, emb], encoder_valid [b, L])."""
   return model.apply(_variables(params), encoder_input_tokens, method=model.encode,
-                     prompts=prompts, prompt_mask=prompt_mask)
+                     method_inputs=method_inputs)
 
 
 def init_cache(model: nn.Module, params: Params, encoded: Array, encoder_valid: Array,
-               max_decode_length: int) -> Any:
+               max_decode_length: int, method_inputs: MethodInputs = MethodInputs()) -> Any:
   """An all-zero decoder cache for `encoded.shape[0]` sequences of up to `max_decode_length`."""
   batch = encoded.shape[0]
 
-  def create(params, encoded, encoder_valid):
+  def create(params, encoded, encoder_valid, method_inputs):
     _, variables = model.apply(
         _variables(params), encoded, encoder_valid,
         jnp.zeros((batch, max_decode_length), jnp.int32), decode=True,
-        max_decode_length=max_decode_length, method=model.decode, mutable=['cache'])
+        max_decode_length=max_decode_length, method=model.decode, mutable=['cache'],
+        method_inputs=method_inputs)
     return variables['cache']
 
-  shapes = jax.eval_shape(create, params, encoded, encoder_valid)
+  shapes = jax.eval_shape(create, params, encoded, encoder_valid, method_inputs)
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
 def decode_step(model: nn.Module, params: Params, cache: Any, encoded: Array,
-                encoder_valid: Array, previous_tokens: Array,
-                max_decode_length: int) -> tuple[Array, Any]:
+                encoder_valid: Array, previous_tokens: Array, max_decode_length: int,
+                method_inputs: MethodInputs = MethodInputs()) -> tuple[Array, Any]:
   """One cached decoder step: previous_tokens [b] -> (log_probs [b, vocab] float32, cache).
 
   The position decoded is the cache's index (the number of earlier steps).
@@ -79,7 +81,7 @@ def decode_step(model: nn.Module, params: Params, cache: Any, encoded: Array,
   logits, mutated = model.apply(
       _variables(params, cache=cache), encoded, encoder_valid, previous_tokens[:, None],
       decode=True, max_decode_length=max_decode_length, method=model.decode,
-      mutable=['cache'])
+      mutable=['cache'], method_inputs=method_inputs)
   return jax.nn.log_softmax(logits[:, 0].astype(jnp.float32), axis=-1), mutated['cache']
 
 
@@ -96,16 +98,16 @@ class _GreedyState(NamedTuple):
 
 
 def greedy_decode(model: nn.Module, params: Params, encoder_input_tokens: Array, *,
-                  max_decode_length: int, eos_id: int = 1, prompts: Optional[Array] = None,
-                  prompt_mask: Optional[Array] = None) -> tuple[Array, Array]:
+                  max_decode_length: int, eos_id: int = 1,
+                  method_inputs: MethodInputs = MethodInputs()) -> tuple[Array, Array]:
   """Greedy (argmax) decoding.
 
   Returns:
     tokens [b, max_decode_length] int32 (0 after EOS) and scores [b] float32:
     the summed log-probability of the tokens up to and including EOS.
   """
-  encoded, encoder_valid = encode(model, params, encoder_input_tokens, prompts=prompts,
-                                  prompt_mask=prompt_mask)
+  encoded, encoder_valid = encode(model, params, encoder_input_tokens,
+                                  method_inputs=method_inputs)
   batch = encoded.shape[0]
 
   def not_finished(state: _GreedyState) -> Array:
@@ -113,7 +115,8 @@ def greedy_decode(model: nn.Module, params: Params, encoder_input_tokens: Array,
 
   def step(state: _GreedyState) -> _GreedyState:
     log_probs, cache = decode_step(model, params, state.cache, encoded, encoder_valid,
-                                   state.previous, max_decode_length)  # [batch, vocab]
+                                   state.previous, max_decode_length,
+                                   method_inputs)  # [batch, vocab]
     best = jnp.argmax(log_probs, axis=-1).astype(jnp.int32)  # [batch]
     best_log_prob = jnp.take_along_axis(log_probs, best[:, None], axis=-1)[:, 0]
     token = jnp.where(state.done, 0, best)
@@ -128,7 +131,8 @@ def greedy_decode(model: nn.Module, params: Params, encoder_input_tokens: Array,
       scores=jnp.zeros((batch,), jnp.float32),
       done=jnp.zeros((batch,), bool),
       previous=jnp.zeros((batch,), jnp.int32),
-      cache=init_cache(model, params, encoded, encoder_valid, max_decode_length))
+      cache=init_cache(model, params, encoded, encoder_valid, max_decode_length,
+                       method_inputs))
   final = jax.lax.while_loop(not_finished, step, initial)
   return final.tokens, final.scores
 
@@ -171,8 +175,7 @@ def _gather_cache(cache: Any, beam_index: Array) -> Any:
 
 def beam_search(model: nn.Module, params: Params, encoder_input_tokens: Array, *,
                 beam_size: int, max_decode_length: int, alpha: float = 0.6, eos_id: int = 1,
-                prompts: Optional[Array] = None,
-                prompt_mask: Optional[Array] = None) -> tuple[Array, Array]:
+                method_inputs: MethodInputs = MethodInputs()) -> tuple[Array, Array]:
   """Beam search; returns the best finished hypothesis per example.
 
   A hypothesis finishes when it emits EOS or reaches `max_decode_length`; its
@@ -188,12 +191,13 @@ def beam_search(model: nn.Module, params: Params, encoder_input_tokens: Array, *
   """
   if beam_size < 1:
     raise ValueError(f'beam_size must be >= 1, got {beam_size}.')
-  encoded, encoder_valid = encode(model, params, encoder_input_tokens, prompts=prompts,
-                                  prompt_mask=prompt_mask)
+  encoded, encoder_valid = encode(model, params, encoder_input_tokens,
+                                  method_inputs=method_inputs)
   batch, k, length = encoded.shape[0], beam_size, max_decode_length
-  # Encoded once per example; every beam reads its example's copy.
+  # Encoded once per example; every beam reads its example's copy (and method inputs).
   encoded = jnp.repeat(encoded, k, axis=0)  # [batch * beams, L, emb]
   encoder_valid = jnp.repeat(encoder_valid, k, axis=0)
+  beam_inputs = jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), method_inputs)
   positions = jnp.arange(length + 1)
 
   def improvable(state: _BeamState) -> Array:
@@ -210,7 +214,7 @@ def beam_search(model: nn.Module, params: Params, encoder_input_tokens: Array, *
     previous = jax.lax.dynamic_index_in_dim(state.live_tokens, state.step, axis=2,
                                             keepdims=False)  # [batch, beams]
     log_probs, cache = decode_step(model, params, state.cache, encoded, encoder_valid,
-                                   previous.reshape(batch * k), length)
+                                   previous.reshape(batch * k), length, beam_inputs)
     vocab = log_probs.shape[-1]
     candidates = state.live_log_probs[:, :, None] + log_probs.reshape(batch, k, vocab)
     num_top = min(2 * k, k * vocab)
@@ -243,7 +247,7 @@ def beam_search(model: nn.Module, params: Params, encoder_input_tokens: Array, *
   initial = _BeamState(
       step=jnp.array(0, jnp.int32), live_tokens=tokens, live_log_probs=live_log_probs,
       finished_tokens=tokens, finished_scores=jnp.full((batch, k), NEG_INF, jnp.float32),
-      cache=init_cache(model, params, encoded, encoder_valid, length))
+      cache=init_cache(model, params, encoded, encoder_valid, length, beam_inputs))
   final = jax.lax.while_loop(improvable, step, initial)
   return final.finished_tokens[:, 0, 1:], final.finished_scores[:, 0]
 
@@ -258,13 +262,12 @@ jit_beam_search = jax.jit(beam_search,
 
 def jit_decode(model: nn.Module, params: Params, encoder_input_tokens: Array, *,
                max_decode_length: int, decoder: str = GREEDY, beam_size: int = 4,
-               alpha: float = 0.6, prompts: Optional[Array] = None,
-               prompt_mask: Optional[Array] = None) -> tuple[Array, Array]:
+               alpha: float = 0.6,
+               method_inputs: MethodInputs = MethodInputs()) -> tuple[Array, Array]:
   """Greedy decoding, or beam search when `decoder` is 'beam' (jitted): (tokens, scores)."""
   if decoder == BEAM:
     return jit_beam_search(model, params, encoder_input_tokens, beam_size=beam_size,
-                           max_decode_length=max_decode_length, alpha=alpha, prompts=prompts,
-                           prompt_mask=prompt_mask)
+                           max_decode_length=max_decode_length, alpha=alpha,
+                           method_inputs=method_inputs)
   return jit_greedy_decode(model, params, encoder_input_tokens,
-                           max_decode_length=max_decode_length, prompts=prompts,
-                           prompt_mask=prompt_mask)
+                           max_decode_length=max_decode_length, method_inputs=method_inputs)

@@ -4,11 +4,13 @@
 
 Reads MODEL_DIR/config.gin and the checkpoint of CHECKPOINT_STEP ('latest',
 'best' or a step). Formats:
-- `t5x`: the whole model (frozen weights and the trained parameters, the prompt
+- `t5x`: the whole model (frozen weights and the trained parameters, the method's
   included) as a T5X checkpoint (`checkpoints.save_t5x`): an
   INITIAL_CHECKPOINT_PATH for another run.
-- `hf`: the T5 without the prompt as a transformers directory (`checkpoints.save_hf`).
-- `peft`: the prompt as a PEFT prompt-tuning adapter (`checkpoints.save_peft_prompt`).
+- `hf`: the T5 without the method's own parameters (e.g. the prompt) as a transformers
+  directory (`checkpoints.save_hf`).
+- `peft`: the method's parameters as a PEFT adapter of its `peft_type`
+  (`checkpoints.peft.save_peft_adapter`; prompt tuning: a prompt-tuning adapter).
 """
 from __future__ import annotations
 
@@ -27,7 +29,6 @@ from prompt_tuning_jax.checkpoints import peft as peft_lib
 from prompt_tuning_jax.checkpoints import t5x as t5x_lib
 from prompt_tuning_jax.checkpoints import tree as tree_lib
 from prompt_tuning_jax.errors import UsageError
-from prompt_tuning_jax.models import PROMPT_PATH
 from prompt_tuning_jax.settings import RunSettings
 
 logger = logging.getLogger('prompt_tuning_jax')
@@ -47,18 +48,21 @@ def export(run: RunSettings, output_dir: str, export_format: str, *,
   if os.path.exists(output_dir):
     raise UsageError(f'{output_dir} already exists: ptj export writes a new directory only.')
   s = run_setup.setup(run)
-  if export_format == 'peft' and not s.has_prompt:
-    raise UsageError(f'{run.model_dir} trains no prompt (model tuning): nothing to export as '
-                     'a PEFT adapter; use --format t5x or hf.')
+  method = s.method
+  if export_format == 'peft' and method.peft_type is None:
+    raise UsageError(f'{run.model_dir} trains {type(method).__name__}, which has no PEFT '
+                     'adapter form: nothing to export as a PEFT adapter; use --format t5x or hf.')
   params, step = run_setup.checkpoint_params(s)
   flat = tree_lib.flatten(jax.device_get(params))
   if export_format == 't5x':
     t5x_lib.save_t5x(tree_lib.unflatten(flat), output_dir, step=step)
   elif export_format == 'hf':
-    hf_lib.save_hf(tree_lib.unflatten(flat), run.model.config, output_dir, drop_prompt=True)
+    frozen = {path: value for path, value in flat.items() if not method.owns(path)}
+    hf_lib.save_hf(tree_lib.unflatten(frozen), run.model.config, output_dir)
   else:
-    peft_lib.save_peft_prompt(flat[PROMPT_PATH], output_dir, base_model_name_or_path=base_model,
-                              config=run.model.config)
+    own = {path: value for path, value in flat.items() if method.owns(path)}
+    peft_lib.save_peft_adapter(method.peft_type, own, output_dir,
+                               base_model_name_or_path=base_model, config=run.model.config)
   logger.info('Exported %s step %d as %s to %s.', run.model_dir, step, export_format, output_dir)
   return output_dir, step
 

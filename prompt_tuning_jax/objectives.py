@@ -138,26 +138,31 @@ class LabelSets:
 
 
 def label_sets(mixture_or_task_name: str, loss: str,
-               class_labels: Optional[Sequence[str]] = None) -> LabelSets:
-  """The label tables of the tasks of a run; UsageError for a task without label words."""
+               class_labels: Optional[Sequence[str]] = None,
+               task_index: Optional[Mapping[str, int]] = None) -> LabelSets:
+  """The label tables of the tasks of a run, each at its TASK_INDEX (`task_index`, the
+  method's: `run_setup.Setup.task_index`; None: `data.task_index_of`); a row no task of the
+  run takes stays empty. UsageError for a task without label words."""
   tasks = data_lib.sub_tasks(mixture_or_task_name)
-  words, tables, vocabularies = [], [], []
+  index = dict(task_index or data_lib.task_index_of(mixture_or_task_name))
+  rows = max(index[task.name] for task in tasks) + 1
+  names, words, vocabularies = [''] * rows, [()] * rows, [None] * rows
+  tables = {}
   for task in tasks:
     task_words = data_lib.label_words(task.name, class_labels)
     if not task_words:
       raise UsageError(f"LOSS={loss!r} scores each task's label words, and {task.name!r} has "
                        "none (a generation task?): use LOSS='token_cross_entropy', or set "
                        'CLASS_LABELS.')
-    vocabulary = task.output_features['targets'].vocabulary
-    words.append(tuple(task_words))
-    tables.append(scoring.encode_labels(vocabulary, task_words))
-    vocabularies.append(vocabulary)
-  num_labels = max(len(t) for t in tables)
-  length = max(t.shape[1] for t in tables)
-  tokens = np.zeros((len(tables), num_labels, length), np.int32)
-  valid = np.zeros((len(tables), num_labels), bool)
-  for i, table in enumerate(tables):
+    i = index[task.name]
+    vocabularies[i] = task.output_features['targets'].vocabulary
+    names[i], words[i] = task.name, tuple(task_words)
+    tables[i] = scoring.encode_labels(vocabularies[i], task_words)
+  num_labels = max(len(t) for t in tables.values())
+  length = max(t.shape[1] for t in tables.values())
+  tokens = np.zeros((rows, num_labels, length), np.int32)
+  valid = np.zeros((rows, num_labels), bool)
+  for i, table in tables.items():
     tokens[i, :table.shape[0], :table.shape[1]] = table
     valid[i, :table.shape[0]] = True
-  return LabelSets(tuple(t.name for t in tasks), tuple(words), tokens, valid,
-                   tuple(vocabularies))
+  return LabelSets(tuple(names), tuple(words), tokens, valid, tuple(vocabularies))

@@ -174,22 +174,17 @@ def place_prompt(embedded: Array, valid: Array, prompt: Array, prompt_valid: Arr
           jnp.take_along_axis(both_valid, src, axis=1))
 
 
-# ------------------------------------------------------------ norms
+def prompt_positions(valid: Array, prompt_length: int, placement: str = 'prefix') -> Array:
+  """Which positions of `place_prompt`'s output hold prompt rows: [batch, P + t] bool.
 
-
-def mean_row_norm(x: Array) -> Array:
-  """The mean L2 norm of the rows (vectors along the last axis) of `x`, in float32."""
-  x = jnp.asarray(x, jnp.float32)
-  return jnp.mean(jnp.linalg.norm(x.reshape(-1, x.shape[-1]), axis=-1))
-
-
-def mean_prompt_row_norm(params: dict, embedding_dim: int) -> Optional[Array]:
-  """The mean L2 norm of the rows of every prompt parameter in `params` (a path with
-  'prompt' in it, rows `embedding_dim` wide); None when there is none."""
-  leaves = [jnp.asarray(x, jnp.float32).reshape(-1, embedding_dim)
-            for path, x in jax.tree_util.tree_leaves_with_path(params)
-            if 'prompt' in jax.tree_util.keystr(path) and x.shape[-1:] == (embedding_dim,)]
-  return mean_row_norm(jnp.concatenate(leaves)) if leaves else None
+  `valid` [batch, t] is the input's validity (before placement); the padding rows of
+  a shorter prompt in a mixed batch count as prompt positions (they are invalid anyway).
+  """
+  j = jnp.arange(prompt_length + valid.shape[1])[None, :]  # output position
+  if placement == 'prefix':
+    return jnp.broadcast_to(j < prompt_length, (valid.shape[0], j.shape[1]))
+  lengths = jnp.sum(valid, axis=1, keepdims=True)  # [batch, 1]
+  return (j >= lengths) & (j < lengths + prompt_length)
 
 
 # ------------------------------------------------------------ modules
@@ -198,10 +193,11 @@ def mean_prompt_row_norm(params: dict, embedding_dim: int) -> Optional[Array]:
 class Prompt(nn.Module):
   """Owns the learned prompt, a [length, emb] float32 parameter named `prompt`."""
   length: int
+  init: Initializer = random_uniform()
 
   @nn.compact
   def __call__(self, emb_dim: int) -> Array:
-    return self.param('prompt', random_uniform(), (self.length, emb_dim), jnp.float32)
+    return self.param('prompt', self.init, (self.length, emb_dim), jnp.float32)
 
 
 class PromptInput(nn.Module):

@@ -8,8 +8,8 @@ plus one decoder pass. Training over the label set (objectives.py) scores the
 labels through the same rows.
 
 As in `decoding`, functions take the flax module and the params tree; the
-`jit_*` variants are jitted with the module static. `prompts` [b, P, emb] /
-`prompt_mask` [b, P] give every example its own prompt. A prompt ensemble is a
+`jit_*` variants are jitted with the module static. `method_inputs` are the per-example
+inputs of the model's method (e.g. every example's own prompt). A prompt ensemble is a
 thin layer on top: repeat the inputs once per prompt, pass the stacked prompts,
 and average `label_scores` over the prompt axis.
 """
@@ -23,6 +23,7 @@ import numpy as np
 from flax import linen as nn
 
 from prompt_tuning_jax import decoding
+from prompt_tuning_jax.methods import MethodInputs
 
 Array = jnp.ndarray
 
@@ -42,25 +43,26 @@ def token_log_likelihoods(logits: Array, targets: Array) -> Array:
 
 
 def score_targets(model: nn.Module, params, encoder_input_tokens: Array,
-                  decoder_target_tokens: Array, *, prompts: Optional[Array] = None,
-                  prompt_mask: Optional[Array] = None) -> Array:
+                  decoder_target_tokens: Array, *,
+                  method_inputs: MethodInputs = MethodInputs()) -> Array:
   """Summed log-likelihood [b] of decoder_target_tokens [b, d] (0 = padding) given the inputs."""
   encoded, encoder_valid = decoding.encode(model, params, encoder_input_tokens,
-                                           prompts=prompts, prompt_mask=prompt_mask)
-  return _score_encoded(model, params, encoded, encoder_valid, decoder_target_tokens)
+                                           method_inputs=method_inputs)
+  return _score_encoded(model, params, encoded, encoder_valid, decoder_target_tokens,
+                        method_inputs)
 
 
 def _score_encoded(model: nn.Module, params, encoded: Array, encoder_valid: Array,
-                   targets: Array) -> Array:
+                   targets: Array, method_inputs: MethodInputs) -> Array:
   """Teacher-forced decoder on already encoded inputs -> summed log-likelihood [b]."""
   logits = model.apply({'params': params}, encoded, encoder_valid, shift_right(targets),
-                       targets, method=model.decode)  # [b, d, vocab]
+                       targets, method=model.decode,
+                       method_inputs=method_inputs)  # [b, d, vocab]
   return jnp.sum(token_log_likelihoods(logits, targets), axis=-1)
 
 
 def rank_classify(model: nn.Module, params, encoder_input_tokens: Array,
-                  label_token_ids: Array, *, prompts: Optional[Array] = None,
-                  prompt_mask: Optional[Array] = None,
+                  label_token_ids: Array, *, method_inputs: MethodInputs = MethodInputs(),
                   normalize: bool = False) -> tuple[Array, Array]:
   """Picks the label whose tokens the model finds most likely for each example.
 
@@ -77,14 +79,15 @@ def rank_classify(model: nn.Module, params, encoder_input_tokens: Array,
   _check_labels(label_token_ids)
   label_token_ids = jnp.asarray(label_token_ids, jnp.int32)
   encoded, encoder_valid = decoding.encode(model, params, encoder_input_tokens,
-                                           prompts=prompts, prompt_mask=prompt_mask)
+                                           method_inputs=method_inputs)
   batch = encoded.shape[0]
   labels = jnp.broadcast_to(label_token_ids, (batch, *label_token_ids.shape))
   decoder = pack_labels(labels)
   logits = model.apply({'params': params}, encoded, encoder_valid,
                        decoder['decoder_input_tokens'], decoder['decoder_target_tokens'],
                        decoder_segment_ids=decoder['decoder_segment_ids'],
-                       method=model.decode)  # [batch, labels * d, vocab]
+                       method=model.decode,
+                       method_inputs=method_inputs)  # [batch, labels * d, vocab]
   scores = packed_label_scores(logits, decoder['decoder_target_tokens'], labels.shape[1])
   lengths = jnp.sum(label_token_ids > 0, axis=-1)  # [labels]
   scores = jnp.where(normalize, scores / lengths[None, :], scores)

@@ -7,7 +7,8 @@ builds `train_step(state, frozen, batch) -> (state, metrics)`: it
 differentiates with respect to the trainable partition only (`optim.partition`)
 and never writes the frozen one, so XLA computes no weight gradients for
 frozen kernels (see `tests/test_train_step.py` for the FLOPs). Gradient
-accumulation splits the batch into micro-batches inside the step.
+accumulation splits the batch into micro-batches inside the step. `batch_logits` is the
+one call of the model on a training batch (its method inputs included).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from prompt_tuning_jax import objectives
 from prompt_tuning_jax import optim
 from prompt_tuning_jax import scoring
 from prompt_tuning_jax.data import TASK_INDEX
+from prompt_tuning_jax.methods import MethodInputs
 
 Array = jnp.ndarray
 Params = dict
@@ -45,15 +47,18 @@ def cross_entropy_with_z_loss(logits: Array, targets: Array, weights: Array,
   return (log_z - target_logit + z) * weights, z * weights
 
 
-def model_logits(model, params: Params, batch: dict, rng: Optional[jax.Array]) -> Array:
-  """The model call from a batch: teacher-forced logits [b, d, vocab] (dropout with `rng`).
+def batch_logits(model, params: Params, batch: dict, rng: Optional[jax.Array] = None) -> Array:
+  """Teacher-forced logits [b, d, vocab] of a training batch; dropout runs when `rng` is given.
 
+  The batch's method inputs (`MethodInputs.from_batch`: its task index) go to the model
+  with it; a loss that calls `model.encode` / `model.decode` itself passes the same.
   `decoder_segment_ids`, when the batch has them, keep packed decoder segments apart.
   """
   segments = {k: batch[k] for k in ('decoder_segment_ids',) if k in batch}
   return model.apply(
       {'params': params}, batch['encoder_input_tokens'], batch['decoder_input_tokens'],
       batch['decoder_target_tokens'], enable_dropout=rng is not None,
+      method_inputs=MethodInputs.from_batch(batch),
       rngs=None if rng is None else {'dropout': rng}, **segments)
 
 
@@ -62,10 +67,10 @@ def label_scores(model, params: Params, batch: dict, label_token_ids: Array,
   """Summed log-likelihoods [b, labels] of each example's labels [b, labels, d] (with EOS).
 
   One encoder pass per example and one decoder row holding all its labels
-  (`scoring.pack_labels`, as rank classification), through `model_logits`.
+  (`scoring.pack_labels`, as rank classification), through `batch_logits`.
   """
   rows = scoring.pack_labels(label_token_ids)
-  logits = model_logits(model, params, {**batch, **rows}, rng)
+  logits = batch_logits(model, params, {**batch, **rows}, rng)
   return scoring.packed_label_scores(logits, rows['decoder_target_tokens'],
                                      label_token_ids.shape[1])
 
@@ -106,7 +111,7 @@ def make_train_step(model, tx: optax.GradientTransformation, *, z_loss: float = 
     raise ValueError(f"loss_normalization must be 'sum' or 'mean', got {loss_normalization!r}")
 
   def token_loss(trainable, frozen, batch, rng):
-    logits = model_logits(model, optim.merge(trainable, frozen), batch, rng)
+    logits = batch_logits(model, optim.merge(trainable, frozen), batch, rng)
     weights = batch.get('decoder_loss_weights', batch['decoder_target_tokens'] > 0)
     weights = weights.astype(jnp.float32)
     loss, z = cross_entropy_with_z_loss(logits, batch['decoder_target_tokens'], weights, z_loss)

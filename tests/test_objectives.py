@@ -247,6 +247,22 @@ def test_gold_labels_of_a_mixture_with_different_label_counts_and_bucketed_targe
   assert min(widths) < sets.tokens.shape[2] < max(widths)  # targets cut to 4 and to 8
 
 
+def test_label_tables_follow_the_methods_task_index():
+  """A method with task-specific parameters numbers the tasks its own way (multi-task
+  prompts: by PROMPT_TASKS); each table sits at its task's TASK_INDEX, other rows empty."""
+  index = {'test_label_losses_three': 0, 'test_label_losses_two': 2}
+  sets = objectives.label_sets(_mixture(), 'hinge', task_index=index)
+  assert sets.task_names == ('test_label_losses_three', '', 'test_label_losses_two')
+  assert sets.valid.tolist() == [[True] * 3, [False] * 3, [True, True, False]]
+  vocab = smoke.VOCABULARY
+  target = np.zeros((2, 8), np.int32)
+  for row, word in zip(target, ('so-so', '+')):
+    tokens = vocab.encode(word) + [1]
+    row[:len(tokens)] = tokens
+  batch = {'decoder_target_tokens': target, data.TASK_INDEX: np.array([0, 2], np.int32)}
+  assert sets.gold(batch).tolist() == [2, 1]
+
+
 def test_a_target_that_is_no_label_and_a_task_without_labels_are_clear_errors():
   sets = objectives.label_sets(_mixture(), 'perceptron')
   vocab = smoke.VOCABULARY
@@ -304,6 +320,22 @@ def test_model_tuning_with_a_label_loss_has_no_prompt_norm(tmp_path, restore_ptj
   record = logging_utils.read_metrics(str(tmp_path))[-1]
   assert record['step'] == 2 and 'rank_accuracy' in record
   assert 'prompt_norm' not in record and 'embedding_norm' not in record
+
+
+def test_multi_task_prompts_with_a_label_loss(tmp_path, restore_ptj_global_state):
+  """Each example's labels come from its task's table by the method's task index (here
+  PROMPT_TASKS in the reverse of the mixture's order), and both prompts train."""
+  from test_train import run  # pylint: disable=g-import-not-at-top
+  from prompt_tuning_jax.methods import MultiTaskPrompts  # pylint: disable=g-import-not-at-top
+  from prompt_tuning_jax.models import T5  # pylint: disable=g-import-not-at-top
+  tasks = tuple(reversed(data.task_index_of(_mixture())))
+  method = MultiTaskPrompts(3, tasks=tasks)
+  result = run(tmp_path, 2, f'MIXTURE_OR_TASK_NAME = {_mixture()!r}', "LOSS = 'perceptron'",
+               "TASK_FEATURE_LENGTHS = {'inputs': 64, 'targets': 8}",
+               model=T5(small_config(vocab_size=384), method=method))
+  assert result['final_step'] == 2
+  record = logging_utils.read_metrics(str(tmp_path))[-1]
+  assert 0 <= record['rank_accuracy'] <= 1 and record['prompt_norm'] > 0
 
 
 def _mesh_steps() -> dict:
