@@ -101,6 +101,7 @@ class Setting:
   prompt_learning_rate: float = 0.03
   model_learning_rate: float = 1e-3
   dropout_rate: float = 0.0                  # t5_mini was pre-trained without dropout
+  loss: str = 'token_cross_entropy'          # LOSS of every run (benchmarks/label_losses.py)
 
   def compares(self, task: str) -> bool:
     return self.comparison_tasks is None or task in self.comparison_tasks
@@ -180,6 +181,8 @@ def train_flags(run: Run, setting: Setting, model_dir: str,
       f'--gin.EVAL_BATCH_SIZE={max(setting.batch_size, 32)}',
       f'--gin.NUM_EVAL_EXAMPLES={setting.eval_examples}',
   ]
+  if setting.loss != 'token_cross_entropy':
+    flags.append(f'--gin.LOSS={setting.loss}')
   if prompt:
     flags += [f'--gin.PROMPT_LENGTH={run.prompt_length}',
               f'--gin.PROMPT_INIT={prompt_init(run, task.name)}']
@@ -483,8 +486,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   p.add_argument('--vocab', default=os.path.join(PRETRAINED, 'spiece.model'),
                  help="the frozen model's vocabulary (for the neighbours)")
   p.add_argument('--docs', action='store_true', help='also write docs/figures/reproduction.png')
+  p.add_argument('--loss', default=Setting.loss,
+                 help='LOSS of every run (token_cross_entropy, sequence_cross_entropy, ...)')
+  p.add_argument('--prompt_lr', type=float, default=Setting.prompt_learning_rate,
+                 help='initial learning rate of the prompt runs (decays linearly to 0)')
   args = p.parse_args(argv)
-  setting = TINY if args.tiny else QUICK if args.quick else Setting()
+  setting = dataclasses.replace(TINY if args.tiny else QUICK if args.quick else Setting(),
+                                loss=args.loss, prompt_learning_rate=args.prompt_lr)
   checkpoints = dict(CHECKPOINTS)
   for spec in args.checkpoint:
     name, _, path = spec.partition('=')

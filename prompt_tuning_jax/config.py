@@ -466,7 +466,8 @@ def _compared_values(text: str) -> tuple[dict[str, Any], dict[str, Any]]:
   or the method's when None). So `MODEL = @models.PromptedT5()` with TRAINABLE_RULES
   ('.*prompt.*',), as runs saved before gin/methods/ existed, equals today's `@models.T5()`
   with `METHOD = @methods.PromptTuning()`. A settings field at its dataclass default counts
-  as unset: a run saved before the field existed behaved as that default (TARGET_SENTINEL).
+  as unset: a run saved before the field existed behaved as that default (TARGET_SENTINEL,
+  LOSS, WAYWARD_WEIGHT).
   """
   _parse([], [text])
   fields = [f'{_RUN_SETTINGS}.{f.name}' for f in dataclasses.fields(settings_lib.RunSettings)]
@@ -508,6 +509,8 @@ def check_model_dir(configuration: Configuration, *, override: bool) -> None:
 
   TRAIN_STEPS, MODEL_DIR, NUM_PARTITIONS and the checkpoint, eval and infer
   settings may change (`settings.RESUMABLE_FIELDS`); anything else, unless `override`.
+  A setting the saved configuration lacks (added later, e.g. LOSS) is compared with
+  its settings field's default.
   """
   from prompt_tuning_jax import storage  # pylint: disable=g-import-not-at-top
   model_dir = configuration.settings.model_dir

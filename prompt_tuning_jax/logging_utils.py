@@ -182,11 +182,20 @@ def read_metrics(model_dir: str) -> list[dict]:
 def format_train_line(step: int, total: int, metrics: Mapping[str, float],
                       eta_seconds: Optional[float]) -> str:
   """`step 120/300 | loss 2.31 | acc 0.41 | lr 0.3 | 85.2 ex/s | 10.9k tok/s |
-  pad eff 0.71 [32+16:80 64+16:20] | eta 0:01:02` (batch shapes inputs+targets:steps)."""
-  parts = [f'step {step}/{total}', f'loss {metrics["loss"]:.4g}',
-           f'acc {metrics["accuracy"]:.3f}']
+  pad eff 0.71 [32+16:80 64+16:20] | eta 0:01:02` (batch shapes inputs+targets:steps).
+
+  A loss over the label set shows `rank acc` (on the batches) instead of `acc`
+  (tokens); a run with a prompt `prompt norm 3.2 (emb 11.3)`: the mean L2 norm of
+  the prompt's rows and of the embedding's rows; a regularizer (Wayward) `reg`."""
+  parts = [f'step {step}/{total}', f'loss {metrics["loss"]:.4g}']
+  if 'accuracy' in metrics:
+    parts.append(f'acc {metrics["accuracy"]:.3f}')
+  if 'rank_accuracy' in metrics:
+    parts.append(f'rank acc {metrics["rank_accuracy"]:.3f}')
   if 'regularizer' in metrics:
     parts.append(f'reg {metrics["regularizer"]:.4g}')
+  if 'prompt_norm' in metrics:
+    parts.append(f'prompt norm {metrics["prompt_norm"]:.3g} (emb {metrics["embedding_norm"]:.3g})')
   if 'learning_rate' in metrics:
     parts.append(f'lr {metrics["learning_rate"]:.3g}')
   if 'examples_per_second' in metrics:
@@ -313,23 +322,26 @@ class TrainWindow:
     return None
 
   def averages(self) -> dict[str, float]:
-    """Window averages; loss and z-loss per target token whatever the normalisation."""
+    """Window averages: the loss per target token (token loss) or per example (a loss over
+    the label set), whatever the normalisation; the token or rank accuracy."""
     values = self.values()
-    tokens = sum(float(m['target_tokens']) for m in values)
-
-    def per_token(key):  # 'sum' normalisation reports sums, 'mean' per-token means.
-      weight = (lambda m: 1.0) if self.loss_normalization == 'sum' else (
-          lambda m: float(m['target_tokens']))
-      return sum(float(m[key]) * weight(m) for m in values) / max(tokens, 1.0)
-
-    averages = {
-        'loss': per_token('loss'),
-        'z_loss': per_token('z_loss'),
-        'accuracy': sum(float(m['accuracy']) * float(m['target_tokens']) for m in values)
-                    / max(tokens, 1.0),
-        'grad_norm': float(np.mean([float(m['grad_norm']) for m in values])),
-        'target_tokens_per_step': tokens / len(values),
-    }
+    if 'examples' in values[0]:  # A loss over the label set.
+      out = self._averaged(values, 'examples', 'rank_accuracy', ('loss',))
+    else:
+      tokens = sum(float(m['target_tokens']) for m in values)
+      out = {**self._averaged(values, 'target_tokens', 'accuracy', ('loss', 'z_loss')),
+             'target_tokens_per_step': tokens / len(values)}
+    out['grad_norm'] = float(np.mean([float(m['grad_norm']) for m in values]))
     if 'regularizer' in values[0]:  # A penalty per step (train_step's `regularizer`).
-      averages['regularizer'] = float(np.mean([float(m['regularizer']) for m in values]))
-    return averages
+      out['regularizer'] = float(np.mean([float(m['regularizer']) for m in values]))
+    return out
+
+  def _averaged(self, values: list[dict], count: str, accuracy: str, losses: tuple[str, ...]
+                ) -> dict[str, float]:
+    """Each of `losses` per unit of `count` and `accuracy` weighted by it, over the window."""
+    total = max(sum(float(m[count]) for m in values), 1.0)
+    # 'sum' normalisation reports sums, 'mean' means per unit.
+    weight = (lambda m: 1.0) if self.loss_normalization == 'sum' else (lambda m: float(m[count]))
+    out = {key: sum(float(m[key]) * weight(m) for m in values) / total for key in losses}
+    out[accuracy] = sum(float(m[accuracy]) * float(m[count]) for m in values) / total
+    return out

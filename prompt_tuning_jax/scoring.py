@@ -2,9 +2,10 @@
 
 `score_targets` sums log p(target token) over the non-padding target
 positions. `rank_classify` scores every candidate label for every example and
-picks the best; it runs the encoder once per example and all
-batch * num_labels decoder rows in a single call (the encoded inputs are
-repeated per label), so its cost is one encoder pass plus one decoder pass.
+picks the best; it runs the encoder once per example and one decoder row per
+example holding all its labels (`pack_labels`), so its cost is one encoder pass
+plus one decoder pass. Training over the label set (objectives.py) scores the
+labels through the same rows.
 
 As in `decoding`, functions take the flax module and the params tree; the
 `jit_*` variants are jitted with the module static. `method_inputs` are the per-example
@@ -34,8 +35,10 @@ def shift_right(targets: Array) -> Array:
 
 
 def token_log_likelihoods(logits: Array, targets: Array) -> Array:
-  """logits [b, d, vocab], targets [b, d] -> log p(target) [b, d] float32, 0 at padding (0)."""
-  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  """logits [b, d, vocab], targets [b, d] -> log p(target) [b, d] (at least float32), 0 at
+  padding (0)."""
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)),
+                                axis=-1)
   picked = jnp.take_along_axis(log_probs, targets[:, :, None].astype(jnp.int32), axis=-1)
   return jnp.where(targets > 0, picked[:, :, 0], 0.0)
 
@@ -76,10 +79,9 @@ def rank_classify(model: nn.Module, params, encoder_input_tokens: Array,
   """
   _check_labels(label_token_ids)
   label_token_ids = jnp.asarray(label_token_ids, jnp.int32)
-  num_labels, d = label_token_ids.shape
   encoded, encoder_valid = decoding.encode(model, params, encoder_input_tokens,
                                            method_inputs=method_inputs)
-  batch = encoded.shape[0]
+  batch, num_labels = encoded.shape[0], label_token_ids.shape[0]
   if model.method.prefix_length(SELF_ATTENTION):
     # A decoder self-attention prefix sits before the row: a label's offset in a shared row
     # would change its relative position to the prefix, so each label gets its own row.
@@ -90,18 +92,14 @@ def rank_classify(model: nn.Module, params, encoder_input_tokens: Array,
                          method_inputs=jax.tree.map(tiled, method_inputs))
     scores = token_log_likelihoods(logits, targets).sum(-1).reshape(batch, num_labels)
     return _pick(scores, label_token_ids, normalize)
-  # All labels share ONE decoder row per example, one segment each: the
-  # cross-attention keys/values of the encoded input are computed once per
-  # example, not once per label. Segment masking keeps the labels apart, and
-  # T5's relative positions make their offsets in the row irrelevant.
-  packed = lambda x: jnp.broadcast_to(x.reshape(1, num_labels * d), (batch, num_labels * d))
-  targets = packed(label_token_ids)  # [batch, labels * d]
-  segments = packed(jnp.repeat(jnp.arange(1, num_labels + 1, dtype=jnp.int32)[:, None], d, axis=1))
+  labels = jnp.broadcast_to(label_token_ids, (batch, *label_token_ids.shape))
+  decoder = pack_labels(labels)
   logits = model.apply({'params': params}, encoded, encoder_valid,
-                       packed(shift_right(label_token_ids)), targets,
-                       decoder_segment_ids=segments, method=model.decode,
-                       method_inputs=method_inputs)  # [batch, labels*d, V]
-  scores = token_log_likelihoods(logits, targets).reshape(batch, num_labels, d).sum(-1)
+                       decoder['decoder_input_tokens'], decoder['decoder_target_tokens'],
+                       decoder_segment_ids=decoder['decoder_segment_ids'],
+                       method=model.decode,
+                       method_inputs=method_inputs)  # [batch, labels * d, vocab]
+  scores = packed_label_scores(logits, decoder['decoder_target_tokens'], labels.shape[1])
   return _pick(scores, label_token_ids, normalize)
 
 
@@ -110,6 +108,31 @@ def _pick(scores: Array, label_token_ids: Array, normalize) -> tuple[Array, Arra
   lengths = jnp.sum(label_token_ids > 0, axis=-1)  # [labels]
   scores = jnp.where(normalize, scores / lengths[None, :], scores)
   return jnp.argmax(scores, axis=-1).astype(jnp.int32), scores
+
+
+def pack_labels(label_token_ids: Array) -> dict[str, Array]:
+  """Every example's labels [b, labels, d] as ONE teacher-forced decoder row each.
+
+  Returns decoder_input_tokens, decoder_target_tokens and decoder_segment_ids,
+  each [b, labels * d]: label k is segment k + 1. With the rows, the decoder reads
+  the encoded input once per example, not once per label (the cross-attention
+  keys/values are computed once per row); segment masking keeps the labels apart,
+  and T5's relative positions make their offsets in the row irrelevant. An
+  all-padding label (a task with fewer labels than the table) scores 0.
+  """
+  batch, num_labels, d = label_token_ids.shape
+  targets = label_token_ids.reshape(batch, num_labels * d)
+  inputs = shift_right(label_token_ids.reshape(batch * num_labels, d))
+  segments = jnp.repeat(jnp.arange(1, num_labels + 1, dtype=jnp.int32), d)  # [labels * d]
+  return {'decoder_input_tokens': inputs.reshape(batch, num_labels * d),
+          'decoder_target_tokens': targets,
+          'decoder_segment_ids': jnp.broadcast_to(segments, targets.shape)}
+
+
+def packed_label_scores(logits: Array, targets: Array, num_labels: int) -> Array:
+  """Logits [b, labels * d, vocab] of `pack_labels`'s rows -> summed log-likelihoods [b, labels]."""
+  batch = targets.shape[0]
+  return token_log_likelihoods(logits, targets).reshape(batch, num_labels, -1).sum(-1)
 
 
 def _check_labels(label_token_ids) -> None:

@@ -24,6 +24,11 @@ DECODERS = (GREEDY, BEAM, SAMPLE)
 PROMPT_INITS = ('random_uniform', 'sampled_vocab', 'class_labels', 'from_text')
 LATEST, BEST = 'latest', 'best'
 LOSS_NORMALIZATIONS = ('sum', 'mean')
+# LOSS: what a train step minimises (objectives.py). The first is T5X's token loss; the
+# others score every label word of the example's task (its label set) and compare them.
+TOKEN_CROSS_ENTROPY = 'token_cross_entropy'
+LABEL_SET_LOSSES = ('sequence_cross_entropy', 'perceptron', 'hinge')
+LOSSES = (TOKEN_CROSS_ENTROPY, *LABEL_SET_LOSSES)
 # LENGTH_BUCKETS = POW2: each feature's buckets are the powers of two from its
 # MIN_BUCKET up to its TASK_FEATURE_LENGTHS value, and that value itself
 # (targets start lower: class labels are 1-3 tokens).
@@ -157,6 +162,9 @@ class OptimizerSettings:
   # (`RunSettings.trainable_rules`).
   trainable_rules: Optional[Sequence[str]]
   accumulation_steps: int
+  # LOSS: one of LOSSES; HINGE_MARGIN: the margin of 'hinge' (in label log-likelihood).
+  loss: str = TOKEN_CROSS_ENTROPY
+  hinge_margin: float = 1.0
   z_loss: float = 1e-4
   loss_normalization: str = 'sum'
   # Wayward prompts (`wayward.py`): WAYWARD_WEIGHT x the mean squared distance between the
@@ -182,6 +190,10 @@ class OptimizerSettings:
     _require(self.wayward_weight == 0 or self.wayward_text is not None,
              f'WAYWARD_WEIGHT={self.wayward_weight} needs the text the prompt is held near: '
              'set WAYWARD_TEXT.')
+    _one_of(self.loss, LOSSES, 'LOSS')
+    _require(isinstance(self.hinge_margin, (int, float)) and self.hinge_margin > 0,
+             f'HINGE_MARGIN must be a positive number, got {self.hinge_margin!r}.')
+    _freeze(self, hinge_margin=float(self.hinge_margin))
     if self.trainable_rules is None:
       return
     rules = (self.trainable_rules,) if isinstance(self.trainable_rules, str) else tuple(

@@ -32,6 +32,7 @@ from prompt_tuning_jax import distributed
 from prompt_tuning_jax import dry_run
 from prompt_tuning_jax import evaluation
 from prompt_tuning_jax import logging_utils
+from prompt_tuning_jax import objectives
 from prompt_tuning_jax import optim
 from prompt_tuning_jax import partitioning
 from prompt_tuning_jax import preemption
@@ -41,8 +42,9 @@ from prompt_tuning_jax import train_step
 from prompt_tuning_jax import wayward
 from prompt_tuning_jax.checkpoints import train_state as train_state_lib
 from prompt_tuning_jax.checkpoints import tree as tree_lib
-from prompt_tuning_jax.errors import DivergedError, Stopped
-from prompt_tuning_jax.settings import RunSettings
+from prompt_tuning_jax.errors import DivergedError, Stopped, UsageError
+from prompt_tuning_jax.methods.hooks import SELF_ATTENTION
+from prompt_tuning_jax.settings import TOKEN_CROSS_ENTROPY, RunSettings
 
 logger = logging.getLogger('prompt_tuning_jax')
 
@@ -63,6 +65,15 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
   stop = stop or preemption.NoSignals()
   s = run_setup.setup(run, batch_size=run.data.batch_size)
   run_setup.check_sources(s)
+  opt = run.optimizer
+  label_sets = None  # A loss over the label set: each task's labels (refused without).
+  if opt.loss != TOKEN_CROSS_ENTROPY:
+    if s.method.prefix_length(SELF_ATTENTION):  # Labels share a decoder row (pack_labels).
+      raise UsageError(f"LOSS={opt.loss!r} scores the labels in one decoder row, which a prefix "
+                       "in the decoder's self-attention cannot share: use LOSS="
+                       f"'{TOKEN_CROSS_ENTROPY}', or PREFIX_BLOCKS without 'self_attention'.")
+    label_sets = objectives.label_sets(run.data.mixture_or_task_name, opt.loss,
+                                       run.prompt.class_labels, s.task_index)
   model_dir, steps = run.model_dir, run.train_steps
   primary = jax.process_index() == 0
   evaluator = None
@@ -71,7 +82,6 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
                                      run.evaluation, class_labels=run.prompt.class_labels,
                                      mesh=s.mesh, length_buckets=run.data.length_buckets,
                                      task_index=s.task_index, target_sentinel=s.target_sentinel)
-  opt = run.optimizer
   # Checked now (the text fits the method's prompts); built once the embedding is loaded.
   wayward_ids = (wayward.text_ids(s.vocabularies['inputs'], opt.wayward_text, s.prompt_shapes)
                  if opt.wayward_weight else None)
@@ -98,7 +108,7 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
               run.trainable_rules, f'{sizes[1]:,}')
   tx = optim.partitioned_optimizer(params, opt.optimizer(learning_rate=opt.learning_rate),
                                    run.trainable_rules)
-  growth = _PromptGrowth(params, s.method, run.stop_on_divergence)
+  norms = _PromptNorms(params, s.method, run.stop_on_divergence)
   frozen = run_setup.on_devices(frozen, s.mesh)
   abstract_state = jax.eval_shape(lambda t, f: train_step.init_train_state(t, f, tx), trainable,
                                   frozen)
@@ -135,6 +145,8 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
           accumulation_steps=opt.accumulation_steps,
           dropout_rng=jax.random.fold_in(jax.random.PRNGKey(run.data.seed), 2) if dropout else None,
           learning_rate_fn=lambda step: jnp.asarray(lr_fn(step), jnp.float32),
+          label_objective=None if label_sets is None else label_sets.objective(
+              objectives.label_loss(opt.loss, opt.hinge_margin)),
           regularizer=regularizer),
       donate_argnums=(0,), out_shardings=(state_shardings, partitioning.replicated(s.mesh)))
   # Every process reads the same global batches and places its devices' rows.
@@ -146,6 +158,8 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
       host = counter.pop(next(batches))
     except StopIteration:  # The batches repeat the split: it is empty.
       raise data_lib.no_examples(run.data.mixture_or_task_name, 'train') from None
+    if label_sets is not None:
+      host[objectives.LABEL_INDEX] = label_sets.gold(host)
     return partitioning.global_batch(host, s.mesh), logging_utils.BatchShape.of(host)
 
   batch, shape = next_batch()
@@ -177,14 +191,12 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
       signum = None if is_last else stop.requested()
       if step % run.log_period == 0 or is_last or signum:
         _check_finite(window, step, last_saved, model_dir)
-        ratio = growth.check(state.trainable, step, _last_good(last_saved, model_dir))
+        prompt_norms = norms.check(state.trainable, step, _last_good(last_saved, model_dir))
         values = window.averages()
-        values.update(learning_rate=float(lr_fn(step - 1)), **counter.metrics())
+        values.update(learning_rate=float(lr_fn(step - 1)), **counter.metrics(), **prompt_norms)
         values.update(examples_per_second=run.data.batch_size * window.steps_done / window.seconds,
                       tokens_per_second=window.tokens_done / window.seconds,
                       **window.padding())
-        if ratio is not None:
-          values['prompt_norm_ratio'] = ratio
         eta = (steps - step) * window.total_seconds / max(step - start, 1)
         progress.log(logging_utils.format_train_line(step, steps, values, eta))
         writer.write(step, 'train', values)
@@ -198,7 +210,7 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
               f'The trained parameters became NaN/inf by step {step}: training stopped and '
               f'nothing after it was saved; {_last_good(last_saved, model_dir)}. Lower '
               'LEARNING_RATE, or check the data.')
-        growth.check(state.trainable, step, _last_good(last_saved, model_dir))
+        norms.check(state.trainable, step, _last_good(last_saved, model_dir))
         pause = time.time()
         eval_metrics = None
         if eval_now:
@@ -230,7 +242,7 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
           'prompt_file': paths.get('best_prompt_file')})
   ckpt.close()
   return {**summary, 'final_step': final, **counter.metrics(), **paths,
-          'diverged_step': growth.diverged_step}
+          'diverged_step': norms.diverged_step}
 
 
 @jax.jit
@@ -272,34 +284,43 @@ def _check_finite(window: logging_utils.TrainWindow, step: int, last_saved: Opti
 
 
 @jax.jit
-def _longest_row(matrix: jax.Array) -> jax.Array:
-  return jnp.max(jnp.linalg.norm(matrix.astype(jnp.float32), axis=-1))
+def _row_norms(matrix: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """The longest row's norm, the rows' summed norms and their count (rows along the last axis)."""
+  norms = jnp.linalg.norm(matrix.astype(jnp.float32), axis=-1)
+  return jnp.max(norms), jnp.sum(norms), jnp.asarray(norms.size, jnp.float32)
 
 
-class _PromptGrowth:
-  """Warns once, or stops the run (STOP_ON_DIVERGENCE), when the rows of the method's prompts
-  grow past DIVERGENCE_FACTOR times the embedding's longest row."""
+class _PromptNorms:
+  """The rows of the method's prompts against the token embedding's, at every log step:
+  `prompt_norm` / `embedding_norm` (mean row norms) and `prompt_norm_ratio` (the longest
+  prompt row over the embedding's longest). Warns once, or stops the run
+  (STOP_ON_DIVERGENCE), when that ratio passes DIVERGENCE_FACTOR."""
 
   def __init__(self, params, method, stop: bool):
     flat = tree_lib.flatten(params)
     self.method = method
     self.stop = stop
     self.diverged_step = None
-    self.embedding_norm = (float(_longest_row(flat['token_embedder/embedding']))
-                           if any(method.is_prompt(path) for path in flat) else None)
+    self.embedding = None  # (longest row, mean row) norms; None without a prompt
+    if any(method.is_prompt(path) for path in flat):
+      longest, total, count = (float(x) for x in _row_norms(flat['token_embedder/embedding']))
+      self.embedding = (longest, total / count)
 
-  def check(self, trainable, step: int, last_good: str) -> Optional[float]:
-    """The prompts' longest row over the embedding's (None without a trained prompt)."""
+  def check(self, trainable, step: int, last_good: str) -> dict[str, float]:
+    """The logged norms ({} without a trained prompt)."""
     prompts = [v for path, v in tree_lib.flatten(trainable).items()
                if self.method.is_prompt(path)]
-    if not prompts or not self.embedding_norm:
-      return None
-    norm = max(float(_longest_row(prompt)) for prompt in prompts)
-    ratio = norm / self.embedding_norm
+    if not prompts or not self.embedding:
+      return {}
+    rows = [[float(x) for x in _row_norms(prompt)] for prompt in prompts]
+    norm = max(longest for longest, _, _ in rows)
+    ratio = norm / self.embedding[0]
+    values = {'prompt_norm': sum(r[1] for r in rows) / sum(r[2] for r in rows),
+              'embedding_norm': self.embedding[1], 'prompt_norm_ratio': ratio}
     if not ratio > DIVERGENCE_FACTOR:  # NaN is _check_finite's.
-      return ratio
+      return values
     message = (f'The prompt diverged by step {step}: its longest row has norm {norm:.3g}, '
-               f"{ratio:.3g}x the token embedding's longest row ({self.embedding_norm:.3g}; "
+               f"{ratio:.3g}x the token embedding's longest row ({self.embedding[0]:.3g}; "
                f'the limit is {DIVERGENCE_FACTOR:g}x)')
     if self.stop:
       raise DivergedError(f'{message}: training stopped (STOP_ON_DIVERGENCE) and nothing after '
@@ -308,7 +329,7 @@ class _PromptGrowth:
       self.diverged_step = step
       logger.warning('%s: its eval metrics will mean nothing. Lower LEARNING_RATE; '
                      '--gin.STOP_ON_DIVERGENCE=True stops a run here.', message)
-    return ratio
+    return values
 
 
 def _last_good(last_saved: Optional[int], model_dir: str) -> str:

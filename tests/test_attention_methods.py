@@ -435,3 +435,14 @@ def test_adapters_of_other_modules_are_refused(tmp_path):
   with pytest.raises(checkpoints.CheckpointError, match=r'a LORA adapter; readable PEFT types'):
     checkpoints.load_peft_adapter(str(tmp_path / 'lora'), cfg)
 
+
+
+def test_a_label_loss_with_a_decoder_self_attention_prefix_stops_before_training(tmp_path):
+  """Losses over the label set score all labels in one decoder row, which a prefix in the
+  decoder's self-attention would see at different distances: refused, with the way out."""
+  from prompt_tuning_jax import config, train  # pylint: disable=g-import-not-at-top
+  run = config.configure('train', ['runs/smoke.gin', 'methods/prefix_tuning.gin'], [
+      f"MODEL_DIR = '{tmp_path / 'run'}'", "LOSS = 'hinge'"]).settings
+  with pytest.raises(UsageError, match="PREFIX_BLOCKS without 'self_attention'"):
+    train.train(run)
+  assert not (tmp_path / 'run' / 'checkpoints').exists()

@@ -86,6 +86,19 @@ def test_resume_compares_values_not_text(tmp_path):
   assert "get_vocabulary.path: (unset) -> '/v.model'" in str(e.value)
 
 
+def test_a_run_saved_before_the_loss_settings_resumes_at_their_defaults(tmp_path):
+  """A config.gin without LOSS / HINGE_MARGIN (saved before they existed) trained with the
+  token loss: resuming with the default is no difference, another loss is."""
+  text = configure(tmp_path).text
+  old = '\n'.join(line for line in text.splitlines()
+                  if 'LOSS' not in line and 'HINGE_MARGIN' not in line)
+  assert 'LOSS' not in old
+  (tmp_path / 'config.gin').write_text(old)
+  config.check_model_dir(configure(tmp_path), override=False)
+  with pytest.raises(UsageError, match="LOSS: \\(unset\\) -> 'hinge'"):
+    config.check_model_dir(configure(tmp_path, "LOSS = 'hinge'"), override=False)
+
+
 def test_a_run_saved_before_methods_resumes_when_its_values_are_the_same(tmp_path):
   """config.gin as `ptj train --gin_file=runs/smoke.gin` wrote it before gin/methods/ (commit
   fc5f044): MODEL = @models.PromptedT5(), TRAINABLE_RULES = ('.*prompt.*',), no METHOD."""

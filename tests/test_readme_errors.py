@@ -26,6 +26,7 @@ from prompt_tuning_jax import data
 from prompt_tuning_jax import distributed
 from prompt_tuning_jax import logging_utils
 from prompt_tuning_jax import errors
+from prompt_tuning_jax import objectives
 from prompt_tuning_jax import optim
 from prompt_tuning_jax import pretrained
 from prompt_tuning_jax import remote
@@ -37,6 +38,7 @@ from prompt_tuning_jax.checkpoints import hf
 from prompt_tuning_jax.checkpoints import train_state as train_state_lib
 from prompt_tuning_jax.methods.prefix_tuning import PrefixTuning
 from prompt_tuning_jax.methods.prompt_tuning import PromptTuning
+from prompt_tuning_jax.tasks import smoke as smoke_task
 from prompt_tuning_jax.tasks import sources
 
 pytestmark = pytest.mark.usefixtures('restore_ptj_global_state')
@@ -272,6 +274,17 @@ def sentinel_without_extra_ids(x, monkeypatch):
   return [error(run_setup.setup, smoke('TARGET_SENTINEL = True').settings)]
 
 
+def label_loss_without_labels(x, monkeypatch):
+  return [error(objectives.label_sets, 'super_glue_record_v102', 'hinge')]
+
+
+def target_not_a_label(x, monkeypatch):
+  sets = objectives.label_sets(smoke_task.TASK_NAME, 'hinge')
+  target = np.array([smoke_task.VOCABULARY.encode('good') + [1]], np.int32)
+  return [error(sets.gold, {'decoder_target_tokens': target,
+                            data.TASK_INDEX: np.zeros(1, np.int32)})]
+
+
 def tsv_without_header(x, monkeypatch):
   from prompt_tuning_jax.tasks import glue  # pylint: disable=g-import-not-at-top
   (x / 'SST-2').mkdir()
@@ -290,11 +303,11 @@ def prompt_far_beyond_the_embedding(x, monkeypatch):
   embedding = np.zeros((8, 4), np.float32)
   embedding[0] = [2.5, 2.5, 2.5, 2.5]  # The longest row: norm 5.
   prompt = np.full((3, 4), 1.73e9, np.float32)
-  growth = train._PromptGrowth(  # pylint: disable=protected-access
+  norms = train._PromptNorms(  # pylint: disable=protected-access
       {'token_embedder': {'embedding': embedding}, 'encoder': {'prompt': {'prompt': {
           'prompt': prompt}}}}, PromptTuning(length=3), stop=True)
   last_good = train._last_good(800, str(x / 'run'))  # pylint: disable=protected-access
-  return [error(growth.check, {'encoder': {'prompt': {'prompt': {'prompt': prompt}}}}, 812,
+  return [error(norms.check, {'encoder': {'prompt': {'prompt': {'prompt': prompt}}}}, 812,
                 last_good)]
 
 
@@ -357,6 +370,8 @@ CASES = {
     'an empty train or validation file': empty_data_file,
     'a data file that is not UTF-8': not_utf8,
     '`TARGET_SENTINEL` with a vocabulary without extra ids': sentinel_without_extra_ids,
+    'a loss over the label set on a task without label words': label_loss_without_labels,
+    'a target that is none of the label words (with such a loss)': target_not_a_label,
     'a TSV without its header row': tsv_without_header,
     'divergence': divergence,
     ("a prompt whose rows grow far beyond the embedding's (with `STOP_ON_DIVERGENCE = True`; "

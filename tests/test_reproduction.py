@@ -159,3 +159,27 @@ def test_claims_verdicts_weigh_the_difference_against_its_noise():
   summary['model_tuning'] = summary['random_weights'] = _stat(None, None, 0)
   claims = [c.claim for c in reproduction.claims(report)]
   assert not any('model tuning' in c or 'random weights' in c for c in claims)
+
+
+def test_label_losses_choose_each_rate_on_seed_0_and_pair_the_seeds():
+  from benchmarks import label_losses  # pylint: disable=g-import-not-at-top
+  accuracy = {('token_cross_entropy', 0.03): [56.0, 58.0, 60.0],
+              ('token_cross_entropy', 0.1): [55.0], ('token_cross_entropy', 0.01): [50.0],
+              ('hinge', 0.01): [61.0, 62.0, 66.0], ('hinge', 0.03): [61.0], ('hinge', 0.1): [52.0]}
+  runs = [{'task': 'sst2', 'loss': loss, 'rate': rate, 'seed': seed, 'accuracy': value,
+           'train': {'prompt_norm': 2.0, 'embedding_norm': 1.0} if seed == 0 else {}}
+          for (loss, rate), values in accuracy.items() for seed, value in enumerate(values)]
+  summary = label_losses.summarise(runs, ['sst2'], ['token_cross_entropy', 'hinge'])['sst2']
+  assert summary['token_cross_entropy']['rate'] == 0.03
+  assert summary['hinge']['rate'] == 0.01  # a tie on seed 0 goes to the lower rate
+  assert summary['hinge']['stats'] == pytest.approx({'mean': 63.0, 'std': np.std([61, 62, 66]),
+                                                      'n': 3})
+  paired = summary['hinge']['paired_difference']
+  assert paired['values'] == [5.0, 4.0, 6.0]
+  assert paired['mean'] == 5.0 and paired['standard_error'] == pytest.approx(1 / np.sqrt(3))
+  text = label_losses.table({'sst2': summary})
+  assert '| sst2 | hinge | 61.0 / 61.0 / 52.0 | 0.01 | 61.0 / 62.0 / 66.0 | 63.0 ± 2.2 | +5.0 ± 0.6 | 2.00 (1.00) |' in text
+  # Exact McNemar: 3 examples only the first gets right, 1 only the second: p = 2 * 5/16.
+  test = label_losses.mcnemar([1, 1, 1, 0, 0, 1], [0, 0, 0, 0, 1, 1])
+  assert test == {'only_first': 3, 'only_second': 1, 'p': 0.625}
+  assert label_losses.mcnemar([1, 0], [1, 0])['p'] == 1.0
