@@ -70,20 +70,21 @@ def _get_config(name: Optional[str] = None, **overrides):
   return models.get_config(name, **overrides)
 
 
-def _prompted_t5(config, prompt_length: int = 100, prompt_placement: str = 'prefix'):
-  """T5 with a soft prompt; its initial value comes from the run's PromptSettings."""
+def _prompted_t5(config, prompt_length: int = 100, prompt_placement: Optional[str] = None):
+  """The configured architecture (T5, or a decoder-only LM) with a soft prompt; its initial
+  value comes from the run's PromptSettings. `prompt_placement` None: the architecture's
+  default ('prefix' in T5's encoder, 'after_bos' in a decoder-only LM)."""
   if not isinstance(prompt_length, int) or prompt_length < 1:
     raise errors.UsageError(f'PROMPT_LENGTH must be a positive number of prompt vectors, got '
                             f'{prompt_length!r}.')
   from prompt_tuning_jax import models  # pylint: disable=g-import-not-at-top
-  return models.PromptedT5(config, prompt_length=prompt_length,
-                           prompt_placement=prompt_placement)
+  return models.prompted_model(config, prompt_length, prompt_placement)
 
 
 def _t5(config):
-  """Plain T5 (model tuning, the paper's baseline)."""
+  """The configured architecture without a prompt (model tuning, the paper's baseline)."""
   from prompt_tuning_jax import models  # pylint: disable=g-import-not-at-top
-  return models.T5(config)
+  return models.base_model(config)
 
 
 @functools.cache

@@ -27,7 +27,7 @@ from prompt_tuning_jax.checkpoints import peft as peft_lib
 from prompt_tuning_jax.checkpoints import t5x as t5x_lib
 from prompt_tuning_jax.checkpoints import tree as tree_lib
 from prompt_tuning_jax.errors import UsageError
-from prompt_tuning_jax.models import PROMPT_PATH
+from prompt_tuning_jax import models
 from prompt_tuning_jax.settings import RunSettings
 
 logger = logging.getLogger('prompt_tuning_jax')
@@ -50,6 +50,10 @@ def export(run: RunSettings, output_dir: str, export_format: str, *,
   if export_format == 'peft' and not s.has_prompt:
     raise UsageError(f'{run.model_dir} trains no prompt (model tuning): nothing to export as '
                      'a PEFT adapter; use --format t5x or hf.')
+  if export_format in ('hf', 'peft') and isinstance(run.model.config, models.DecoderOnlyConfig):
+    raise UsageError(f'--format {export_format}: no Hugging Face model computes a T5 '
+                     'decoder-only LM (relative-position buckets, RMS norm, gated GELU, a '
+                     'bidirectional prefix), so none can hold it or its prompt; use --format t5x.')
   params, step = run_setup.checkpoint_params(s)
   flat = tree_lib.flatten(jax.device_get(params))
   if export_format == 't5x':
@@ -57,7 +61,7 @@ def export(run: RunSettings, output_dir: str, export_format: str, *,
   elif export_format == 'hf':
     hf_lib.save_hf(tree_lib.unflatten(flat), run.model.config, output_dir, drop_prompt=True)
   else:
-    peft_lib.save_peft_prompt(flat[PROMPT_PATH], output_dir, base_model_name_or_path=base_model,
+    peft_lib.save_peft_prompt(flat[s.prompt_path], output_dir, base_model_name_or_path=base_model,
                               config=run.model.config)
   logger.info('Exported %s step %d as %s to %s.', run.model_dir, step, export_format, output_dir)
   return output_dir, step

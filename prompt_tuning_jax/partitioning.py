@@ -31,7 +31,7 @@ Rules = Sequence[tuple[str, Optional[str]]]
 # (regex over the '/'-joined parameter path, logical axes of its dimensions).
 PARAM_AXES: tuple[tuple[str, tuple[str, ...]], ...] = (
     (r'.*prompt/prompt', ('prompt', 'embed')),
-    (r'token_embedder/embedding', ('vocab', 'embed')),
+    (r'(.*/)?token_embedder/embedding', ('vocab', 'embed')),
     (r'.*/(query|key|value)/kernel', ('embed', 'joined_kv')),
     (r'.*/out/kernel', ('joined_kv', 'embed')),
     (r'.*/mlp/wi(_\d+)?/kernel', ('embed', 'mlp')),

@@ -31,7 +31,7 @@ from prompt_tuning_jax.checkpoints import sharded as sharded_lib
 from prompt_tuning_jax.checkpoints import train_state as train_state_lib
 from prompt_tuning_jax.checkpoints import tree as tree_lib
 from prompt_tuning_jax.errors import CheckpointError, UsageError
-from prompt_tuning_jax.models import PROMPT_PATH
+from prompt_tuning_jax import models
 from prompt_tuning_jax.settings import BEST, LATEST, PromptSettings, RunSettings
 
 logger = logging.getLogger('prompt_tuning_jax')
@@ -50,17 +50,21 @@ class Setup:
     return dict(self.run.data.task_feature_lengths)
 
   @property
+  def prompt_path(self) -> Optional[str]:
+    """The prompt's parameter path (`models.PROMPT_PATHS`), None without a prompt."""
+    return models.prompt_path(tree_lib.flatten(self.abstract))
+
+  @property
   def has_prompt(self) -> bool:
-    return PROMPT_PATH in tree_lib.flatten(self.abstract)
+    return self.prompt_path is not None
 
   @property
   def prompt_shape(self) -> tuple[int, int]:
-    return tuple(tree_lib.flatten(self.abstract)[PROMPT_PATH].shape)
+    return tuple(tree_lib.flatten(self.abstract)[self.prompt_path].shape)
 
 
 def _init_params(model, rng: jax.Array) -> dict:
-  dummy = jnp.ones((1, 1), jnp.int32)
-  return model.init(rng, dummy, dummy, dummy, enable_dropout=False)['params']
+  return model.init(rng, **models.dummy_inputs(model), enable_dropout=False)['params']
 
 
 def setup(run: RunSettings, *, batch_size: Optional[int] = None) -> Setup:
@@ -87,7 +91,8 @@ def setup(run: RunSettings, *, batch_size: Optional[int] = None) -> Setup:
     remote.check_reachable(
         getattr(vocab, 'sentencepiece_model_file', None), f'The {feature!r} vocabulary',
         local_copy='set PTJ_VOCAB (or --gin.get_vocabulary.path) to the local file')
-  rows = tree_lib.flatten(abstract)['token_embedder/embedding'].shape[0]
+  flat = tree_lib.flatten(abstract)
+  rows = flat[models.embedding_path(flat)].shape[0]
   for feature, vocab in vocabularies.items():
     if vocab.vocab_size > rows:
       raise UsageError(f'The {feature!r} vocabulary of {task_name!r} has {vocab.vocab_size} '
@@ -148,8 +153,8 @@ def load_frozen(s: Setup) -> dict:
   if path is None:
     init = jax.jit(lambda rng: _init_params(s.run.model, rng))
     flat = tree_lib.flatten(jax.device_get(init(jax.random.fold_in(jax.random.PRNGKey(seed), 0))))
-    if PROMPT_PATH in flat:  # The prompt is set from PromptSettings, not the module's init.
-      flat[PROMPT_PATH] = tree_lib.flatten(s.abstract)[PROMPT_PATH]
+    if s.has_prompt:  # The prompt is set from PromptSettings, not the module's init.
+      flat[s.prompt_path] = tree_lib.flatten(s.abstract)[s.prompt_path]
     return tree_lib.unflatten(flat)
   is_hf = _is_hf_checkpoint(path)
   logger.info('Reading the frozen model from %s (%s format).', path,
@@ -170,7 +175,7 @@ def load_frozen(s: Setup) -> dict:
 def frozen_params_without_prompt(s: Setup) -> dict:
   """The frozen weights on the devices, without a learned prompt (a prompt bank supplies them)."""
   flat = tree_lib.flatten(load_frozen(s))
-  flat.pop(PROMPT_PATH, None)
+  flat.pop(s.prompt_path, None)
   return jax.device_put(tree_lib.unflatten(flat))
 
 
@@ -180,7 +185,8 @@ def initial_prompt(s: Setup, params: Mapping[str, Any], settings: PromptSettings
   if settings.file:
     logger.info('Prompt initialised from PROMPT_FILE %s.', settings.file)
     return read_prompt_file(settings.file, shape)
-  embedding = tree_lib.flatten(params)['token_embedder/embedding']
+  flat = tree_lib.flatten(params)
+  embedding = flat[models.embedding_path(flat)]
   vocab = s.vocabularies['inputs']
   task_name = s.run.data.mixture_or_task_name
   name = settings.init
@@ -214,8 +220,8 @@ def build_params(s: Setup) -> dict:
   flat = tree_lib.flatten(load_frozen(s))
   prompt = s.run.prompt
   if s.has_prompt:
-    if isinstance(flat[PROMPT_PATH], jax.ShapeDtypeStruct) or prompt.file:
-      flat[PROMPT_PATH] = initial_prompt(s, tree_lib.unflatten(flat), prompt)
+    if isinstance(flat[s.prompt_path], jax.ShapeDtypeStruct) or prompt.file:
+      flat[s.prompt_path] = initial_prompt(s, tree_lib.unflatten(flat), prompt)
     else:
       logger.info('The checkpoint holds a prompt; it is the starting prompt.')
   return tree_lib.unflatten(flat)

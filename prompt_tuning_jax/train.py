@@ -104,7 +104,7 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
   if start >= steps:
     logger.info('MODEL_DIR already holds step %d >= TRAIN_STEPS=%d: nothing to train.',
                 start, steps)
-    return {**summary, 'final_step': start, **_paths(model_dir, ckpt, start, s.has_prompt)}
+    return {**summary, 'final_step': start, **_paths(model_dir, ckpt, start, s.prompt_path)}
 
   lr = opt.learning_rate
   lr_fn = lr if callable(lr) else (lambda step: lr)
@@ -117,7 +117,8 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
           learning_rate_fn=lambda step: jnp.asarray(lr_fn(step), jnp.float32)),
       donate_argnums=(0,), out_shardings=(state_shardings, partitioning.replicated(s.mesh)))
   # Every process reads the same global batches and places its devices' rows.
-  batches = data_lib.train_batches(run.data, start_step=start)
+  batches = data_lib.train_batches(run.data, start_step=start,
+                                   feature_converter_cls=run.model.FEATURE_CONVERTER_CLS)
   counter = data_lib.TruncationCounter(s.lengths)
 
   def next_batch():
@@ -134,14 +135,13 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
   compiled_steps = {}  # One compiled step per batch shape (one per length-bucket pair).
 
   def compiled(state, frozen, batch):
-    key = (batch['encoder_input_tokens'].shape, batch['decoder_target_tokens'].shape)
+    key = tuple(sorted((name, value.shape) for name, value in batch.items()))
     if key not in compiled_steps:
       tick = time.time()
       compiled_steps[key] = step_fn.lower(state, frozen, batch).compile()
       window.exclude(time.time() - tick)  # Compiling is not training throughput.
-      logger.info('Compiled the train step for inputs %d / targets %d positions in %.1fs '
-                  '(%d shape(s) so far).', key[0][1], key[1][1], time.time() - tick,
-                  len(compiled_steps))
+      logger.info('Compiled the train step for %s positions in %.1fs (%d shape(s) so far).',
+                  _positions(batch), time.time() - tick, len(compiled_steps))
     return compiled_steps[key](state, frozen, batch)
 
   logger.info('Training steps %d..%d of %d.', start + 1, steps, steps)
@@ -185,7 +185,7 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
                                metrics=eval_metrics, topology=topology)
         window.exclude(time.time() - pause)
       if signum:
-        line = _stopped_line(signum, _paths(model_dir, ckpt, step, s.has_prompt))
+        line = _stopped_line(signum, _paths(model_dir, ckpt, step, s.prompt_path))
         ckpt.close()
         raise Stopped(line, signum)
       if not is_last:
@@ -194,7 +194,7 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
     progress.close()
     writer.close()
   final = int(jax.device_get(state.step))
-  paths = _paths(model_dir, ckpt, final, s.has_prompt)
+  paths = _paths(model_dir, ckpt, final, s.prompt_path)
   best_metric = run.evaluation.best_metric
   if paths.get('best_step') is not None:
     # Reading the metrics back is collective (orbax): every process does it.
@@ -207,14 +207,23 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
   return {**summary, 'final_step': final, **counter.metrics(), **paths}
 
 
+def _positions(batch: dict) -> str:
+  """'inputs I / targets T' (T5), or 'sequence S' (a decoder-only batch)."""
+  if 'encoder_input_tokens' in batch:
+    return (f"inputs {batch['encoder_input_tokens'].shape[1]} / targets "
+            f"{batch['decoder_target_tokens'].shape[1]}")
+  return f"sequence {batch['decoder_target_tokens'].shape[1]}"
+
+
 @jax.jit
 def all_finite(tree) -> jax.Array:
   return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
 def _paths(model_dir: str, ckpt: train_state_lib.TrainStateCheckpointer, step: int,
-           has_prompt: bool) -> dict:
-  prompt_file = lambda s: train_state_lib.prompt_file(model_dir, s) if has_prompt else None
+           prompt_path: Optional[str]) -> dict:
+  prompt_file = lambda s: (train_state_lib.prompt_file(model_dir, s, prompt_path) if prompt_path
+                           else None)
   out = {'checkpoint_dir': os.path.join(model_dir, train_state_lib.CHECKPOINT_SUBDIR, str(step)),
          'prompt_file': prompt_file(step),
          'metrics_file': os.path.join(model_dir, logging_utils.METRICS_FILE),

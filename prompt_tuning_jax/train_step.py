@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
+from prompt_tuning_jax import models
 from prompt_tuning_jax import optim
 
 Array = jnp.ndarray
@@ -60,8 +61,9 @@ def make_train_step(model, tx: optax.GradientTransformation, *, z_loss: float = 
                     ) -> Callable[[TrainState, Params, dict], tuple[TrainState, dict]]:
   """Builds `train_step(state, frozen, batch) -> (state, metrics)` (not jitted).
 
-  `batch` holds T5X's feature-converter outputs: encoder_input_tokens,
-  decoder_input_tokens, decoder_target_tokens, decoder_loss_weights.
+  `batch` holds T5X's feature-converter outputs of the model (its
+  `FEATURE_CONVERTER_CLS`): the features `__call__` takes (`INPUT_FEATURES`),
+  decoder_target_tokens and decoder_loss_weights.
   `loss_normalization` is 'sum' (T5X: summed over target tokens) or 'mean'
   (per target token). With `accumulation_steps` > 1 the batch is split into
   that many micro-batches whose gradients are summed (then normalised once).
@@ -72,8 +74,7 @@ def make_train_step(model, tx: optax.GradientTransformation, *, z_loss: float = 
 
   def micro_loss(trainable, frozen, batch, rng):
     logits = model.apply(
-        {'params': optim.merge(trainable, frozen)}, batch['encoder_input_tokens'],
-        batch['decoder_input_tokens'], batch['decoder_target_tokens'],
+        {'params': optim.merge(trainable, frozen)}, **models.model_inputs(model, batch),
         enable_dropout=rng is not None, rngs=None if rng is None else {'dropout': rng})
     weights = batch.get('decoder_loss_weights', batch['decoder_target_tokens'] > 0)
     weights = weights.astype(jnp.float32)

@@ -1,5 +1,63 @@
-"""T5 and the prompted T5 (T5X parameter tree)."""
-from prompt_tuning_jax.models.prompted import PROMPT_PATH, PromptedT5
-from prompt_tuning_jax.models.t5 import PRESETS, T5, T5Config, get_config
+"""T5, the T5X-style decoder-only LM, and their prompted versions (T5X parameter trees)."""
+from __future__ import annotations
 
-__all__ = ['PRESETS', 'PROMPT_PATH', 'PromptedT5', 'T5', 'T5Config', 'get_config']
+import jax.numpy as jnp
+
+from prompt_tuning_jax.models import decoder_only
+from prompt_tuning_jax.models import t5
+from prompt_tuning_jax.models.decoder_only import DecoderOnly, DecoderOnlyConfig
+from prompt_tuning_jax.models.prompted import (DECODER_ONLY_PROMPT_PATH, PROMPT_PATH,
+                                               PROMPT_PATHS, PromptedDecoderOnly, PromptedT5)
+from prompt_tuning_jax.models.t5 import T5, T5Config
+
+PRESETS: dict[str, T5Config] = {**t5.PRESETS, **decoder_only.PRESETS}
+# The token embedding [vocab, emb]: T5's (shared by its stacks), a decoder-only LM's.
+EMBEDDING_PATHS = ('token_embedder/embedding', 'decoder/token_embedder/embedding')
+
+
+def get_config(name: str, **overrides) -> T5Config:
+  """The named preset (T5 or decoder-only), optionally with fields replaced."""
+  if name not in PRESETS:
+    raise ValueError(f'Unknown model config {name!r}; known: {", ".join(sorted(PRESETS))}')
+  return PRESETS[name].replace(**overrides)
+
+
+def base_model(config: T5Config):
+  """The model of `config`'s architecture without a prompt (T5 or DecoderOnly)."""
+  return DecoderOnly(config) if isinstance(config, DecoderOnlyConfig) else T5(config)
+
+
+def prompted_model(config: T5Config, prompt_length: int, prompt_placement=None):
+  """The prompted model of `config`'s architecture; `prompt_placement` None: its default."""
+  cls = PromptedDecoderOnly if isinstance(config, DecoderOnlyConfig) else PromptedT5
+  placement = {} if prompt_placement is None else {'prompt_placement': prompt_placement}
+  return cls(config, prompt_length=prompt_length, **placement)
+
+
+def prompt_path(paths) -> str | None:
+  """Which of PROMPT_PATHS is among `paths` (a flat parameter tree's keys), if any."""
+  return next((p for p in PROMPT_PATHS if p in paths), None)
+
+
+def embedding_path(paths) -> str:
+  """Which of EMBEDDING_PATHS is among `paths` (a flat parameter tree's keys)."""
+  found = next((p for p in EMBEDDING_PATHS if p in paths), None)
+  if found is None:
+    raise KeyError(f'No token embedding ({" or ".join(EMBEDDING_PATHS)}) in the parameters.')
+  return found
+
+
+def model_inputs(model, batch) -> dict:
+  """The features of `batch` that `model.__call__` takes (its INPUT_FEATURES present)."""
+  return {key: batch[key] for key in model.INPUT_FEATURES if key in batch}
+
+
+def dummy_inputs(model) -> dict:
+  """One-token inputs for `model.init` (shapes are all it needs)."""
+  return {key: jnp.ones((1, 1), jnp.int32) for key in model.INPUT_FEATURES}
+
+
+__all__ = ['DECODER_ONLY_PROMPT_PATH', 'DecoderOnly', 'DecoderOnlyConfig', 'EMBEDDING_PATHS',
+           'PRESETS', 'PROMPT_PATH', 'PROMPT_PATHS', 'PromptedDecoderOnly', 'PromptedT5', 'T5',
+           'T5Config', 'base_model', 'dummy_inputs', 'embedding_path', 'get_config',
+           'model_inputs', 'prompt_path', 'prompted_model']

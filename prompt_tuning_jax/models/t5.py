@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, ClassVar, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import seqio
 from flax import linen as nn
 
 from prompt_tuning_jax import masks as masks_lib
@@ -429,6 +430,11 @@ class Decoder(nn.Module):
 class T5(nn.Module):
   """T5 encoder-decoder; `__call__` has the signature of T5X's `Transformer`."""
   config: T5Config
+
+  # T5X's data contract: the converter of the tasks, the features `__call__` takes.
+  FEATURE_CONVERTER_CLS: ClassVar[type] = seqio.EncDecFeatureConverter
+  INPUT_FEATURES: ClassVar[tuple[str, ...]] = (
+      'encoder_input_tokens', 'decoder_input_tokens', 'decoder_target_tokens')
 
   def setup(self):
     cfg = self.config
