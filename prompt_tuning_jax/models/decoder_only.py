@@ -85,7 +85,8 @@ class CachedSelfAttention(t5.MultiHeadAttention):
     shape = (b, bias.shape[-1], h, d)
     cached_key = self.variable('cache', 'cached_key', jnp.zeros, shape, key.dtype)
     cached_value = self.variable('cache', 'cached_value', jnp.zeros, shape, value.dtype)
-    start = (0, self.cache_index, 0, 0)
+    zero = jnp.zeros_like(self.cache_index)  # indices of one type (int64 under x64 too)
+    start = (zero, self.cache_index, zero, zero)
     cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, start)
     cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value, start)
     return cached_key.value, cached_value.value, bias
@@ -109,7 +110,7 @@ class CachePositions(nn.Module):
     valid = self.variable('cache', 'valid', jnp.zeros, (block_valid.shape[0], cache_length), bool)
     index = self.variable('cache', 'index', lambda: jnp.array(0, jnp.int32))
     i = index.value
-    valid.value = jax.lax.dynamic_update_slice(valid.value, block_valid, (0, i))
+    valid.value = jax.lax.dynamic_update_slice(valid.value, block_valid, (jnp.zeros_like(i), i))
     index.value = i + block_valid.shape[1] - (1 if hold_last else 0)
     return i, valid.value
 
