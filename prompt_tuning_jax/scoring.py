@@ -5,6 +5,10 @@ positions. `rank_classify` scores every candidate label for every example and
 picks the best; it runs the encoder once per example and all
 batch * num_labels decoder rows in a single call (the encoded inputs are
 repeated per label), so its cost is one encoder pass plus one decoder pass.
+A decoder-only LM prefills its cache with each example's prefix (BOS, the
+prompt, the inputs) once, repeats it per label and feeds every label as one
+block after it (`decoding.start`): one prefix pass plus one pass over the
+labels' tokens.
 
 As in `decoding`, functions take the flax module and the params tree; the
 `jit_*` variants are jitted with the module static. `prompts` [b, P, emb] /
@@ -42,6 +46,11 @@ def score_targets(model: nn.Module, params, encoder_input_tokens: Array,
                   decoder_target_tokens: Array, *, prompts: Optional[Array] = None,
                   prompt_mask: Optional[Array] = None) -> Array:
   """Summed log-likelihood [b] of decoder_target_tokens [b, d] (0 = padding) given the inputs."""
+  if decoding.decodes_from_prefix(model):
+    state, first = decoding.start(model, params, encoder_input_tokens,
+                                  max_decode_length=decoder_target_tokens.shape[1],
+                                  prompts=prompts, prompt_mask=prompt_mask)
+    return _score_after_prefix(model, params, state, first, decoder_target_tokens)
   encoded, encoder_valid = decoding.encode(model, params, encoder_input_tokens,
                                            prompts=prompts, prompt_mask=prompt_mask)
   return _score_encoded(model, params, encoded, encoder_valid, decoder_target_tokens)
@@ -52,6 +61,15 @@ def _score_encoded(model: nn.Module, params, encoded: Array, encoder_valid: Arra
   """Teacher-forced decoder on already encoded inputs -> summed log-likelihood [b]."""
   logits = model.apply({'params': params}, encoded, encoder_valid, shift_right(targets),
                        targets, method=model.decode)  # [b, d, vocab]
+  return jnp.sum(token_log_likelihoods(logits, targets), axis=-1)
+
+
+def _score_after_prefix(model: nn.Module, params, state: decoding.DecodingState, first: Array,
+                        targets: Array) -> Array:
+  """A decoder-only LM's prefilled cache, the targets fed as one block -> log-likelihood [b]."""
+  block = jnp.concatenate([first[:, None], targets[:, :-1]], axis=1)  # [b, d]
+  logits, _ = model.apply({'params': params, 'cache': state.cache}, block, method=model.extend,
+                          mutable=['cache'])  # [b, d, vocab]
   return jnp.sum(token_log_likelihoods(logits, targets), axis=-1)
 
 
@@ -74,6 +92,15 @@ def rank_classify(model: nn.Module, params, encoder_input_tokens: Array,
   _check_labels(label_token_ids)
   label_token_ids = jnp.asarray(label_token_ids, jnp.int32)
   num_labels, d = label_token_ids.shape
+  if decoding.decodes_from_prefix(model):
+    state, first = decoding.start(model, params, encoder_input_tokens, max_decode_length=d,
+                                  prompts=prompts, prompt_mask=prompt_mask)
+    batch = first.shape[0]
+    # One row per (example, label), label-minor: the prefix's cache copied per label.
+    scores = _score_after_prefix(
+        model, params, decoding.repeat_rows(state, num_labels), jnp.repeat(first, num_labels),
+        jnp.tile(label_token_ids, (batch, 1))).reshape(batch, num_labels)
+    return _best_label(scores, label_token_ids, normalize)
   encoded, encoder_valid = decoding.encode(model, params, encoder_input_tokens,
                                            prompts=prompts, prompt_mask=prompt_mask)
   batch = encoded.shape[0]
@@ -88,6 +115,11 @@ def rank_classify(model: nn.Module, params, encoder_input_tokens: Array,
                        packed(shift_right(label_token_ids)), targets,
                        decoder_segment_ids=segments, method=model.decode)  # [batch, labels*d, V]
   scores = token_log_likelihoods(logits, targets).reshape(batch, num_labels, d).sum(-1)
+  return _best_label(scores, label_token_ids, normalize)
+
+
+def _best_label(scores: Array, label_token_ids: Array, normalize) -> tuple[Array, Array]:
+  """(label_index [b], scores [b, labels]), the scores per token with `normalize`."""
   lengths = jnp.sum(label_token_ids > 0, axis=-1)  # [labels]
   scores = jnp.where(normalize, scores / lengths[None, :], scores)
   return jnp.argmax(scores, axis=-1).astype(jnp.int32), scores

@@ -2,6 +2,8 @@
 the prompt's placements, cached decoding with a prefill."""
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 
 import jax
@@ -13,8 +15,10 @@ import tensorflow as tf
 from flax import traverse_util
 
 from conftest import decoder_only_config, prefix_lm_batch
+from prompt_tuning_jax import decoding
 from prompt_tuning_jax import masks
 from prompt_tuning_jax import prompts as prompts_lib
+from prompt_tuning_jax import scoring
 from prompt_tuning_jax.models import (T5, DecoderOnly, PromptedDecoderOnly, dummy_inputs,
                                       get_config, model_inputs)
 
@@ -285,7 +289,7 @@ def test_prefill_then_extend_equals_teacher_forcing(placement, bidirectional):
     params = jax.tree.map(lambda x: x.astype(jnp.float64), _randomize(_init(model)))
     teacher = np.asarray(model.apply({'params': params}, **model_inputs(model, batch),
                                      enable_dropout=False))
-    _, variables = model.apply({'params': params}, inputs, cache_length=16,
+    _, variables = model.apply({'params': params}, inputs, max_decode_length=4,
                                method=model.prefill, mutable=['cache'])
     extend = lambda cache, tokens: model.apply({'params': params, 'cache': cache}, tokens,
                                                method=model.extend, mutable=['cache'])
@@ -320,3 +324,147 @@ def test_prefix_lm_batch_matches_seqios_converter():
   for row, features in enumerate(converted.as_numpy_iterator()):
     for key, value in features.items():
       np.testing.assert_array_equal(value, ours[key][row], err_msg=key)
+
+
+# ------------------------------------------------------------------ decoding and scoring
+
+DECODE_LENGTH = 5
+DECODING_MODELS = {
+    'plain': lambda cfg: DecoderOnly(cfg),
+    'after_bos': lambda cfg: PromptedDecoderOnly(cfg, prompt_length=3),
+    'suffix': lambda cfg: PromptedDecoderOnly(cfg, prompt_length=3, prompt_placement='suffix'),
+}
+INPUTS = jnp.array([[5, 7, 9, 12, 1], [4, 11, 1, 0, 0], [6, 1, 0, 0, 0]])
+
+
+def _rows(inputs):
+  return [[int(t) for t in row if t > 0] for row in np.asarray(inputs)]
+
+
+@functools.partial(jax.jit, static_argnames=('model',))
+def _teacher_log_probs(model, params, batch):
+  logits = model.apply({'params': params}, **model_inputs(model, batch), enable_dropout=False)
+  return jax.nn.log_softmax(logits, axis=-1)
+
+
+def _teacher_batch(examples, length):
+  """Prefix-LM features of (inputs, continuation) where the continuation may hold token 0 as a
+  real token (decoders may emit it): validity comes from a stand-in id, the inputs are real."""
+  batch = prefix_lm_batch([(i, [t or 63 for t in c]) for i, c in examples], length)
+  real = prefix_lm_batch([(i, list(c)) for i, c in examples], length)['decoder_target_tokens']
+  return {**batch, 'decoder_input_tokens': jnp.pad(real[:, :-1], ((0, 0), (1, 0)))}
+
+
+def _naive_greedy(model, params, inputs, eos_id):
+  """Cache-free: the whole sequence (prefix and the tokens so far) rerun at every step."""
+  rows = _rows(inputs)
+  tokens = np.zeros((len(rows), DECODE_LENGTH), np.int32)
+  scores, done = np.zeros(len(rows)), np.zeros(len(rows), bool)
+  for i in range(DECODE_LENGTH):
+    batch = _teacher_batch([(r, list(t[:i]) + [2]) for r, t in zip(rows, tokens)],
+                           length=INPUTS.shape[1] + DECODE_LENGTH)
+    log_probs = np.asarray(_teacher_log_probs(model, params, batch))
+    step = log_probs[np.arange(len(rows)), [len(r) + i for r in rows]]  # predicts target i
+    best = step.argmax(-1)
+    tokens[:, i] = np.where(done, 0, best)
+    scores += np.where(done, 0.0, step[np.arange(len(rows)), best])
+    done |= tokens[:, i] == eos_id
+  return tokens, scores
+
+
+def _decoding_case(kind):
+  model = DECODING_MODELS[kind](decoder_only_config())
+  params = _randomize(_init(model), seed=3)
+  free, _ = _naive_greedy(model, params, INPUTS, eos_id=-1)
+  return model, params, int(free[-1, 2])  # an EOS the last row emits mid-sequence
+
+
+@pytest.mark.parametrize('kind', list(DECODING_MODELS))
+def test_cached_greedy_equals_cache_free_greedy(kind):
+  model, params, eos_id = _decoding_case(kind)
+  tokens, scores = decoding.jit_greedy_decode(model, params, INPUTS,
+                                              max_decode_length=DECODE_LENGTH, eos_id=eos_id)
+  expected_tokens, expected_scores = _naive_greedy(model, params, INPUTS, eos_id)
+  np.testing.assert_array_equal(tokens, expected_tokens)
+  np.testing.assert_allclose(scores, expected_scores, atol=1e-4)
+  assert (np.asarray(tokens)[-1, 3:] == 0).all()  # stopped after its EOS
+
+
+def test_beam_search_finds_the_best_sequence_exhaustively():
+  """Beam search wide enough to prune nothing returns the best length-penalised sequence of
+  all vocab ** length (zeroed after EOS), each scored by teacher forcing."""
+  vocab, length, eos_id, alpha = 6, 3, 1, 0.6
+  model = PromptedDecoderOnly(decoder_only_config(vocab_size=vocab), prompt_length=2)
+  params = _randomize(_init(model), seed=4)
+  inputs = jnp.array([[2, 3, 4, 1], [5, 1, 0, 0]])
+  candidates = np.array(list(itertools.product(range(vocab), repeat=length)), np.int32)
+  is_eos = candidates == eos_id
+  counted = ~(np.cumsum(is_eos, axis=1) - is_eos > 0)  # up to and including the first EOS
+  candidates = np.unique(np.where(counted, candidates, 0), axis=0)
+  counted = ~(np.cumsum(candidates == eos_id, axis=1) - (candidates == eos_id) > 0)
+  best = []
+  for row in _rows(inputs):
+    batch = _teacher_batch([(row, c) for c in candidates], length=4 + length)
+    log_probs = np.asarray(_teacher_log_probs(model, params, batch))
+    picked = log_probs[:, len(row) + np.arange(length)][
+        np.arange(len(candidates))[:, None], np.arange(length), candidates]
+    n = counted.sum(-1)
+    totals = (picked * counted).sum(-1) / ((5.0 + n) / 6.0) ** alpha
+    best.append((candidates[totals.argmax()], totals.max()))
+  tokens, scores = decoding.jit_beam_search(model, params, inputs, beam_size=vocab ** length,
+                                            max_decode_length=length, alpha=alpha, eos_id=eos_id)
+  for row, (expected_tokens, expected_score) in enumerate(best):
+    np.testing.assert_array_equal(tokens[row], expected_tokens)
+    np.testing.assert_allclose(scores[row], expected_score, atol=1e-4)
+
+
+def test_rank_classification_sums_the_teacher_forced_log_probabilities():
+  """Each label's score is the sum of its tokens' log-probabilities (EOS included) after the
+  prefix, teacher-forced by hand; the best one wins. Also `score_targets`."""
+  model = PromptedDecoderOnly(decoder_only_config(), prompt_length=3)
+  params = _randomize(_init(model), seed=5)
+  labels = scoring.encode_labels(_Vocabulary(), ['aa', 'b', 'ccc'])  # [3, 4] with EOS
+  best, scores = scoring.jit_rank_classify(model, params, INPUTS, jnp.asarray(labels))
+  rows = _rows(INPUTS)
+  batch = prefix_lm_batch([(r, [t for t in label if t]) for r in rows for label in labels],
+                          length=INPUTS.shape[1] + labels.shape[1])
+  log_probs = np.asarray(_teacher_log_probs(model, params, batch)).reshape(3, 3, -1, 64)
+  expected = np.array([[sum(log_probs[i, j, len(r) + k, t] for k, t in enumerate(labels[j]) if t)
+                        for j in range(3)] for i, r in enumerate(rows)])
+  np.testing.assert_allclose(scores, expected, atol=1e-4)
+  np.testing.assert_array_equal(best, expected.argmax(-1))
+  targets = jnp.asarray(labels[[0, 2, 1]])
+  np.testing.assert_allclose(scoring.jit_score_targets(model, params, INPUTS, targets),
+                             expected[[0, 1, 2], [0, 2, 1]], atol=1e-4)
+
+
+class _Vocabulary:
+  """Letters a.. as ids 5.., EOS 1."""
+  eos_id = 1
+
+  def encode(self, text):
+    return [ord(c) - ord('a') + 5 for c in text]
+
+
+def test_mixed_prompts_decode_and_rank_like_separate_prompted_models():
+  """One batch, a prompt per row (the short one left-padded) == each prompt on its own."""
+  cfg = decoder_only_config()
+  rng = np.random.RandomState(7)
+  prompt_list = [jnp.asarray(rng.uniform(-2, 2, (n, cfg.emb_dim)), jnp.float32) for n in (3, 3, 1)]
+  prompts = jnp.stack([jnp.pad(p, ((3 - len(p), 0), (0, 0))) for p in prompt_list])
+  prompt_mask = jnp.stack([jnp.arange(3) >= 3 - len(p) for p in prompt_list])
+  model = PromptedDecoderOnly(cfg, prompt_length=3)
+  params = _randomize(_init(model), seed=6)
+  labels = jnp.asarray(scoring.encode_labels(_Vocabulary(), ['aa', 'b']))
+  tokens, _ = decoding.jit_greedy_decode(model, params, INPUTS, max_decode_length=DECODE_LENGTH,
+                                         prompts=prompts, prompt_mask=prompt_mask)
+  _, label_scores = scoring.jit_rank_classify(model, params, INPUTS, labels, prompts=prompts,
+                                              prompt_mask=prompt_mask)
+  for row, prompt in enumerate(prompt_list):
+    alone = PromptedDecoderOnly(cfg, prompt_length=len(prompt))
+    alone_params = {'decoder': {**params['decoder'], 'prompt': {'prompt': {'prompt': prompt}}}}
+    alone_tokens, _ = decoding.jit_greedy_decode(alone, alone_params, INPUTS[row:row + 1],
+                                                 max_decode_length=DECODE_LENGTH)
+    _, alone_scores = scoring.jit_rank_classify(alone, alone_params, INPUTS[row:row + 1], labels)
+    np.testing.assert_array_equal(tokens[row], alone_tokens[0])
+    np.testing.assert_allclose(label_scores[row], alone_scores[0], atol=1e-4)

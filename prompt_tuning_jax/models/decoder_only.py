@@ -226,9 +226,9 @@ class Decoder(nn.Module):
   # ---------------------------------------------------------------- cached decoding
 
   def prefill(self, prefix_tokens: Array, prefix_valid: Array, prompt_start: Optional[Array],
-              *, cache_length: int, prompts: Optional[Array] = None,
+              *, max_decode_length: int, prompts: Optional[Array] = None,
               prompt_mask: Optional[Array] = None) -> None:
-    """Writes the prefix into a new cache of `cache_length` positions.
+    """Writes the prefix into a new cache with room for `max_decode_length` more positions.
 
     prefix_tokens [b, t] (BOS first), prefix_valid [b, t]. The prefix (with the
     prompt) is right-aligned to W positions; the cache index is left at W - 1,
@@ -242,8 +242,7 @@ class Decoder(nn.Module):
         prefix_tokens, prefix_valid, bidirectional, prompt_start, deterministic=True,
         right_align=True, prompts=prompts, prompt_mask=prompt_mask)
     width = x.shape[1]
-    if cache_length < width:
-      raise ValueError(f'cache_length {cache_length} < the prefix width {width}.')
+    cache_length = width + max_decode_length
     i, _ = self.cache_positions(valid, cache_length=cache_length, hold_last=True)
     mask = masks_lib.prefix_lm_mask(valid, bidirectional)  # [batch, 1, W, W]
     # Keys after the prefix are empty.
@@ -302,13 +301,15 @@ class DecoderOnly(nn.Module):
                         segment_ids=decoder_segment_ids, prompts=prompts,
                         prompt_mask=prompt_mask)
 
-  def prefill(self, inputs: Array, *, cache_length: int, prompts: Optional[Array] = None,
+  def prefill(self, inputs: Array, *, max_decode_length: int, prompts: Optional[Array] = None,
               prompt_mask: Optional[Array] = None) -> None:
-    """Writes BOS, the prompt and inputs [b, I] (zero padded, EOS included) into the cache."""
+    """Writes BOS, the prompt and inputs [b, I] (zero padded, EOS included) into a new cache
+    with room for `max_decode_length` more positions."""
     b = inputs.shape[0]
     tokens = jnp.concatenate([jnp.zeros((b, 1), jnp.int32), inputs.astype(jnp.int32)], axis=1)
     valid = jnp.concatenate([jnp.ones((b, 1), bool), inputs > 0], axis=1)  # BOS is real
-    self.decoder.prefill(tokens, valid, jnp.sum(valid, axis=1), cache_length=cache_length,
+    self.decoder.prefill(tokens, valid, jnp.sum(valid, axis=1),
+                         max_decode_length=max_decode_length,
                          prompts=prompts, prompt_mask=prompt_mask)
 
   def extend(self, tokens: Array) -> Array:
