@@ -38,13 +38,13 @@ def gather_prompts(model: Any, bank: PromptBank, names: Sequence[str]
                   ) -> tuple[np.ndarray, np.ndarray]:
   """The `prompts` [b, P_max, H] and `prompt_mask` [b, P_max] of `names` for `model`.
 
-  Checks that the model takes prompts (a `PromptedT5`) and that the bank's
+  Checks that the model takes prompts (a prompted model) and that the bank's
   width equals its emb_dim; pads on the side the model's placement needs.
   """
   placement = getattr(model, 'prompt_placement', None)
   if placement is None:
     raise UsageError(f'{type(model).__name__} has no prompt: mixed-prompt batches need a '
-                     'PromptedT5.')
+                     'prompted model (PromptedT5, PromptedDecoderOnly).')
   bank.check_width(model.config.emb_dim)
   return bank.gather(names, padding_side=padding_side_for(placement))
 
