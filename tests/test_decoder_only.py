@@ -16,9 +16,12 @@ from flax import traverse_util
 
 from conftest import decoder_only_config, prefix_lm_batch
 from prompt_tuning_jax import decoding
+from prompt_tuning_jax import dry_run
 from prompt_tuning_jax import masks
+from prompt_tuning_jax import optim
 from prompt_tuning_jax import prompts as prompts_lib
 from prompt_tuning_jax import scoring
+from prompt_tuning_jax import train_step
 from prompt_tuning_jax.models import (T5, DecoderOnly, PromptedDecoderOnly, dummy_inputs,
                                       get_config, model_inputs)
 
@@ -468,3 +471,42 @@ def test_mixed_prompts_decode_and_rank_like_separate_prompted_models():
     _, alone_scores = scoring.jit_rank_classify(alone, alone_params, INPUTS[row:row + 1], labels)
     np.testing.assert_array_equal(tokens[row], alone_tokens[0])
     np.testing.assert_allclose(label_scores[row], alone_scores[0], atol=1e-4)
+
+
+# ------------------------------------------------------------------ training and planning
+
+
+def _step_flops(rules):
+  model = PromptedDecoderOnly(decoder_only_config(emb_dim=64, num_heads=4, head_dim=16,
+                                                  mlp_dim=128, vocab_size=256), prompt_length=8)
+  rng = np.random.RandomState(0)
+  batch = prefix_lm_batch([(list(rng.randint(2, 256, 31)) + [1], list(rng.randint(2, 256, 7)) + [1])
+                           for _ in range(4)], length=40)
+  params = _init(model)
+  trainable, frozen = optim.partition(params, rules)
+  tx = optim.partitioned_optimizer(params, optim.adafactor(), rules)
+  state = jax.eval_shape(lambda t, f: train_step.init_train_state(t, f, tx), trainable, frozen)
+  compiled = jax.jit(train_step.make_train_step(model, tx)).lower(state, frozen, batch).compile()
+  cost = compiled.cost_analysis()
+  return (cost[0] if isinstance(cost, (list, tuple)) else cost)['flops']
+
+
+def test_prompt_only_step_skips_weight_gradients():
+  """Only the prompt is differentiated: no weight gradients, about 4/6 of a full step's FLOPs
+  (forward 2, activation gradients 2, weight gradients 2 per weight FLOP; the attention's
+  token-by-token products have no weight and cost the same in both). Measured 0.697
+  (9.14e7 / 1.31e8); differentiating the frozen weights would give ~1."""
+  prompt_only = _step_flops(optim.PROMPT_TUNING_RULES)
+  full = _step_flops(optim.MODEL_TUNING_RULES)
+  print(f'compiled step FLOPs: prompt-only {prompt_only:.3e}, full {full:.3e}, '
+        f'ratio {prompt_only / full:.3f}')
+  assert 0.64 < prompt_only / full < 0.72
+
+
+def test_dry_run_plans_one_sequence_without_cross_attention():
+  report = dry_run.dry_run('decoder_mini', 100, 32, {'inputs': 64, 'targets': 8}, 1)
+  assert report.encoder_length == 0 and report.decoder_length == 64 + 100 + 8
+  assert report.num_params == 3_410_432 + 100 * 128
+  assert report.num_trainable_params == 100 * 128
+  assert report.activation_bytes['encoder layers'] == 0
+  assert 'sequence length 172' in str(report)
