@@ -52,8 +52,8 @@ def export(run: RunSettings, output_dir: str, export_format: str, *,
                      'a PEFT adapter; use --format t5x or hf.')
   if export_format in ('hf', 'peft') and isinstance(run.model.config, models.DecoderOnlyConfig):
     raise UsageError(f'--format {export_format}: no Hugging Face model computes a T5 '
-                     'decoder-only LM (relative-position buckets, RMS norm, gated GELU, a '
-                     'bidirectional prefix), so none can hold it or its prompt; use --format t5x.')
+                     'decoder-only prefix LM, and the causal case is not written yet (README, '
+                     '"Decoder-only language models"); use --format t5x.')
   params, step = run_setup.checkpoint_params(s)
   flat = tree_lib.flatten(jax.device_get(params))
   if export_format == 't5x':

@@ -6,6 +6,12 @@ two T5X checkpoints, `lm_adapted/` (span corruption, then LM adaptation: the
 frozen model prompt tuning uses) and `span_corruption/` (before LM
 adaptation), stored in bfloat16. `launch/pretrain_mini.sh` made them; its log
 and configuration are in `t5_mini/pretraining/`.
+
+`decoder_mini/` holds the decoder-only mini LM that `models/decoder_mini.gin`
+configures (t5_mini's vocabulary): `lm_adapted/` (prefix-LM pre-training, then
+LM adaptation) and `prefix_lm/` (before LM adaptation), bfloat16;
+`launch/pretrain_decoder_mini.sh` made them, its log and configuration are in
+`decoder_mini/pretraining/`.
 """
 from __future__ import annotations
 
