@@ -7,8 +7,10 @@ Reads MODEL_DIR/config.gin and the checkpoint of CHECKPOINT_STEP ('latest',
 - `t5x`: the whole model (frozen weights and the trained parameters, the prompt
   included) as a T5X checkpoint (`checkpoints.save_t5x`): an
   INITIAL_CHECKPOINT_PATH for another run.
-- `hf`: the T5 without the prompt as a transformers directory (`checkpoints.save_hf`).
-- `peft`: the prompt as a PEFT prompt-tuning adapter (`checkpoints.save_peft_prompt`).
+- `hf`: the T5 without the prompt as a transformers directory (`checkpoints.save_hf`); a
+  causal decoder-only LM as a `Pix2StructTextModel` (`checkpoints/hf_causal_lm.py`).
+- `peft`: the prompt as a PEFT prompt-tuning adapter (`checkpoints.save_peft_prompt`;
+  FEATURE_EXTRACTION for a causal decoder-only LM with its prompt at the very start).
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import jax
 from prompt_tuning_jax import config
 from prompt_tuning_jax import run_setup
 from prompt_tuning_jax.checkpoints import hf as hf_lib
+from prompt_tuning_jax.checkpoints import hf_causal_lm as hf_causal_lm_lib
 from prompt_tuning_jax.checkpoints import peft as peft_lib
 from prompt_tuning_jax.checkpoints import t5x as t5x_lib
 from prompt_tuning_jax.checkpoints import tree as tree_lib
@@ -50,19 +53,29 @@ def export(run: RunSettings, output_dir: str, export_format: str, *,
   if export_format == 'peft' and not s.has_prompt:
     raise UsageError(f'{run.model_dir} trains no prompt (model tuning): nothing to export as '
                      'a PEFT adapter; use --format t5x or hf.')
-  if export_format in ('hf', 'peft') and isinstance(run.model.config, models.DecoderOnlyConfig):
-    raise UsageError(f'--format {export_format}: no Hugging Face model computes a T5 '
-                     'decoder-only prefix LM, and the causal case is not written yet (README, '
-                     '"Decoder-only language models"); use --format t5x.')
+  decoder_only = isinstance(run.model.config, models.DecoderOnlyConfig)
+  if decoder_only and export_format in ('hf', 'peft'):
+    why = hf_causal_lm_lib.exportable(run.model.config)
+    if why is None and export_format == 'peft' and run.model.prompt_placement != 'prefix':
+      why = (f"its prompt is placed {run.model.prompt_placement!r}; PEFT puts it at the very "
+             "start (prompt_placement='prefix')")
+    if why is not None:
+      raise UsageError(f'--format {export_format}: no Hugging Face model computes this '
+                       f'decoder-only LM: {why}. Use --format t5x.')
   params, step = run_setup.checkpoint_params(s)
   flat = tree_lib.flatten(jax.device_get(params))
   if export_format == 't5x':
     t5x_lib.save_t5x(tree_lib.unflatten(flat), output_dir, step=step)
+  elif export_format == 'hf' and decoder_only:
+    flat.pop(s.prompt_path, None)
+    hf_causal_lm_lib.save_hf_causal_lm(tree_lib.unflatten(flat), run.model.config, output_dir)
   elif export_format == 'hf':
     hf_lib.save_hf(tree_lib.unflatten(flat), run.model.config, output_dir, drop_prompt=True)
   else:
-    peft_lib.save_peft_prompt(flat[s.prompt_path], output_dir, base_model_name_or_path=base_model,
-                              config=run.model.config)
+    peft_lib.save_peft_prompt(
+        flat[s.prompt_path], output_dir, base_model_name_or_path=base_model,
+        config=run.model.config,
+        task_type=peft_lib.DECODER_ONLY_TASK_TYPE if decoder_only else peft_lib.TASK_TYPE)
   logger.info('Exported %s step %d as %s to %s.', run.model_dir, step, export_format, output_dir)
   return output_dir, step
 

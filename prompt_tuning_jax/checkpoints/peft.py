@@ -52,6 +52,12 @@ PICKLED_WEIGHTS_FILE = 'adapter_model.bin'
 PROMPT_KEY = 'prompt_embeddings'
 PEFT_TYPE = 'PROMPT_TUNING'
 TASK_TYPE = 'SEQ_2_SEQ_LM'
+# A causal decoder-only LM's prompt (checkpoints/hf_causal_lm.py): PEFT's
+# `PeftModelForFeatureExtraction` prepends it to the whole input and returns the
+# base model's logits. (`CAUSAL_LM` would do the same, but its wrapper needs a
+# generating model, which Pix2StructTextModel is not in transformers 5.)
+DECODER_ONLY_TASK_TYPE = 'FEATURE_EXTRACTION'
+TASK_TYPES = (TASK_TYPE, DECODER_ONLY_TASK_TYPE)
 PROMPT_TUNING_INITS = ('RANDOM', 'SAMPLE_VOCAB', 'TEXT')
 
 
@@ -67,8 +73,10 @@ def save_peft_prompt(prompt: Any, directory: str, *,
                      prompt_tuning_init: str = 'RANDOM',
                      prompt_tuning_init_text: str | None = None,
                      tokenizer_name_or_path: str | None = None,
-                     revision: str | None = None) -> str:
-  """Writes a [P, H] prompt as a PEFT prompt-tuning adapter for a T5 (SEQ_2_SEQ_LM).
+                     revision: str | None = None,
+                     task_type: str = TASK_TYPE) -> str:
+  """Writes a [P, H] prompt as a PEFT prompt-tuning adapter for a T5 (SEQ_2_SEQ_LM), or with
+  `task_type=DECODER_ONLY_TASK_TYPE` for a causal decoder-only LM (`hf_causal_lm`).
 
   `peft.PeftModel.from_pretrained(t5, directory)` then prepends it to the encoder
   input as `PromptedT5` does (see the module docstring), e.g. on the
@@ -82,8 +90,9 @@ def save_peft_prompt(prompt: Any, directory: str, *,
       `save_hf` directory); None is allowed, as PEFT allows.
     config: the frozen model's `T5Config`: the prompt's width must be its
       `emb_dim`; fills `num_layers` (encoder layers, what PEFT takes from
-      `num_hidden_layers`) and `num_attention_heads`. Without it these two
-      are null and PEFT fills them from the base model when it loads.
+      `num_hidden_layers`; a decoder-only LM's layers) and
+      `num_attention_heads`. Without it these two are null and PEFT fills them
+      from the base model when it loads.
     num_transformer_submodules: 1 (default: a [P, H] table) or 2 (PEFT's
       default for seq2seq: [2P, H], rows [P, 2P) unused by prompt tuning and
       holding a copy of the prompt).
@@ -108,6 +117,8 @@ def save_peft_prompt(prompt: Any, directory: str, *,
     raise CheckpointError(
         f'{directory}: the prompt is {tree_lib.shape_str(array.shape)} but the model '
         f'width (T5Config.emb_dim) is {config.emb_dim}')
+  if task_type not in TASK_TYPES:
+    raise CheckpointError(f'task_type={task_type!r}: one of {TASK_TYPES}')
   if num_transformer_submodules not in (1, 2):
     raise CheckpointError(
         f'num_transformer_submodules={num_transformer_submodules!r}: 1 or 2')
@@ -126,14 +137,15 @@ def save_peft_prompt(prompt: Any, directory: str, *,
       'inference_mode': True,
       'modules_to_save': None,
       'num_attention_heads': None if config is None else config.num_heads,
-      'num_layers': None if config is None else config.num_encoder_layers,
+      'num_layers': (None if config is None
+                     else config.num_encoder_layers or config.num_decoder_layers),
       'num_transformer_submodules': num_transformer_submodules,
       'num_virtual_tokens': length,
       'peft_type': PEFT_TYPE,
       'prompt_tuning_init': prompt_tuning_init,
       'prompt_tuning_init_text': prompt_tuning_init_text,
       'revision': revision,
-      'task_type': TASK_TYPE,
+      'task_type': task_type,
       'token_dim': width,
       'tokenizer_kwargs': None,
       'tokenizer_name_or_path': tokenizer_name_or_path,
@@ -195,10 +207,10 @@ def load_peft_prompt(directory: str, *,
         f'{directory}: a {peft_type} adapter, not a prompt-tuning one: only PEFT '
         f'peft_type {PEFT_TYPE} holds a soft prompt')
   task_type = config.get('task_type')
-  if task_type != TASK_TYPE:
+  if task_type not in TASK_TYPES:
     raise CheckpointError(
         f'{directory}: task_type {task_type!r}: a prompt for another kind of model; '
-        f"prompts of this project's T5 are {TASK_TYPE} adapters")
+        f"prompts of this project's models are {' or '.join(TASK_TYPES)} adapters")
   length = config.get('num_virtual_tokens')
   width = config.get('token_dim')
   submodules = config.get('num_transformer_submodules')
