@@ -10,7 +10,7 @@ Per size, in one fresh process (random weights, T5.1.1 shape, activations --dtyp
   length (+ EOS) is greedy's fair case; random weights never emit EOS, so
   every greedy run decodes exactly its max length;
 - mixed-task serving: `--tasks` prompts, one batch of `--batch` examples whose
-  example i uses prompt i % tasks (`prompts=` per example), against one call
+  example i uses prompt i % tasks (`MethodInputs.prompts` per example), against one call
   per prompt, either padded to the full batch (a fixed-shape server: same
   compiled program, 1/tasks of the rows real) or with batch/tasks rows
   (a second compiled shape).
@@ -78,6 +78,7 @@ def _measure(payload: dict) -> dict:
   import numpy as np  # pylint: disable=g-import-not-at-top
   from prompt_tuning_jax import decoding, scoring  # pylint: disable=g-import-not-at-top
   from prompt_tuning_jax.models import PromptedT5, T5Config  # pylint: disable=g-import-not-at-top
+  from prompt_tuning_jax.methods import MethodInputs  # pylint: disable=g-import-not-at-top
 
   if payload['kind'] != 'eval':
     raise ValueError(f'{MODULE} worker: unknown measurement kind {payload["kind"]!r}')
@@ -125,8 +126,8 @@ def _measure(payload: dict) -> dict:
   mask = jnp.ones((b, workload.prompt_len), bool)
 
   def rank_prompted(params, inputs, labels, prompts, prompt_mask):
-    return scoring.rank_classify(model, params, inputs, labels, prompts=prompts,
-                                 prompt_mask=prompt_mask)
+    return scoring.rank_classify(model, params, inputs, labels,
+                                 method_inputs=MethodInputs(prompts, prompt_mask))
 
   mixed_c, result['mixed_compile_s'] = _compile(
       rank_prompted, params, inputs, labels, bank[task_of], mask)

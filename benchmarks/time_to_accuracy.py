@@ -121,9 +121,9 @@ def _ours(payload: dict) -> dict:
   flat[PROMPT_PATH] = np.load(payload['prompt_file'])  # the prompt PEFT starts from too
   params = tree_lib.unflatten(flat)
   opt = run.optimizer
-  trainable, frozen = optim.partition(params, opt.trainable_rules)
+  trainable, frozen = optim.partition(params, run.trainable_rules)
   tx = optim.partitioned_optimizer(params, opt.optimizer(learning_rate=opt.learning_rate),
-                                   opt.trainable_rules)
+                                   run.trainable_rules)
   state = train_step_lib.init_train_state(trainable, frozen, tx)
   step_fn = jax.jit(train_step_lib.make_train_step(run.model, tx), donate_argnums=(0,))
   examples = _dev_examples(payload['eval_examples'])

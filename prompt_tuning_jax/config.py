@@ -11,7 +11,8 @@ It owns:
   built and checked before anything loads, and the effective config text),
   saved as DIR/config.gin by the runs (`Configuration.save`);
 - `check_model_dir`: a resumed run must have the saved run's configured
-  values, except the settings `settings.RESUMABLE_FIELDS` name;
+  values (the model and the trainable rules as built), except the settings
+  `settings.RESUMABLE_FIELDS` name;
 - `report_errors` / `run_command`: the project's errors (`errors.Error`)
   become one line and exit status 1; anything else keeps its traceback.
 
@@ -63,6 +64,14 @@ def _get_config(name: Optional[str] = None, **overrides):
   from prompt_tuning_jax import models  # pylint: disable=g-import-not-at-top
   if name is None:
     raise errors.UsageError(_NO_MODEL)
+  if name not in models.PRESETS:
+    raise errors.UsageError(f'Unknown model preset {name!r} ({_MODEL_CONFIG}.name).'
+                            f'{_did_you_mean(name, models.PRESETS)}')
+  fields = [f.name for f in dataclasses.fields(models.T5Config)]
+  for key in overrides:
+    if key not in fields:
+      raise errors.UsageError(f'{_MODEL_CONFIG}.{key}: T5Config has no field {key!r}.'
+                              f'{_did_you_mean(key, fields)}')
   if isinstance(overrides.get('dtype'), str):
     overrides['dtype'] = getattr(jnp, overrides['dtype'])  # e.g. jnp.bfloat16
   if 'mlp_activations' in overrides:
@@ -70,21 +79,22 @@ def _get_config(name: Optional[str] = None, **overrides):
   return models.get_config(name, **overrides)
 
 
+def _t5(config, method=None):
+  """The configured architecture (T5, or a decoder-only LM) with its trainable method
+  (METHOD: gin/methods/*.gin); None: model tuning."""
+  from prompt_tuning_jax import models  # pylint: disable=g-import-not-at-top
+  return models.build(config, method)
+
+
 def _prompted_t5(config, prompt_length: int = 100, prompt_placement: Optional[str] = None):
-  """The configured architecture (T5, or a decoder-only LM) with a soft prompt; its initial
-  value comes from the run's PromptSettings. `prompt_placement` None: the architecture's
-  default ('prefix' in T5's encoder, 'after_bos' in a decoder-only LM)."""
-  if not isinstance(prompt_length, int) or prompt_length < 1:
-    raise errors.UsageError(f'PROMPT_LENGTH must be a positive number of prompt vectors, got '
-                            f'{prompt_length!r}.')
+  """The configured architecture with prompt tuning, as configurations written before
+  gin/methods/ name it. `prompt_placement` None: the architecture's default ('prefix' in
+  T5's encoder, 'after_bos' in a decoder-only LM)."""
   from prompt_tuning_jax import models  # pylint: disable=g-import-not-at-top
-  return models.prompted_model(config, prompt_length, prompt_placement)
-
-
-def _t5(config):
-  """The configured architecture without a prompt (model tuning, the paper's baseline)."""
-  from prompt_tuning_jax import models  # pylint: disable=g-import-not-at-top
-  return models.base_model(config)
+  placement = {} if prompt_placement is None else {'prompt_placement': prompt_placement}
+  if isinstance(config, models.DecoderOnlyConfig):
+    return models.PromptedDecoderOnly(config, prompt_length=prompt_length, **placement)
+  return models.PromptedT5(config, prompt_length=prompt_length, **placement)
 
 
 @functools.cache
@@ -92,6 +102,7 @@ def _register_configurables() -> None:
   """Gives the library's names to gin, once; imports the tasks (their own configurables)."""
   import optax  # pylint: disable=g-import-not-at-top
   from prompt_tuning_jax import data  # pylint: disable=g-import-not-at-top
+  from prompt_tuning_jax import methods  # pylint: disable=g-import-not-at-top
   from prompt_tuning_jax import optim  # pylint: disable=g-import-not-at-top
   from prompt_tuning_jax import pretrained  # pylint: disable=g-import-not-at-top
   data.import_task_modules()  # get_vocabulary, local_data_dirs
@@ -99,6 +110,8 @@ def _register_configurables() -> None:
   gin.external_configurable(_get_config, 'get_config', module='models')
   gin.external_configurable(_prompted_t5, 'PromptedT5', module='models')
   gin.external_configurable(_t5, 'T5', module='models')
+  for cls in methods.METHODS + methods.PARTS:
+    gin.external_configurable(cls, cls.__name__, module='methods')
   for fn in (optim.adafactor, optim.inverse_sqrt_schedule):
     gin.external_configurable(fn, fn.__name__, module='optim')
   for fn in (optax.adamw, optax.adam, optax.sgd, optax.constant_schedule, optax.linear_schedule,
@@ -257,17 +270,15 @@ def configure(command: str, files: Sequence[str], bindings: Sequence[str],
   _quiet_gin_path_errors()
   files = [_resolve_file(f, paths) for f in files]
   saved_run = not files and command != 'train'
+  saved = []
   if saved_run:
     _parse([], bindings)
     model_dir = _bindings('MODEL_DIR/gin.macro').get('value')
     if not isinstance(model_dir, str):
       raise errors.UsageError(f'ptj {command} needs --gin.MODEL_DIR=DIR of a training run, '
                               'or --gin_file=... files (see runs/eval.gin).')
-    files = [config_file(model_dir)]
-    if not os.path.isfile(files[0]):
-      raise errors.UsageError(f'{files[0]} does not exist: MODEL_DIR holds no training run. '
-                              "Pass the run's files instead, e.g. --gin_file=runs/eval.gin.")
-  _parse(files, [])
+    saved = [_read_saved_config(config_file(model_dir))]  # Text: MODEL_DIR may be gs://.
+  _parse(files, saved)
   # A saved run's PROMPT_FILE was its starting prompt (prompt transfer); what it trained
   # is in its checkpoints. Only a PROMPT_FILE given now replaces them.
   given = {m.group(1) for m in map(_MACRO_BINDING.match, bindings) if m}
@@ -275,26 +286,98 @@ def configure(command: str, files: Sequence[str], bindings: Sequence[str],
     bindings = ['PROMPT_FILE = None', *bindings]
   if _bindings(_RUN_SETTINGS):  # Without a run file, `_check_complete` says so.
     _check_macro_names(bindings)
-  _parse(files, bindings)
+  _parse(files, [*saved, *bindings])
+  if not saved_run:  # A saved config.gin holds only what its run's files set.
+    _check_file_macros([f for f in files if not f.startswith(gin_dir() + os.sep)])
   _check_complete()
   run = gin.get_configurable(_RUN_SETTINGS)()
   return Configuration(run, gin.config_str())
 
 
+def _read_saved_config(path: str) -> str:
+  """The text of a training run's config.gin (local or gs://)."""
+  from prompt_tuning_jax import storage  # pylint: disable=g-import-not-at-top
+  try:
+    text = storage.read(path)
+  except OSError as e:
+    raise errors.UsageError(f'{path} cannot be read ({e}).') from e
+  if text is None:
+    raise errors.UsageError(f'{path} does not exist: MODEL_DIR holds no training run. '
+                            "Pass the run's files instead, e.g. --gin_file=runs/eval.gin.")
+  return text.decode()
+
+
 _MACRO_BINDING = re.compile(r'\s*([A-Z][A-Z0-9_]*)\s*=')
+_MACRO_NAME = re.compile(r'[A-Z][A-Z0-9_]*')
+
+
+def _did_you_mean(name: str, known: Sequence[str]) -> str:
+  close = difflib.get_close_matches(name, list(known), n=3)
+  return f' Did you mean {", ".join(close)}?' if close else ''
+
+
+def _defined_macros() -> list[str]:
+  return sorted(scope for scope, selector in gin.config._CONFIG  # pylint: disable=protected-access
+                if selector == 'gin.macro')
 
 
 def _check_macro_names(bindings: Sequence[str]) -> None:
   """Every macro a binding sets is one the gin files define: a typo is not a new macro."""
-  known = sorted(scope for scope, selector in gin.config._CONFIG  # pylint: disable=protected-access
-                 if selector == 'gin.macro')
+  known = _defined_macros()
   for binding in bindings:
     match = _MACRO_BINDING.match(binding)
     if match and match.group(1) not in known:
       name = match.group(1)
-      close = difflib.get_close_matches(name, known, n=3)
-      hint = f' Did you mean {", ".join(close)}?' if close else ' (`ptj --help` lists them.)'
+      hint = _did_you_mean(name, known) or ' (`ptj --help` lists them.)'
       raise errors.UsageError(f'--gin.{name}: no gin file defines the macro {name}.{hint}')
+
+
+def _used_macros() -> set[str]:
+  """The macros some parsed binding refers to (%NAME), macros' values included."""
+  used = set()
+
+  def visit(value: Any) -> None:
+    if isinstance(value, gin.config.ConfigurableReference):
+      if value.selector == 'gin.macro':
+        used.add('/'.join(value.scopes))
+    elif isinstance(value, (list, tuple, set)):
+      for item in value:
+        visit(item)
+    elif isinstance(value, dict):
+      for item in value.values():
+        visit(item)
+
+  for params in gin.config._CONFIG.values():  # pylint: disable=protected-access
+    for value in params.values():
+      visit(value)
+  return used
+
+
+@functools.cache
+def _project_macros() -> frozenset[str]:
+  """The macros the project's own gin files set (run blocks, model and prompt files)."""
+  names = set()
+  for root, _, filenames in os.walk(gin_dir()):
+    for filename in filenames:
+      if filename.endswith('.gin'):
+        with open(os.path.join(root, filename)) as f:
+          names.update(m.group(1) for m in map(_MACRO_BINDING.match, f) if m)
+  return frozenset(names)
+
+
+def _check_file_macros(files: Sequence[str]) -> None:
+  """A macro a user's gin file sets is one a project gin file sets, or one some binding uses:
+  a typo (LERNING_RATE) is not a new macro that nothing reads."""
+  known = _project_macros() | _used_macros()
+  for path in files:
+    with open(path) as f:
+      for lineno, line in enumerate(f, 1):
+        match = _MACRO_BINDING.match(line)
+        if match and match.group(1) not in known:
+          name = match.group(1)
+          raise errors.UsageError(
+              f'{path}:{lineno}: {name}: no gin file of the project defines the macro {name} '
+              f'and no binding uses it.{_did_you_mean(name, sorted(known))}')
 
 
 def _bindings(selector: str) -> dict[str, Any]:
@@ -348,13 +431,14 @@ def configured_values(*roots: str, skip: Sequence[str] = ()) -> dict[str, Any]:
   A value reached through a macro is named by the macro ('BATCH_SIZE'), any
   other by its binding ('models.get_config.name'). A reference to a
   configurable is a value ('@models.T5()'), and the configurable's own
-  bindings follow it. Parameters of the roots named in `skip` are left out.
+  bindings follow it. The parameters named in `skip` ('settings.RunSettings.model_dir')
+  are left out, with what is reached only through them.
   """
   values: dict[str, Any] = {}
 
-  def visit_configurable(selector: str, skipped: Sequence[str] = ()) -> None:
+  def visit_configurable(selector: str) -> None:
     for param, value in _bindings(selector).items():
-      if param not in skipped:
+      if f'{selector}.{param}' not in skip:
         visit(f'{selector}.{param}', value)
 
   def visit(name: str, value: Any) -> None:
@@ -371,14 +455,44 @@ def configured_values(*roots: str, skip: Sequence[str] = ()) -> dict[str, Any]:
       visit_configurable(value.scoped_selector)
 
   for root in roots:
-    visit_configurable(root, skip)
+    visit_configurable(root)
   return values
 
 
-def _compared_values(text: str) -> dict[str, Any]:
-  """The values of a configuration's text that a resumed run may not change."""
+_MODEL, _TRAINABLE_RULES = f'{_RUN_SETTINGS}.model', 'settings.OptimizerSettings.trainable_rules'
+
+
+def _compared_values(text: str) -> tuple[dict[str, Any], dict[str, Any]]:
+  """The values of a configuration's text that a resumed run may not change, and the macro
+  values the model is built from (PROMPT_LENGTH, DROPOUT_RATE), which name its differences.
+
+  The model and the trainable rules are compared as built, not as written: the T5's
+  config fields, its method (a frozen dataclass) and the rules that train (TRAINABLE_RULES,
+  or the method's when None). So `MODEL = @models.PromptedT5()` with TRAINABLE_RULES
+  ('.*prompt.*',), as runs saved before gin/methods/ existed, equals today's `@models.T5()`
+  with `METHOD = @methods.PromptTuning()`.
+  """
   _parse([], [text])
-  return configured_values(_RUN_SETTINGS, _VOCABULARY, skip=settings_lib.RESUMABLE_FIELDS)
+  fields = [f'{_RUN_SETTINGS}.{f.name}' for f in dataclasses.fields(settings_lib.RunSettings)]
+  resumable = [f'{_RUN_SETTINGS}.{field}' for field in settings_lib.RESUMABLE_FIELDS]
+  values = configured_values(_RUN_SETTINGS, _VOCABULARY,
+                             skip=resumable + [_MODEL, _TRAINABLE_RULES])
+  model_macros = {name: value for name, value in configured_values(
+      _RUN_SETTINGS, skip=[f for f in fields if f != _MODEL]).items()
+                  if _MACRO_NAME.fullmatch(name) and not isinstance(value, _Reference)}
+  run = gin.get_configurable(_RUN_SETTINGS)()
+  model_config = run.model.config
+  values.update({f'model.config.{field.name}': getattr(model_config, field.name)
+                 for field in dataclasses.fields(model_config)})
+  values['model.method'] = run.model.method
+  values['trainable rules'] = run.trainable_rules
+  return values, model_macros
+
+
+def _differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+  return [f'  {name}: {saved.get(name, _UNSET)!r} -> {current.get(name, _UNSET)!r}'
+          for name in sorted(saved.keys() | current.keys())
+          if saved.get(name, _UNSET) != current.get(name, _UNSET)]
 
 
 def check_model_dir(configuration: Configuration, *, override: bool) -> None:
@@ -387,19 +501,26 @@ def check_model_dir(configuration: Configuration, *, override: bool) -> None:
   TRAIN_STEPS, MODEL_DIR, NUM_PARTITIONS and the checkpoint, eval and infer
   settings may change (`settings.RESUMABLE_FIELDS`); anything else, unless `override`.
   """
+  from prompt_tuning_jax import storage  # pylint: disable=g-import-not-at-top
   model_dir = configuration.settings.model_dir
   saved_path = config_file(model_dir)
-  if not os.path.isfile(saved_path):
+  try:
+    saved_text = storage.read(saved_path)
+  except OSError as e:
+    raise errors.UsageError(f'{saved_path} cannot be read ({e}).') from e
+  if saved_text is None:
     return
-  with open(saved_path) as f:
-    try:
-      saved = _compared_values(f.read())
-    except errors.UsageError as e:
-      raise errors.UsageError(f'{saved_path} does not parse ({e}): use another MODEL_DIR.') from e
-  current = _compared_values(configuration.text)  # Last: gin holds the run's configuration.
-  diffs = [f'  {name}: {saved.get(name, _UNSET)!r} -> {current.get(name, _UNSET)!r}'
-           for name in sorted(saved.keys() | current.keys())
-           if saved.get(name, _UNSET) != current.get(name, _UNSET)]
+  try:
+    saved, saved_macros = _compared_values(saved_text.decode())
+  except errors.UsageError as e:
+    raise errors.UsageError(f'{saved_path} does not parse ({e}): use another MODEL_DIR.') from e
+  # Last: gin holds the run's configuration.
+  current, current_macros = _compared_values(configuration.text)
+  diffs = _differences(saved, current)
+  if diffs:  # The model's macros name what changed in it (a macro added since changes nothing).
+    common = saved_macros.keys() & current_macros.keys()
+    diffs = sorted(diffs + _differences({k: saved_macros[k] for k in common},
+                                        {k: current_macros[k] for k in common}))
   if not diffs:
     return
   message = (f'MODEL_DIR {model_dir} holds a run with a different configuration:\n'

@@ -1,6 +1,7 @@
 """seqio tasks for a run: finding them, their label words, and training batches.
 
-The pipeline is `Task.get_dataset` (untrimmed, shuffled with `seed`, repeated)
+The pipeline is `Task.get_dataset` (untrimmed, shuffled with `seed`, repeated;
+for a mixture each example is tagged with its task's index, `task_index_of`)
 -> a truncation flag per example -> the model's feature converter with
 pack=False (`EncDecFeatureConverter` for T5; `DecoderFeatureConverter` for a
 decoder-only LM: inputs and targets concatenated, `decoder_causal_attention` on
@@ -58,6 +59,9 @@ from prompt_tuning_jax.tasks import sources as task_sources
 # Per-example [inputs_truncated, targets_truncated] (0/1), passed through the
 # feature converter; removed from the batches by `TruncationCounter.pop`.
 TRUNCATED = 'truncated'
+# Per-example index of the example's task in `sub_tasks(name)` (0 for a single task), in
+# every training batch: what selects an example's task-specific parameters or label set.
+TASK_INDEX = 'task_index'
 MODEL_FEATURES = ('encoder_input_tokens', 'decoder_input_tokens', 'decoder_target_tokens',
                   'decoder_loss_weights')
 DECODER_FEATURES = MODEL_FEATURES[1:]
@@ -111,6 +115,48 @@ def sub_tasks(name: str) -> list[seqio.Task]:
   """The task itself, or the (leaf) tasks of a mixture."""
   provider = get_mixture_or_task(name)
   return list(provider.tasks) if isinstance(provider, seqio.Mixture) else [provider]
+
+
+def task_index_of(name: str) -> dict[str, int]:
+  """{task name: its TASK_INDEX} for the tasks of `name` (a task, or a mixture's leaf tasks)."""
+  return {task.name: i for i, task in enumerate(sub_tasks(name))}
+
+
+def _tagged_dataset(provider: seqio.Task | seqio.Mixture, sequence_length,
+                    task_index: Optional[Mapping[str, int]] = None, **kwargs
+                    ) -> tf.data.Dataset:
+  """`provider.get_dataset(sequence_length, **kwargs)` with each example's TASK_INDEX.
+
+  The index of a task is `task_index[name]` (the method's, `run_setup.Setup.task_index`),
+  by default its place in the mixture (`task_index_of`). A mixture's datasets are built and
+  sampled with the calls its own `get_dataset` makes, in the same order and with the same
+  seed (so the examples are the same: tests check it), each task's examples tagged before
+  they are mixed.
+  """
+  index = dict(task_index or task_index_of(provider.name))
+
+  def tag(name):
+    return lambda example: {**example, TASK_INDEX: tf.constant([index[name]], tf.int32)}
+
+  if not isinstance(provider, seqio.Mixture):
+    return provider.get_dataset(sequence_length, **kwargs).map(tag(provider.name))
+  split, seed = kwargs['split'], kwargs.get('seed')
+  tasks = [task for task in provider.tasks if split in task.splits]
+  if not tasks:
+    raise DataError(f'No task of {provider.name!r} has a {split!r} split.')
+  keys = set(provider.output_features)
+  datasets = [provider.get_task_dataset(task, keys, sequence_length, **kwargs).map(
+      tag(task.name)) for task in tasks]
+  return provider._sample_fn(datasets, provider._get_all_mixing_rates(tasks), seed)
+
+
+def check_sources_available(name: str) -> None:
+  """Each task of `name` can read its data: a TFDS download it needs can be made (else
+  one line naming the local files to use instead)."""
+  for task in sub_tasks(name):
+    check = getattr(task.source, 'check_available', None)  # tasks.sources.BenchmarkSource
+    if check is not None:
+      check()
 
 
 def label_words(task_name: str, class_labels: Optional[Sequence[str]] = None
@@ -170,9 +216,12 @@ def _flag_and_trim(lengths: Mapping[str, int], features: Mapping[str, seqio.Feat
 
 def train_batches(settings: DataSettings, *, start_step: int = 0,
                   window_batches: int = WINDOW_BATCHES,
+                  task_index: Optional[Mapping[str, int]] = None,
                   feature_converter_cls: type = seqio.EncDecFeatureConverter
                   ) -> Iterator[dict[str, np.ndarray]]:
   """Global training batches of model features (+ `truncated` [batch, 2]), from `start_step` on.
+
+  Each example carries TASK_INDEX: `task_index[its task]` (None: `task_index_of`).
 
   The 'train' split, shuffled with the seed and repeated; the same batches on
   every process (see the module docstring). With LENGTH_BUCKETS, each batch is
@@ -185,11 +234,12 @@ def train_batches(settings: DataSettings, *, start_step: int = 0,
   options = tf.data.Options()
   options.deterministic = True
   if settings.length_buckets is None:
-    ds = global_batches(settings, feature_converter_cls).skip(start_step)
+    ds = global_batches(settings, task_index,
+                        feature_converter_cls=feature_converter_cls).skip(start_step)
     return iterate(ds.with_options(options).prefetch(tf.data.AUTOTUNE))
   window = settings.batch_size * window_batches
   first_window, skip_batches = divmod(start_step, window_batches)
-  windows = _converted_examples(settings, feature_converter_cls).batch(
+  windows = _converted_examples(settings, task_index, feature_converter_cls).batch(
       window, drop_remainder=True).skip(first_window)
   windows = iterate(windows.with_options(options).prefetch(2))
   batches = _bucketed(windows, settings, first_window)
@@ -197,6 +247,7 @@ def train_batches(settings: DataSettings, *, start_step: int = 0,
 
 
 def _converted_examples(settings: DataSettings,
+                        task_index: Optional[Mapping[str, int]] = None,
                         feature_converter_cls: type = seqio.EncDecFeatureConverter
                         ) -> tf.data.Dataset:
   """The endless stream of examples in seeded order, trimmed, flagged and padded to the lengths.
@@ -211,21 +262,24 @@ def _converted_examples(settings: DataSettings,
     logging.info('%s: a preprocessor uses the sequence length, so seqio trims the examples '
                  'and truncation is not counted.', settings.mixture_or_task_name)
   # Without a sequence length seqio trims nothing; `_flag_and_trim` does it.
-  ds = provider.get_dataset(None if count else lengths, split='train', shuffle=True,
-                            seed=settings.seed, num_epochs=None,
-                            trim_output_features=not count)
+  ds = _tagged_dataset(provider, None if count else lengths, task_index, split='train',
+                       shuffle=True,
+                       seed=settings.seed, num_epochs=None, trim_output_features=not count)
   ds = ds.map(_flag_and_trim(lengths, provider.output_features),
               num_parallel_calls=tf.data.AUTOTUNE)
+  int_feature = seqio.FeatureConverter.FeatureSpec(tf.int32)
   converter = feature_converter_cls(
-      pack=False, passthrough_features={TRUNCATED: seqio.FeatureConverter.FeatureSpec(tf.int32)})
-  return converter(ds, task_feature_lengths={**lengths, TRUNCATED: 2})
+      pack=False, passthrough_features={TRUNCATED: int_feature, TASK_INDEX: int_feature})
+  ds = converter(ds, task_feature_lengths={**lengths, TRUNCATED: 2, TASK_INDEX: 1})
+  return ds.map(lambda ex: {**ex, TASK_INDEX: ex[TASK_INDEX][0]})  # [1] -> a scalar
 
 
-def global_batches(settings: DataSettings,
-                   feature_converter_cls: type = seqio.EncDecFeatureConverter) -> tf.data.Dataset:
+def global_batches(settings: DataSettings, task_index: Optional[Mapping[str, int]] = None, *,
+                   feature_converter_cls: type = seqio.EncDecFeatureConverter
+                   ) -> tf.data.Dataset:
   """The endless sequence of fixed-shape global batches (LENGTH_BUCKETS=None)."""
-  return _converted_examples(settings, feature_converter_cls).batch(settings.batch_size,
-                                                                    drop_remainder=True)
+  return _converted_examples(settings, task_index, feature_converter_cls).batch(
+      settings.batch_size, drop_remainder=True)
 
 
 def _bucketed(windows: Iterator[dict[str, np.ndarray]], settings: DataSettings,

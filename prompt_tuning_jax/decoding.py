@@ -21,18 +21,20 @@ functions trace under any enclosing `jax.jit`/`pjit`; the `jit_*` variants are
 jitted with the module and the sizes (beam size, decode length) static, so
 repeated calls with the same shapes reuse one compilation.
 
-`prompts` [b, P, emb] / `prompt_mask` [b, P] give every example its own prompt
-(mixed-prompt batches, prompt ensembles); see `PromptedT5`, `PromptedDecoderOnly`.
-`jit_decode` picks greedy decoding or beam search by name (the DECODER setting).
+`method_inputs` (`methods.MethodInputs`) are the per-example inputs of the model's
+method, e.g. every example's own prompt (mixed-prompt batches, prompt ensembles); they
+reach the encoder and every decoder step of T5, a decoder-only LM's prefill. `jit_decode`
+picks greedy decoding or beam search by name (the DECODER setting).
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from prompt_tuning_jax.methods import MethodInputs
 from prompt_tuning_jax.settings import BEAM, GREEDY
 
 Array = jnp.ndarray
@@ -50,32 +52,32 @@ def _variables(params: Params, **collections) -> dict:
 
 
 def encode(model: nn.Module, params: Params, encoder_input_tokens: Array, *,
-           prompts: Optional[Array] = None,
-           prompt_mask: Optional[Array] = None) -> tuple[Array, Array]:
+           method_inputs: MethodInputs = MethodInputs()) -> tuple[Array, Array]:
   """Runs the encoder: tokens [b, t] -> (encoded [b, L, emb], encoder_valid [b, L])."""
   return model.apply(_variables(params), encoder_input_tokens, method=model.encode,
-                     prompts=prompts, prompt_mask=prompt_mask)
+                     method_inputs=method_inputs)
 
 
 def init_cache(model: nn.Module, params: Params, encoded: Array, encoder_valid: Array,
-               max_decode_length: int) -> Any:
+               max_decode_length: int, method_inputs: MethodInputs = MethodInputs()) -> Any:
   """An all-zero decoder cache for `encoded.shape[0]` sequences of up to `max_decode_length`."""
   batch = encoded.shape[0]
 
-  def create(params, encoded, encoder_valid):
+  def create(params, encoded, encoder_valid, method_inputs):
     _, variables = model.apply(
         _variables(params), encoded, encoder_valid,
         jnp.zeros((batch, max_decode_length), jnp.int32), decode=True,
-        max_decode_length=max_decode_length, method=model.decode, mutable=['cache'])
+        max_decode_length=max_decode_length, method=model.decode, mutable=['cache'],
+        method_inputs=method_inputs)
     return variables['cache']
 
-  shapes = jax.eval_shape(create, params, encoded, encoder_valid)
+  shapes = jax.eval_shape(create, params, encoded, encoder_valid, method_inputs)
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
 def decode_step(model: nn.Module, params: Params, cache: Any, encoded: Array,
-                encoder_valid: Array, previous_tokens: Array,
-                max_decode_length: int) -> tuple[Array, Any]:
+                encoder_valid: Array, previous_tokens: Array, max_decode_length: int,
+                method_inputs: MethodInputs = MethodInputs()) -> tuple[Array, Any]:
   """One cached decoder step: previous_tokens [b] -> (log_probs [b, vocab] float32, cache).
 
   The position decoded is the cache's index (the number of earlier steps).
@@ -83,7 +85,7 @@ def decode_step(model: nn.Module, params: Params, cache: Any, encoded: Array,
   logits, mutated = model.apply(
       _variables(params, cache=cache), encoded, encoder_valid, previous_tokens[:, None],
       decode=True, max_decode_length=max_decode_length, method=model.decode,
-      mutable=['cache'])
+      mutable=['cache'], method_inputs=method_inputs)
   return jax.nn.log_softmax(logits[:, 0].astype(jnp.float32), axis=-1), mutated['cache']
 
 
@@ -94,7 +96,9 @@ def decodes_from_prefix(model: nn.Module) -> bool:
 
 class DecodingState(NamedTuple):
   """What decoding steps read (`context`) and update (`cache`); arrays batch-first."""
-  context: Any  # T5: (encoded [batch, L, emb], encoder_valid [batch, L]); decoder-only: None
+  # T5: (encoded [batch, L, emb], encoder_valid [batch, L], method_inputs); decoder-only:
+  # None (the prefix, its prompt included, is in the cache).
+  context: Any
   cache: Any  # the model's 'cache' collection
 
 
@@ -105,8 +109,7 @@ def last_tokens(inputs: Array) -> Array:
 
 
 def start(model: nn.Module, params: Params, inputs: Array, *, max_decode_length: int,
-          prompts: Optional[Array] = None, prompt_mask: Optional[Array] = None
-          ) -> tuple[Any, Array]:
+          method_inputs: MethodInputs = MethodInputs()) -> tuple[Any, Array]:
   """What decoding starts from: (state, the first token to feed [b]).
 
   T5: the encoder's output and an empty decoder cache; the first token is
@@ -117,13 +120,12 @@ def start(model: nn.Module, params: Params, inputs: Array, *, max_decode_length:
   """
   if decodes_from_prefix(model):
     _, variables = model.apply(_variables(params), inputs, max_decode_length=max_decode_length,
-                               prompts=prompts, prompt_mask=prompt_mask, method=model.prefill,
+                               method_inputs=method_inputs, method=model.prefill,
                                mutable=['cache'])
     return DecodingState(None, variables['cache']), last_tokens(inputs)
-  encoded, encoder_valid = encode(model, params, inputs, prompts=prompts,
-                                  prompt_mask=prompt_mask)
-  cache = init_cache(model, params, encoded, encoder_valid, max_decode_length)
-  return (DecodingState((encoded, encoder_valid), cache),
+  encoded, encoder_valid = encode(model, params, inputs, method_inputs=method_inputs)
+  cache = init_cache(model, params, encoded, encoder_valid, max_decode_length, method_inputs)
+  return (DecodingState((encoded, encoder_valid, method_inputs), cache),
           jnp.zeros((inputs.shape[0],), jnp.int32))
 
 
@@ -135,8 +137,9 @@ def step(model: nn.Module, params: Params, state: DecodingState, previous_tokens
                                   method=model.extend, mutable=['cache'])
     log_probs, cache = jax.nn.log_softmax(logits[:, 0].astype(jnp.float32)), mutated['cache']
   else:
-    log_probs, cache = decode_step(model, params, state.cache, *state.context, previous_tokens,
-                                   max_decode_length)
+    encoded, encoder_valid, method_inputs = state.context
+    log_probs, cache = decode_step(model, params, state.cache, encoded, encoder_valid,
+                                   previous_tokens, max_decode_length, method_inputs)
   return log_probs, state._replace(cache=cache)
 
 
@@ -158,8 +161,8 @@ class _GreedyState(NamedTuple):
 
 
 def greedy_decode(model: nn.Module, params: Params, encoder_input_tokens: Array, *,
-                  max_decode_length: int, eos_id: int = 1, prompts: Optional[Array] = None,
-                  prompt_mask: Optional[Array] = None) -> tuple[Array, Array]:
+                  max_decode_length: int, eos_id: int = 1,
+                  method_inputs: MethodInputs = MethodInputs()) -> tuple[Array, Array]:
   """Greedy (argmax) decoding.
 
   Returns:
@@ -167,8 +170,7 @@ def greedy_decode(model: nn.Module, params: Params, encoder_input_tokens: Array,
     the summed log-probability of the tokens up to and including EOS.
   """
   decoding, first = start(model, params, encoder_input_tokens,
-                          max_decode_length=max_decode_length, prompts=prompts,
-                          prompt_mask=prompt_mask)
+                          max_decode_length=max_decode_length, method_inputs=method_inputs)
   batch = first.shape[0]
 
   def not_finished(state: _GreedyState) -> Array:
@@ -235,8 +237,7 @@ def _gather_cache(cache: Any, beam_index: Array) -> Any:
 
 def beam_search(model: nn.Module, params: Params, encoder_input_tokens: Array, *,
                 beam_size: int, max_decode_length: int, alpha: float = 0.6, eos_id: int = 1,
-                prompts: Optional[Array] = None,
-                prompt_mask: Optional[Array] = None) -> tuple[Array, Array]:
+                method_inputs: MethodInputs = MethodInputs()) -> tuple[Array, Array]:
   """Beam search; returns the best finished hypothesis per example.
 
   A hypothesis finishes when it emits EOS or reaches `max_decode_length`; its
@@ -253,10 +254,9 @@ def beam_search(model: nn.Module, params: Params, encoder_input_tokens: Array, *
   if beam_size < 1:
     raise ValueError(f'beam_size must be >= 1, got {beam_size}.')
   decoding, first = start(model, params, encoder_input_tokens,
-                          max_decode_length=max_decode_length, prompts=prompts,
-                          prompt_mask=prompt_mask)
+                          max_decode_length=max_decode_length, method_inputs=method_inputs)
   batch, k, length = first.shape[0], beam_size, max_decode_length
-  # Started once per example; every beam reads its example's copy.
+  # Started once per example; every beam reads its example's copy (and method inputs).
   decoding, first = repeat_rows(decoding, k), jnp.repeat(first, k)  # [batch * beams, ...]
   positions = jnp.arange(length + 1)
 
@@ -324,13 +324,12 @@ jit_beam_search = jax.jit(beam_search,
 
 def jit_decode(model: nn.Module, params: Params, encoder_input_tokens: Array, *,
                max_decode_length: int, decoder: str = GREEDY, beam_size: int = 4,
-               alpha: float = 0.6, prompts: Optional[Array] = None,
-               prompt_mask: Optional[Array] = None) -> tuple[Array, Array]:
+               alpha: float = 0.6,
+               method_inputs: MethodInputs = MethodInputs()) -> tuple[Array, Array]:
   """Greedy decoding, or beam search when `decoder` is 'beam' (jitted): (tokens, scores)."""
   if decoder == BEAM:
     return jit_beam_search(model, params, encoder_input_tokens, beam_size=beam_size,
-                           max_decode_length=max_decode_length, alpha=alpha, prompts=prompts,
-                           prompt_mask=prompt_mask)
+                           max_decode_length=max_decode_length, alpha=alpha,
+                           method_inputs=method_inputs)
   return jit_greedy_decode(model, params, encoder_input_tokens,
-                           max_decode_length=max_decode_length, prompts=prompts,
-                           prompt_mask=prompt_mask)
+                           max_decode_length=max_decode_length, method_inputs=method_inputs)

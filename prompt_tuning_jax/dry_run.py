@@ -34,6 +34,7 @@ from flax import traverse_util
 from prompt_tuning_jax import models
 from prompt_tuning_jax import optim
 from prompt_tuning_jax import partitioning as pt
+from prompt_tuning_jax.methods import Method
 from prompt_tuning_jax.models import t5
 from prompt_tuning_jax.settings import RunSettings
 
@@ -148,19 +149,20 @@ class DryRunReport:
     return '\n'.join(lines)
 
 
-def dry_run(model_config: Union[str, t5.T5Config], prompt_length: int, batch_size: int,
+def dry_run(model_config: Union[str, t5.T5Config], method: Method, batch_size: int,
             feature_lengths: Mapping[str, int], num_partitions: int,
             topology: Union[None, str, pt.Topology] = None,
             rules: pt.Rules = pt.LOGICAL_RULES,
             optimizer: Union[str, optax.GradientTransformation] = 'adafactor',
-            trainable_rules: Sequence[str] = optim.PROMPT_TUNING_RULES, *,
+            trainable_rules: Optional[Sequence[str]] = None, *,
             accumulation_steps: int = 1, frozen_dtype: Optional[Any] = None,
             usable_fraction: float = 0.9) -> DryRunReport:
   """Plans a run: shardings and per-device memory, allocating nothing.
 
   Args:
     model_config: a `T5Config` or a preset name ('t5_1_1_xxl').
-    prompt_length: prompt positions prepended to the encoder input (0: plain T5).
+    method: the trainable method (`methods.PromptTuning(100)`, `methods.ModelTuning()`):
+      its parameters, and the encoder positions it adds (`added_positions`).
     batch_size: global batch (all data-parallel replicas together).
     feature_lengths: {'inputs': ..., 'targets': ...} as for the feature converter.
     num_partitions: model-parallel shards (the mesh's `model` axis).
@@ -169,7 +171,8 @@ def dry_run(model_config: Union[str, t5.T5Config], prompt_length: int, batch_siz
     rules: logical-to-mesh axis rules.
     optimizer: 'adafactor' (the paper's), 'adam', or an optax transformation
       for the trainable partition.
-    trainable_rules: regexes of trainable parameter paths (optim's rules).
+    trainable_rules: regexes of trainable parameter paths (optim's rules); None: the
+      method's.
     accumulation_steps: micro-batches per step (`train_step.make_train_step`);
       activations are those of one micro-batch.
     frozen_dtype: dtype frozen weights are kept in (default: the model's, float32).
@@ -193,7 +196,9 @@ def dry_run(model_config: Union[str, t5.T5Config], prompt_length: int, batch_siz
                      f'a multiple of the {mesh.shape[pt.DATA]} data-parallel replicas '
                      f'({topology.num_devices} devices / {num_partitions} partitions).')
 
-  params = _abstract_params(config, prompt_length)
+  params = _abstract_params(config, method)
+  prompt_length = method.added_positions
+  trainable_rules = method.trainable_rules if trainable_rules is None else trainable_rules
   tx = optim.partitioned_optimizer(params, _base_optimizer(optimizer), trainable_rules)
   opt_state = jax.eval_shape(tx.init, params)
   shardings = pt.param_shardings(params, mesh, rules)
@@ -239,10 +244,10 @@ def dry_run(model_config: Union[str, t5.T5Config], prompt_length: int, batch_siz
 def plan(run: RunSettings, topology: Union[None, str, pt.Topology] = None) -> DryRunReport:
   """`ptj train --dry_run`: the plan of the model, batch and optimiser `run` configures."""
   opt = run.optimizer
-  return dry_run(run.model.config, getattr(run.model, 'prompt_length', 0), run.data.batch_size,
+  return dry_run(run.model.config, run.model.method, run.data.batch_size,
                  run.data.task_feature_lengths, run.num_partitions, topology,
                  optimizer=opt.optimizer(learning_rate=opt.learning_rate),
-                 trainable_rules=opt.trainable_rules, accumulation_steps=opt.accumulation_steps)
+                 trainable_rules=run.trainable_rules, accumulation_steps=opt.accumulation_steps)
 
 
 def activation_bytes(config: t5.T5Config, batch_size: int, encoder_length: int,
@@ -328,10 +333,9 @@ def activation_bytes(config: t5.T5Config, batch_size: int, encoder_length: int,
 
 
 @functools.lru_cache(maxsize=4)
-def _abstract_params(config: t5.T5Config, prompt_length: int) -> dict[str, Any]:
+def _abstract_params(config: t5.T5Config, method: Method) -> dict[str, Any]:
   """The parameter tree as ShapeDtypeStructs (nothing allocated)."""
-  model = (models.prompted_model(config, prompt_length) if prompt_length
-           else models.base_model(config))
+  model = models.build(config, method)
   variables = jax.eval_shape(
       lambda rng: model.init(rng, **models.dummy_inputs(model), enable_dropout=False),
       jax.ShapeDtypeStruct((2,), jnp.uint32))

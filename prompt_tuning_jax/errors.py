@@ -22,6 +22,10 @@ class CheckpointError(Error, ValueError):
   """A checkpoint or prompt file is missing, unreadable, or does not match the model."""
 
 
+class StorageError(Error, OSError):
+  """MODEL_DIR (a disk, a bucket) could not be written while a run was going on."""
+
+
 class DivergedError(Error, RuntimeError):
   """The loss or the trained parameters became NaN or infinite."""
 

@@ -21,6 +21,7 @@ from prompt_tuning_jax import distributed
 from prompt_tuning_jax import evaluation
 from prompt_tuning_jax import logging_utils
 from prompt_tuning_jax import run_setup
+from prompt_tuning_jax import storage
 from prompt_tuning_jax.settings import RunSettings
 
 logger = logging.getLogger('prompt_tuning_jax')
@@ -35,10 +36,12 @@ def evaluate(run: RunSettings, *, save_config: Optional[Callable[[str], None]] =
   `save_config(directory)` records the configuration in MODEL_DIR/eval.
   """
   s = run_setup.setup(run)
+  run_setup.check_sources(s, trained=True)  # Before the eval data are read.
   task_name, settings = run.data.mixture_or_task_name, run.evaluation
   evaluator = evaluation.Evaluator(run.model, task_name, s.lengths, settings,
                                    class_labels=run.prompt.class_labels, mesh=s.mesh,
-                                   length_buckets=run.data.length_buckets)
+                                   length_buckets=run.data.length_buckets,
+                                   task_index=s.task_index)
   params, step = run_setup.trained_params(s)
   source = run.prompt.file if step is None else f'{run.model_dir} step {step}'
   step = step or 0
@@ -52,9 +55,10 @@ def evaluate(run: RunSettings, *, save_config: Optional[Callable[[str], None]] =
                                               logging_utils.Progress(0, 0))
   writer.close()
   if primary:
-    with open(os.path.join(eval_dir, 'summary.txt'), 'a') as f:
-      f.write(f'# {source} on {task_name}:{settings.split}\n')
-      f.writelines(line + '\n' for line in evaluation.summary_lines(metrics, step))
+    lines = [f'# {source} on {task_name}:{settings.split}',
+             *evaluation.summary_lines(metrics, step)]
+    storage.append(os.path.join(eval_dir, 'summary.txt'),
+                   ''.join(f'{x}\n' for x in lines).encode())
   return metrics
 
 

@@ -11,7 +11,9 @@ Three model functions feed seqio's metrics:
 - score metrics of a task (e.g. the `_rank` task variants) get the summed
   log-likelihood of each example's targets.
 
-Metric keys are `<task>/<metric>`. `selection_value` averages one metric over
+Each task of a mixture is evaluated on its own, its examples with its TASK_INDEX
+(`MethodInputs.task_index`: what selects a multi-task prompt). Metric keys are
+`<task>/<metric>`. `selection_value` averages one metric over
 the tasks that report it: the value used to keep the best checkpoint.
 `evaluate_and_record` is what the train loop and `ptj eval` run at each eval.
 
@@ -39,6 +41,7 @@ from prompt_tuning_jax import logging_utils
 from prompt_tuning_jax import partitioning
 from prompt_tuning_jax import scoring
 from prompt_tuning_jax.errors import UsageError
+from prompt_tuning_jax.methods import MethodInputs
 from prompt_tuning_jax.settings import DECODE, RANK_CLASSIFICATION, EvalSettings
 
 logger = logging.getLogger(__name__)
@@ -86,7 +89,9 @@ class Evaluator:
   def __init__(self, model, mixture_or_task_name: str, task_feature_lengths: Mapping[str, int],
                settings: EvalSettings, *, class_labels: Optional[Sequence[str]] = None,
                mesh: Optional[jax.sharding.Mesh] = None,
-               length_buckets: Optional[Mapping[str, Sequence[int]]] = None):
+               length_buckets: Optional[Mapping[str, Sequence[int]]] = None,
+               task_index: Optional[Mapping[str, int]] = None):
+    """`task_index`: {task: its examples' TASK_INDEX} (None: `data.task_index_of`)."""
     self.model = model
     self.length_buckets = length_buckets
     self.settings = settings
@@ -101,24 +106,26 @@ class Evaluator:
       splits = sorted({split for task in tasks for split in task.splits})
       raise UsageError(f'EVAL_SPLIT {settings.split!r} is not a split of '
                        f'{mixture_or_task_name!r} (it has {splits}).')
+    self.task_index = dict(task_index or data_lib.task_index_of(mixture_or_task_name))
     converter = seqio.EncDecFeatureConverter(pack=False)
     common = dict(feature_converter=converter, eval_split=settings.split,
                   sequence_length=self.task_feature_lengths,
                   num_examples=settings.num_examples, logger_cls=(), use_memory_cache=True)
-    self._main = None
+    evaluated = [task for task in tasks if settings.split in task.splits and task.metric_objs]
+    self._main: dict[str, seqio.Evaluator] = {}
     if DECODE in settings.methods:
-      self._main = seqio.Evaluator(mixture_or_task_name, **common)
-    # Rank classification needs the task's labels, so one evaluator per task.
+      self._main = {task.name: seqio.Evaluator(task.name, **common) for task in evaluated}
+    # Rank classification needs the task's labels.
     self._rank: dict[str, tuple[seqio.Evaluator, np.ndarray]] = {}
     if RANK_CLASSIFICATION in settings.methods:
-      for task in tasks:
+      for task in evaluated:
         words = data_lib.label_words(task.name, class_labels)
-        if not words or not _has_predict_metrics(task) or settings.split not in task.splits:
+        if not words or not _has_predict_metrics(task):
           continue
         vocab = task.output_features['targets'].vocabulary
         self._rank[task.name] = (seqio.Evaluator(task.name, **common),
                                  scoring.encode_labels(vocab, words))
-    if self._main is None and not self._rank:
+    if not self._main and not self._rank:
       raise UsageError(f'Nothing to evaluate on {mixture_or_task_name!r} split '
                        f'{settings.split!r} with methods {tuple(settings.methods)} '
                        '(rank classification needs label words: set CLASS_LABELS).')
@@ -148,34 +155,48 @@ class Evaluator:
   def _model_batches(self, ds):
     return _batches(ds, self.settings.batch_size, self._padded_size, self.length_buckets)
 
-  def predict_fn(self, params) -> Callable[[tf.data.Dataset], list]:
+  def _method_inputs(self, task_name: str) -> MethodInputs:
+    """Every row of a batch of `task_name`'s examples: its TASK_INDEX."""
+    rows = np.full(self._padded_size, self.task_index[task_name], np.int32)
+    return MethodInputs(task_index=self._place(rows))
+
+  def predict_fn(self, params, task_name: str) -> Callable[[tf.data.Dataset], list]:
+    inputs = self._method_inputs(task_name)
+
     def predict(ds):
       out = []
       for index, tokens, _ in self._model_batches(ds):
         predicted, _ = self._gather(decoding.jit_decode(
             self.model, params, self._place(tokens), max_decode_length=self.max_decode_length,
             decoder=self.settings.decoder, beam_size=self.settings.beam_size,
-            alpha=self.settings.alpha))
+            alpha=self.settings.alpha, method_inputs=inputs))
         out.extend((int(i), _after_eos_zeroed(row)) for i, row in zip(index, predicted))
       return out
     return predict
 
-  def rank_fn(self, params, label_ids: np.ndarray) -> Callable[[tf.data.Dataset], list]:
+  def rank_fn(self, params, task_name: str, label_ids: np.ndarray
+              ) -> Callable[[tf.data.Dataset], list]:
+    inputs = self._method_inputs(task_name)
+
     def predict(ds):
       out = []
       for index, tokens, _ in self._model_batches(ds):
         best, _ = self._gather(scoring.jit_rank_classify(
-            self.model, params, self._place(tokens), jnp.asarray(label_ids)))
+            self.model, params, self._place(tokens), jnp.asarray(label_ids),
+            method_inputs=inputs))
         out.extend((int(i), label_ids[b]) for i, b in zip(index, best))
       return out
     return predict
 
-  def score_fn(self, params) -> Callable[[tf.data.Dataset], list]:
+  def score_fn(self, params, task_name: str) -> Callable[[tf.data.Dataset], list]:
+    inputs = self._method_inputs(task_name)
+
     def score(ds):
       out = []
       for index, tokens, targets in self._model_batches(ds):
         scores = self._gather(scoring.jit_score_targets(
-            self.model, params, self._place(tokens), self._place(targets)))
+            self.model, params, self._place(tokens), self._place(targets),
+            method_inputs=inputs))
         out.extend((int(i), float(v)) for i, v in zip(index, scores))
       return out
     return score
@@ -189,16 +210,16 @@ class Evaluator:
     score metrics too has them there as well, with the same values).
     """
     results: dict[str, float] = {}
-    if self._main is not None:
-      metrics, _ = self._main.evaluate(compute_metrics=True, step=step,
-                                       predict_fn=self.predict_fn(params),
-                                       score_fn=self.score_fn(params))
+    for task_name, evaluator in self._main.items():
+      metrics, _ = evaluator.evaluate(compute_metrics=True, step=step,
+                                      predict_fn=self.predict_fn(params, task_name),
+                                      score_fn=self.score_fn(params, task_name))
       results.update(_flatten(metrics.result()))
     for task_name, (evaluator, label_ids) in self._rank.items():
       # seqio computes every metric of the task: its score metrics (if any) need scores.
       metrics, _ = evaluator.evaluate(compute_metrics=True, step=step,
-                                      predict_fn=self.rank_fn(params, label_ids),
-                                      score_fn=self.score_fn(params))
+                                      predict_fn=self.rank_fn(params, task_name, label_ids),
+                                      score_fn=self.score_fn(params, task_name))
       results.update(_flatten(metrics.result(), infix=RANK_CLASSIFICATION))
     return results
 

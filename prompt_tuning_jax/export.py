@@ -4,12 +4,14 @@
 
 Reads MODEL_DIR/config.gin and the checkpoint of CHECKPOINT_STEP ('latest',
 'best' or a step). Formats:
-- `t5x`: the whole model (frozen weights and the trained parameters, the prompt
+- `t5x`: the whole model (frozen weights and the trained parameters, the method's
   included) as a T5X checkpoint (`checkpoints.save_t5x`): an
   INITIAL_CHECKPOINT_PATH for another run.
-- `hf`: the T5 without the prompt as a transformers directory (`checkpoints.save_hf`); a
-  causal decoder-only LM as a `Pix2StructTextModel` (`checkpoints/hf_causal_lm.py`).
-- `peft`: the prompt as a PEFT prompt-tuning adapter (`checkpoints.save_peft_prompt`;
+- `hf`: the T5 without the method's own parameters (e.g. the prompt) as a transformers
+  directory (`checkpoints.save_hf`); a causal decoder-only LM as a `Pix2StructTextModel`
+  (`checkpoints/hf_causal_lm.py`).
+- `peft`: the method's parameters as a PEFT adapter of its `peft_type`
+  (`checkpoints.peft.save_peft_adapter`; prompt tuning: a prompt-tuning adapter,
   FEATURE_EXTRACTION for a causal decoder-only LM with its prompt at the very start).
 """
 from __future__ import annotations
@@ -50,15 +52,16 @@ def export(run: RunSettings, output_dir: str, export_format: str, *,
   if os.path.exists(output_dir):
     raise UsageError(f'{output_dir} already exists: ptj export writes a new directory only.')
   s = run_setup.setup(run)
-  if export_format == 'peft' and not s.has_prompt:
-    raise UsageError(f'{run.model_dir} trains no prompt (model tuning): nothing to export as '
-                     'a PEFT adapter; use --format t5x or hf.')
+  method = s.method
+  if export_format == 'peft' and method.peft_type is None:
+    raise UsageError(f'{run.model_dir} trains {type(method).__name__}, which has no PEFT '
+                     'adapter form: nothing to export as a PEFT adapter; use --format t5x or hf.')
   decoder_only = isinstance(run.model.config, models.DecoderOnlyConfig)
   if decoder_only and export_format in ('hf', 'peft'):
     why = hf_causal_lm_lib.exportable(run.model.config)
-    if why is None and export_format == 'peft' and run.model.prompt_placement != 'prefix':
-      why = (f"its prompt is placed {run.model.prompt_placement!r}; PEFT puts it at the very "
-             "start (prompt_placement='prefix')")
+    if why is None and export_format == 'peft' and method.placement != 'prefix':
+      why = (f"its prompt is placed {method.placement!r}; PEFT puts it at the very "
+             "start (PROMPT_PLACEMENT='prefix')")
     if why is not None:
       raise UsageError(f'--format {export_format}: no Hugging Face model computes this '
                        f'decoder-only LM: {why}. Use --format t5x.')
@@ -66,16 +69,17 @@ def export(run: RunSettings, output_dir: str, export_format: str, *,
   flat = tree_lib.flatten(jax.device_get(params))
   if export_format == 't5x':
     t5x_lib.save_t5x(tree_lib.unflatten(flat), output_dir, step=step)
-  elif export_format == 'hf' and decoder_only:
-    flat.pop(s.prompt_path, None)
-    hf_causal_lm_lib.save_hf_causal_lm(tree_lib.unflatten(flat), run.model.config, output_dir)
   elif export_format == 'hf':
-    hf_lib.save_hf(tree_lib.unflatten(flat), run.model.config, output_dir, drop_prompt=True)
+    frozen = tree_lib.unflatten({path: value for path, value in flat.items()
+                                 if not method.owns(path)})
+    if decoder_only:
+      hf_causal_lm_lib.save_hf_causal_lm(frozen, run.model.config, output_dir)
+    else:
+      hf_lib.save_hf(frozen, run.model.config, output_dir)
   else:
-    peft_lib.save_peft_prompt(
-        flat[s.prompt_path], output_dir, base_model_name_or_path=base_model,
-        config=run.model.config,
-        task_type=peft_lib.DECODER_ONLY_TASK_TYPE if decoder_only else peft_lib.TASK_TYPE)
+    own = {path: value for path, value in flat.items() if method.owns(path)}
+    peft_lib.save_peft_adapter(method.peft_type, own, output_dir,
+                               base_model_name_or_path=base_model, config=run.model.config)
   logger.info('Exported %s step %d as %s to %s.', run.model_dir, step, export_format, output_dir)
   return output_dir, step
 

@@ -25,6 +25,7 @@ from prompt_tuning_jax import distributed
 from prompt_tuning_jax import inference
 from prompt_tuning_jax import run_setup
 from prompt_tuning_jax.errors import UsageError
+from prompt_tuning_jax.many_prompts import mixed
 from prompt_tuning_jax.many_prompts.bank import PromptBank, parse_bank_spec
 from prompt_tuning_jax.settings import METHODS, RANK_CLASSIFICATION, RunSettings
 
@@ -46,6 +47,10 @@ def infer(run: RunSettings, *, prompt_files: Optional[Mapping[str, str]] = None,
   s = run_setup.setup(run)
   settings, task_name = run.inference, run.data.mixture_or_task_name
   named_prompts = prompt_files is not None
+  if named_prompts:
+    mixed.check_model(run.model)
+  run_setup.check_sources(s, trained=not named_prompts,  # Before the examples are read.
+                          task_data=not settings.input_file)
   if named_prompts and not settings.input_file:
     raise UsageError('Mixed-task inference (--prompt) reads the inputs from a file whose lines '
                      'name their prompt: pass --input FILE.jsonl.')
@@ -59,6 +64,10 @@ def infer(run: RunSettings, *, prompt_files: Optional[Mapping[str, str]] = None,
                                                        settings.num_examples)
     name = f'{task_name}_{settings.split}'
   inference.log_truncated(truncated, len(examples), s.lengths['inputs'])
+  if not named_prompts:
+    examples = inference.resolve_tasks(
+        examples, s.task_index, source=settings.input_file or f'{task_name}:{settings.split}',
+        required=s.method.task_index(list(s.task_index)) is not None)
   task_words = data_lib.label_words(task_name, run.prompt.class_labels)
   if named_prompts:
     bank = PromptBank.from_files(prompt_files, emb_dim=run.model.config.emb_dim)
@@ -78,7 +87,8 @@ def infer(run: RunSettings, *, prompt_files: Optional[Mapping[str, str]] = None,
       max_decode_length=s.lengths['targets'], batch_size=ev.batch_size, method=settings.method,
       decoder=ev.decoder, beam_size=ev.beam_size, alpha=ev.alpha,
       label_words=words if settings.method == RANK_CLASSIFICATION else None, bank=bank,
-      length_buckets=(run.data.length_buckets or {}).get('inputs'))
+      length_buckets=(run.data.length_buckets or {}).get('inputs'),
+      task_index=None if named_prompts else s.task_index)
   output_dir = os.path.join(run.model_dir, INFERENCE_SUBDIR)
   output_file = settings.output_file or os.path.join(output_dir, f'{name}_{suffix}.jsonl')
   if jax.process_index() == 0:

@@ -1,7 +1,7 @@
 """Predictions for examples: a task split or jsonl lines, one prompt or one per example.
 
 `Example` is the one example type: input text, its tokens, the fields copied
-to the output and, in mixed-task inference, the name of its prompt.
+to the output, its task and, in mixed-task inference, the name of its prompt.
 `predict` turns examples into output records, one model call per padded batch
 (`padded_batches`). Each record holds `index`, `input` (text), `prediction`
 (text) and `score`: the summed log-probability of the decoded tokens
@@ -12,8 +12,10 @@ keep their other fields; with a prompt bank, `prompt` names the prompt used.
 An input file has one JSON object per line with the model input text under
 `inputs` (or `input`), already in the task's text format (e.g.
 `"sst2 sentence: a gripping film"`); it is tokenized with the task's input
-vocabulary, EOS appended, and cut to the input feature length (counted). For
-mixed-task inference each line also names its prompt (`prompt` or `task`).
+vocabulary, EOS appended, and cut to the input feature length (counted). A line may
+name its task (`task`): its examples then carry that task's TASK_INDEX (`MethodInputs`:
+what selects a multi-task prompt). For mixed-task inference each line names its prompt
+(`prompt` or `task`).
 """
 from __future__ import annotations
 
@@ -32,9 +34,11 @@ import seqio
 from prompt_tuning_jax import data as data_lib
 from prompt_tuning_jax import decoding
 from prompt_tuning_jax import scoring
+from prompt_tuning_jax import storage
 from prompt_tuning_jax.errors import DataError, UsageError
 from prompt_tuning_jax.many_prompts import mixed
 from prompt_tuning_jax.many_prompts.bank import PromptBank
+from prompt_tuning_jax.methods import MethodInputs
 from prompt_tuning_jax.settings import DECODE, GREEDY, RANK_CLASSIFICATION
 from prompt_tuning_jax.tasks import sources
 
@@ -42,6 +46,7 @@ logger = logging.getLogger('prompt_tuning_jax')
 
 INPUT_KEYS = ('inputs', 'input')
 PROMPT_KEYS = ('prompt', 'task')  # the field of an input line naming its prompt
+TASK_KEY = 'task'  # the field of an input line naming its task
 LabelWords = Union[Sequence[str], Mapping[str, Sequence[str]]]
 
 
@@ -53,6 +58,9 @@ class Example:
   extra: Mapping[str, Any]
   # The prompt bank entry this example uses (mixed-task inference); None: the model's.
   prompt: Optional[str] = None
+  # The task it is an example of (its TASK_INDEX selects task-specific parameters); None: not
+  # named (`resolve_tasks`).
+  task: Optional[str] = None
 
 
 def read_input_file(path: str) -> list[dict[str, Any]]:
@@ -91,25 +99,52 @@ def examples_from_records(records: Sequence[Mapping[str, Any]], vocabulary: seqi
       tokens = tokens[:input_length - 1] + [vocabulary.eos_id]
     dropped = INPUT_KEYS + (PROMPT_KEYS if named_prompts else ())
     extra = {k: v for k, v in record.items() if k not in dropped}
-    examples.append(Example(text, tokens, extra, prompt))
+    task = None if named_prompts else _field(record, (TASK_KEY,))
+    examples.append(Example(text, tokens, extra, prompt, task))
   return examples, truncated
+
+
+def resolve_tasks(examples: Sequence[Example], task_index: Mapping[str, int], *,
+                  required: bool, source: str) -> list[Example]:
+  """The examples, each with its task: the one it names, else the run's only task.
+
+  `task_index` holds the run's tasks. An example naming another task is refused; so is one
+  naming none in a run of several tasks when the model needs each example's task
+  (`required`: its method has task-specific parameters), else it gets the first.
+  """
+  tasks = list(task_index)
+  out = []
+  for number, ex in enumerate(examples, 1):
+    if ex.task is not None and ex.task not in task_index:
+      raise DataError(f'{source}:{number}: "task" {ex.task!r} is not a task of the run; its '
+                      f'tasks are {tasks}.')
+    if ex.task is None and len(tasks) > 1 and required:
+      raise DataError(f'{source}:{number}: names no "task": the model selects each example\'s '
+                      f'parameters by its task; name one of {tasks}.')
+    out.append(ex if ex.task is not None else dataclasses.replace(ex, task=tasks[0]))
+  return out
 
 
 def examples_from_task(task_name: str, split: str, lengths: Mapping[str, int],
                        num_examples: Optional[int] = None) -> tuple[list[Example], int]:
-  """The split's examples in order, with their text (trimmed as seqio trims), and how many
-  inputs were cut."""
-  task = data_lib.get_mixture_or_task(task_name)
-  ds = data_lib.examples_with_flags(task_name, split, lengths, num_examples)
-  vocab = task.output_features['inputs'].vocabulary
+  """The split's examples in order, each with its text (trimmed as seqio trims) and task, and
+  how many inputs were cut. A mixture's come task by task (the first `num_examples` of each
+  task that has the split)."""
+  tasks = data_lib.sub_tasks(task_name)
+  if len(tasks) > 1:
+    tasks = [task for task in tasks if split in task.splits]
   examples, truncated = [], 0
-  for ex in ds.as_numpy_iterator():
-    truncated += int(ex[data_lib.TRUNCATED][0])
-    text = ex.get('inputs_pretokenized')
-    text = text.decode('utf-8') if text is not None else vocab.decode(ex['inputs'].tolist())
-    target = ex.get('targets_pretokenized')
-    examples.append(Example(text, ex['inputs'].tolist(),
-                            {} if target is None else {'target': target.decode('utf-8')}))
+  for task in tasks:
+    ds = data_lib.examples_with_flags(task.name, split, lengths, num_examples)
+    vocab = task.output_features['inputs'].vocabulary
+    for ex in ds.as_numpy_iterator():
+      truncated += int(ex[data_lib.TRUNCATED][0])
+      text = ex.get('inputs_pretokenized')
+      text = text.decode('utf-8') if text is not None else vocab.decode(ex['inputs'].tolist())
+      target = ex.get('targets_pretokenized')
+      examples.append(Example(text, ex['inputs'].tolist(),
+                              {} if target is None else {'target': target.decode('utf-8')},
+                              task=task.name))
   return examples, truncated
 
 
@@ -145,14 +180,16 @@ def predict(model, params, examples: Sequence[Example], vocabulary: seqio.Vocabu
             method: str = DECODE, decoder: str = GREEDY, beam_size: int = 4,
             alpha: float = 0.6, label_words: Optional[LabelWords] = None,
             bank: Optional[PromptBank] = None,
-            length_buckets: Optional[Sequence[int]] = None) -> list[dict[str, Any]]:
+            length_buckets: Optional[Sequence[int]] = None,
+            task_index: Optional[Mapping[str, int]] = None) -> list[dict[str, Any]]:
   """One output record per example, in the examples' order (see the module docstring).
 
   With `length_buckets` (of the inputs) the batches are formed by length.
   With a `bank` (mixed-task inference), example i uses the bank's prompt
   `examples[i].prompt` and every batch is one model call whatever its mix
   (greedy decoding); `label_words` may then map each prompt name to its own
-  labels. Without one, the model's learned prompt serves every example.
+  labels. Without one, the model's learned parameters serve every example, and with
+  `task_index` ({task: TASK_INDEX}) each example gets its task's index (`resolve_tasks`).
   """
   for number, ex in enumerate(examples if bank is not None else (), 1):
     if ex.prompt not in bank:
@@ -165,13 +202,18 @@ def predict(model, params, examples: Sequence[Example], vocabulary: seqio.Vocabu
   for rows, tokens in padded_batches(examples, batch_size, input_length, length_buckets):
     batch, n = [examples[i] for i in rows], len(rows)
     names = [ex.prompt for ex in batch] + [batch[0].prompt] * (batch_size - n)
+    inputs = MethodInputs()
+    if task_index is not None and bank is None:
+      tasks = [task_index[ex.task] for ex in batch]
+      inputs = MethodInputs(task_index=jnp.asarray(tasks + tasks[:1] * (batch_size - n),
+                                                   jnp.int32))
     if ranker is not None:
-      outputs = ranker(model, params, tokens, names, bank)[:n]
+      outputs = ranker(model, params, tokens, names, bank, inputs)[:n]
     else:
       if bank is None:
         predicted, scores = decoding.jit_decode(
             model, params, jnp.asarray(tokens), max_decode_length=max_decode_length,
-            decoder=decoder, beam_size=beam_size, alpha=alpha)
+            decoder=decoder, beam_size=beam_size, alpha=alpha, method_inputs=inputs)
       else:
         predicted, scores = mixed.mixed_greedy_decode(model, params, bank, names, tokens,
                                                       max_decode_length=max_decode_length)
@@ -202,11 +244,11 @@ class _Ranker:
     self.label_ids = {p: scoring.encode_labels(vocabulary, w) for p, w in self.words.items()}
 
   def __call__(self, model, params, tokens: np.ndarray, names: Sequence[Optional[str]],
-               bank: Optional[PromptBank]) -> list[dict[str, Any]]:
+               bank: Optional[PromptBank], inputs: MethodInputs) -> list[dict[str, Any]]:
     if bank is None:
       (label_ids,) = self.label_ids.values()
       best, scores = jax.device_get(scoring.jit_rank_classify(
-          model, params, jnp.asarray(tokens), jnp.asarray(label_ids)))
+          model, params, jnp.asarray(tokens), jnp.asarray(label_ids), method_inputs=inputs))
     else:
       best, scores = mixed.mixed_rank_classify(model, params, bank, names, tokens,
                                                self.label_ids)
@@ -219,10 +261,6 @@ class _Ranker:
 
 
 def write_jsonl(path: str, records: Sequence[Mapping[str, Any]]) -> None:
-  """Writes records, one JSON object a line (via a temp file, renamed when complete)."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f'{path}.tmp'
-  with open(tmp, 'w') as f:
-    for record in records:
-      f.write(json.dumps(record, ensure_ascii=False) + '\n')
-  os.replace(tmp, path)
+  """Writes records, one JSON object a line, at once (local or gs://; `storage.write`)."""
+  storage.write(path, ''.join(json.dumps(record, ensure_ascii=False) + '\n'
+                              for record in records).encode())

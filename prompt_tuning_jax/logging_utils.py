@@ -3,7 +3,8 @@
 `metrics.jsonl` in MODEL_DIR gets one JSON object per record:
 `{"step": 120, "split": "train", "loss": 2.31, ...}`; eval records have
 `"split": "eval/<task>"`. TensorBoard event files are written under
-`MODEL_DIR/tensorboard/<split>`.
+`MODEL_DIR/tensorboard/<split>`. On gs:// both go through `storage` (TensorBoard's
+event files through a tensorboardX writer factory), each write replacing the object.
 """
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ from typing import Mapping, Optional
 
 import jax
 import numpy as np
+
+from prompt_tuning_jax import storage
+from prompt_tuning_jax.errors import StorageError
 
 logger = logging.getLogger('prompt_tuning_jax')
 
@@ -49,46 +53,130 @@ def setup_logging(level: int = logging.INFO) -> None:
 
 
 class MetricsWriter:
-  """Appends metrics to MODEL_DIR/metrics.jsonl and TensorBoard; no-op if not primary."""
+  """Appends metrics to MODEL_DIR/metrics.jsonl and TensorBoard; no-op if not primary.
 
-  def __init__(self, model_dir: str, enabled: bool = True):
+  A training run resumed at `resume_step` first drops the records of later steps (written
+  before the run stopped, and about to be written again), and TensorBoard purges them too.
+  """
+
+  def __init__(self, model_dir: str, enabled: bool = True, resume_step: Optional[int] = None):
     self.model_dir = model_dir
     self.enabled = enabled
     self._writers = {}
-    if enabled:
+    self._purge_step = None if resume_step is None else resume_step + 1
+    self._event_files = _ObjectEventFiles()
+    if enabled and not storage.is_gcs(model_dir):
       os.makedirs(model_dir, exist_ok=True)
+    if enabled and resume_step is not None:
+      self._drop_after(resume_step)
+
+  def _drop_after(self, step: int) -> None:
+    path = os.path.join(self.model_dir, METRICS_FILE)
+    data = storage.read(path)
+    if data is None:
+      return
+    lines = data.decode().splitlines(keepends=True)
+
+    def kept(line: str) -> bool:
+      try:
+        return json.loads(line)['step'] <= step
+      except (ValueError, KeyError, TypeError):  # A line cut short by the kill.
+        return False
+
+    keep = [line.rstrip('\n') + '\n' for line in lines if kept(line)]
+    if keep != lines:
+      storage.write(path, ''.join(keep).encode())
 
   def write(self, step: int, split: str, metrics: Mapping[str, float]) -> None:
     if not self.enabled:
       return
     record = {'step': int(step), 'split': split, **{k: float(v) for k, v in metrics.items()}}
-    with open(os.path.join(self.model_dir, METRICS_FILE), 'a') as f:
-      f.write(json.dumps(record) + '\n')
-    writer = self._writer(split.split('/')[0])
-    prefix = split.split('/', 1)[1] + '/' if '/' in split else ''
-    for name, value in metrics.items():
-      writer.add_scalar(prefix + name, float(value), int(step))
-    writer.flush()
+    path = os.path.join(self.model_dir, METRICS_FILE)
+    try:
+      storage.append(path, (json.dumps(record) + '\n').encode())
+      writer = self._writer(split.split('/')[0])
+      prefix = split.split('/', 1)[1] + '/' if '/' in split else ''
+      for name, value in metrics.items():
+        writer.add_scalar(prefix + name, float(value), int(step))
+      writer.flush()
+      self._event_files.check()
+    except OSError as e:
+      raise StorageError(
+          f'Cannot write the metrics of step {step} to {self.model_dir}: {e}. The run stopped; '
+          'run the same command to resume from its last complete checkpoint (once '
+          f'{self.model_dir} can be written again).') from e
 
   def _writer(self, name: str):
     if name not in self._writers:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      from tensorboardX import record_writer  # pylint: disable=g-import-not-at-top
+      record_writer.register_writer_factory('gs', self._event_files)
+      # Flushed by `write`; tensorboardX's own timer thread waits a day (its longest wait).
       self._writers[name] = SummaryWriter(
-          os.path.join(self.model_dir, TENSORBOARD_SUBDIR, name))
+          os.path.join(self.model_dir, TENSORBOARD_SUBDIR, name), purge_step=self._purge_step,
+          flush_secs=24 * 3600)
     return self._writers[name]
 
   def close(self) -> None:
     for writer in self._writers.values():
       writer.close()
+    try:
+      self._event_files.check()
+    except OSError as e:  # The run's own error (or its end) is what matters now.
+      logger.warning('Could not write the last TensorBoard events: %s', e)
+
+
+class _ObjectEventFile:
+  """A TensorBoard event file on gs://: kept in memory, the object rewritten at each flush.
+
+  A failed write is kept (`error`), not raised inside tensorboardX, and stops later ones.
+  """
+
+  def __init__(self, path: str):
+    self.path = path
+    self.data = bytearray()
+    self.flushed = 0
+    self.error: Optional[OSError] = None
+
+  def write(self, data: bytes) -> None:
+    self.data += data
+
+  def flush(self) -> None:
+    if self.error is None and len(self.data) > self.flushed:
+      try:
+        storage.write(self.path, bytes(self.data))
+        self.flushed = len(self.data)
+      except OSError as e:
+        self.error = e
+
+  def close(self) -> None:
+    self.flush()
+
+
+class _ObjectEventFiles:
+  """tensorboardX's writer factory for gs:// (`record_writer.register_writer_factory`)."""
+
+  def __init__(self):
+    self.opened: list[_ObjectEventFile] = []
+
+  def open(self, path: str) -> _ObjectEventFile:
+    self.opened.append(_ObjectEventFile(path))
+    return self.opened[-1]
+
+  def directory_check(self, path: str) -> None:
+    del path  # Buckets have no directories to create.
+
+  def check(self) -> None:
+    """Raises the first failed write of an event file."""
+    for event_file in self.opened:
+      if event_file.error is not None:
+        raise event_file.error
 
 
 def read_metrics(model_dir: str) -> list[dict]:
   """The records of MODEL_DIR/metrics.jsonl (empty if none)."""
-  path = os.path.join(model_dir, METRICS_FILE)
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  data = storage.read(os.path.join(model_dir, METRICS_FILE))
+  return [json.loads(line) for line in (data or b'').decode().splitlines() if line.strip()]
 
 
 def format_train_line(step: int, total: int, metrics: Mapping[str, float],

@@ -2,9 +2,10 @@
 
 A mask is 1 where a query may attend a key and 0 elsewhere, shaped
 [batch, 1, q_len, k_len] (the 1 broadcasts over heads). Prompt positions are
-not special here: callers mark them valid in the per-position `valid` vectors
-(see `prompts.place_prompt`), which is what makes them visible to encoder
-self-attention and decoder cross-attention.
+valid positions like any other: callers mark them valid in the per-position `valid`
+vectors (see `prompts.place_prompt`), which makes them visible to encoder
+self-attention and decoder cross-attention. `prompt_attention_mask` restricts what the
+prompt positions themselves attend (the original implementation's extended masks).
 """
 from __future__ import annotations
 
@@ -45,6 +46,31 @@ def combine_masks(*masks: Optional[Array], dtype=jnp.float32) -> Optional[Array]
   for m in masks[1:]:
     out = out & m.astype(bool)
   return out.astype(dtype)
+
+
+PROMPT_TO_PROMPT = ('all', 'causal', 'self')
+
+
+def prompt_attention_mask(valid: Array, prompt: Array, *, prompt_to_input: bool = True,
+                          prompt_to_prompt: str = 'all', dtype=jnp.float32) -> Array:
+  """Self-attention mask [b, 1, L, L] of a sequence with prompt positions.
+
+  valid [b, L] (False at padding), prompt [b, L] (True at prompt positions). Every position
+  sees every valid position, except that a prompt position sees the other positions only
+  with `prompt_to_input`, and the prompt positions by `prompt_to_prompt`: 'all', those at
+  or before it ('causal'), or itself alone ('self'). With the defaults it is
+  `make_attention_mask(valid, valid)`.
+  """
+  if prompt_to_prompt not in PROMPT_TO_PROMPT:
+    raise ValueError(f'prompt_to_prompt must be one of {PROMPT_TO_PROMPT}, got '
+                     f'{prompt_to_prompt!r}.')
+  position = jnp.arange(valid.shape[1])
+  within_prompt = {'all': jnp.ones((), bool),
+                   'causal': position[None, :] <= position[:, None],  # [L, L]
+                   'self': position[None, :] == position[:, None]}[prompt_to_prompt]
+  prompt_row = jnp.where(prompt[:, None, :], within_prompt, prompt_to_input)  # [b, L, L]
+  sees = jnp.where(prompt[:, :, None], prompt_row, True)
+  return (sees & valid[:, :, None] & valid[:, None, :])[:, None].astype(dtype)
 
 
 def mask_to_bias(mask: Array, dtype=jnp.float32) -> Array:

@@ -31,6 +31,8 @@ Rules = Sequence[tuple[str, Optional[str]]]
 # (regex over the '/'-joined parameter path, logical axes of its dimensions).
 PARAM_AXES: tuple[tuple[str, tuple[str, ...]], ...] = (
     (r'.*prompt/prompt', ('prompt', 'embed')),
+    (r'.*/shared_prompt', ('prompt', 'embed')),  # multi-task prompts
+    (r'.*/task_prompts/embedding', ('tasks', 'prompt+embed')),
     (r'(.*/)?token_embedder/embedding', ('vocab', 'embed')),
     (r'.*/(query|key|value)/kernel', ('embed', 'joined_kv')),
     (r'.*/out/kernel', ('joined_kv', 'embed')),
@@ -60,6 +62,8 @@ LOGICAL_RULES: tuple[tuple[str, Optional[str]], ...] = (
     ('joined_kv', MODEL),
     ('embed', None),
     ('prompt', None),
+    ('tasks', None),
+    ('prompt+embed', None),
     ('relpos_buckets', None),
     ('length', None),
 )

@@ -30,7 +30,7 @@ def initial_checkpoint(model: models.T5Config | str, output_path: str, *,
   random values. `output_path` must not exist.
   """
   config = models.get_config(model) if isinstance(model, str) else model
-  model = models.base_model(config)
+  model = models.build(config)
   params = model.init(jax.random.PRNGKey(seed), **models.dummy_inputs(model),
                       enable_dropout=False)['params']
   params = jax.tree_util.tree_map(np.array, jax.device_get(params))

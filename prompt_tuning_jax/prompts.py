@@ -226,16 +226,30 @@ def insert_prompt(embedded: Array, valid: Array, bidirectional: Optional[Array],
   return combined, combined_valid, combined_bidirectional, out_index
 
 
+def prompt_positions(valid: Array, prompt_length: int, placement: str = 'prefix') -> Array:
+  """Which positions of `place_prompt`'s output hold prompt rows: [batch, P + t] bool.
+
+  `valid` [batch, t] is the input's validity (before placement); the padding rows of
+  a shorter prompt in a mixed batch count as prompt positions (they are invalid anyway).
+  """
+  j = jnp.arange(prompt_length + valid.shape[1])[None, :]  # output position
+  if placement == 'prefix':
+    return jnp.broadcast_to(j < prompt_length, (valid.shape[0], j.shape[1]))
+  lengths = jnp.sum(valid, axis=1, keepdims=True)  # [batch, 1]
+  return (j >= lengths) & (j < lengths + prompt_length)
+
+
 # ------------------------------------------------------------ modules
 
 
 class Prompt(nn.Module):
   """Owns the learned prompt, a [length, emb] float32 parameter named `prompt`."""
   length: int
+  init: Initializer = random_uniform()
 
   @nn.compact
   def __call__(self, emb_dim: int) -> Array:
-    return self.param('prompt', random_uniform(), (self.length, emb_dim), jnp.float32)
+    return self.param('prompt', self.init, (self.length, emb_dim), jnp.float32)
 
 
 class PromptInput(nn.Module):

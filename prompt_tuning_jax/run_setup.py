@@ -2,11 +2,13 @@
 
 `setup` checks what a user can get wrong before anything compiles or loads:
 the task name, the batch size against the devices, the vocabulary against the
-embedding table; then it traces the parameter shapes. The parameters come
-from INITIAL_CHECKPOINT_PATH (T5X or Hugging Face format), or are random when
-it is None (the smoke run, announced loudly); the prompt's initial value from
-PROMPT_FILE or the PROMPT_INIT initialiser (`initial_prompt`); trained
-parameters from MODEL_DIR's checkpoints (`trained_params`).
+embedding table, the method against the run (`Method.check`); then it traces the
+parameter shapes. The parameters come from INITIAL_CHECKPOINT_PATH (T5X or Hugging Face
+format), or are random when it is None (the smoke run, announced loudly). The method's
+own parameters (`Method.parameter_rules`) may be absent from the checkpoint: its prompts
+(`Method.prompt_rules`) then start from PROMPT_FILE or the PROMPT_INIT initialiser
+(`initial_prompt`), the others from their modules' initialisers. Trained parameters
+come from MODEL_DIR's checkpoints (`trained_params`).
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import dataclasses
 import json
 import logging
 import os
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +34,7 @@ from prompt_tuning_jax.checkpoints import train_state as train_state_lib
 from prompt_tuning_jax.checkpoints import tree as tree_lib
 from prompt_tuning_jax.errors import CheckpointError, UsageError
 from prompt_tuning_jax import models
+from prompt_tuning_jax.methods import Method
 from prompt_tuning_jax.settings import BEST, LATEST, PromptSettings, RunSettings
 
 logger = logging.getLogger('prompt_tuning_jax')
@@ -44,23 +47,29 @@ class Setup:
   mesh: jax.sharding.Mesh
   abstract: dict  # parameter tree of ShapeDtypeStructs
   vocabularies: dict
+  # {task: the TASK_INDEX of its examples} for the run's tasks: the method's
+  # (`Method.task_index`), else their places in the mixture. Batches, eval and infer use it.
+  task_index: dict[str, int]
 
   @property
   def lengths(self) -> dict[str, int]:
     return dict(self.run.data.task_feature_lengths)
 
   @property
-  def prompt_path(self) -> Optional[str]:
-    """The prompt's parameter path (`models.PROMPT_PATHS`), None without a prompt."""
-    return models.prompt_path(tree_lib.flatten(self.abstract))
+  def method(self) -> Method:
+    return self.run.model.method
 
   @property
-  def has_prompt(self) -> bool:
-    return self.prompt_path is not None
+  def prompt_shapes(self) -> dict[str, tuple[int, ...]]:
+    """{path: shape} of the method's parameters that start as prompts."""
+    return {path: tuple(leaf.shape) for path, leaf in tree_lib.flatten(self.abstract).items()
+            if self.method.is_prompt(path)}
 
   @property
-  def prompt_shape(self) -> tuple[int, int]:
-    return tuple(tree_lib.flatten(self.abstract)[self.prompt_path].shape)
+  def fallback_to_init(self) -> Optional[str]:
+    """The regex of the parameters a frozen checkpoint may lack: the method's own."""
+    rules = self.method.parameter_rules
+    return '|'.join(f'(?:{rule})' for rule in rules) if rules else None
 
 
 def _init_params(model, rng: jax.Array) -> dict:
@@ -73,12 +82,15 @@ def setup(run: RunSettings, *, batch_size: Optional[int] = None) -> Setup:
 
   Nothing is allocated or compiled.
   """
-  remote.check_reachable(run.model_dir, 'MODEL_DIR', must_exist=False)
+  remote.check_reachable(run.model_dir, 'MODEL_DIR', must_exist=False, output=True)
   remote.check_reachable(run.initial_checkpoint_path, 'INITIAL_CHECKPOINT_PATH')
   remote.check_reachable(run.prompt.file, 'PROMPT_FILE')
   task_name = run.data.mixture_or_task_name
   data_lib.import_task_modules(run.data.module)
   data_lib.get_mixture_or_task(task_name)  # Unknown names fail here.
+  task_names = list(data_lib.task_index_of(task_name))
+  run.model.method.check(task_names)
+  task_index = run.model.method.task_index(task_names) or data_lib.task_index_of(task_name)
   mesh = partitioning.make_mesh(run.num_partitions)
   data_parallel = mesh.shape[partitioning.DATA]
   if batch_size is not None and batch_size % data_parallel:
@@ -98,7 +110,7 @@ def setup(run: RunSettings, *, batch_size: Optional[int] = None) -> Setup:
       raise UsageError(f'The {feature!r} vocabulary of {task_name!r} has {vocab.vocab_size} '
                        f"tokens, more than the {rows} rows of the model's embedding table: "
                        'wrong model size file or vocabulary?')
-  return Setup(run, mesh, abstract, vocabularies)
+  return Setup(run, mesh, abstract, vocabularies, task_index)
 
 
 def on_devices(tree, mesh: jax.sharding.Mesh):
@@ -109,7 +121,7 @@ def on_devices(tree, mesh: jax.sharding.Mesh):
 # ------------------------------------------------------------ frozen weights and prompt
 
 
-def read_prompt_file(path: str, shape: tuple[int, int]) -> np.ndarray:
+def read_prompt_file(path: str, shape: tuple[int, ...]) -> np.ndarray:
   """The prompt file, checked against (PROMPT_LENGTH, emb dim)."""
   try:
     return prompt_io.load_prompt(path, expected_shape=shape)
@@ -118,13 +130,22 @@ def read_prompt_file(path: str, shape: tuple[int, int]) -> np.ndarray:
         f'PROMPT_FILE: {e} (the model expects (PROMPT_LENGTH, emb dim) = {shape}).') from e
 
 
-def check_sources(s: Setup) -> None:
-  """Cheap checks of the checkpoint path and the prompt file, before any loading."""
+def check_sources(s: Setup, *, trained: bool = False, task_data: bool = True) -> None:
+  """Cheap checks, before any data or weights are read: the checkpoint path, the prompt
+  file (shape and values), for `trained` runs (eval, infer) that MODEL_DIR holds the
+  CHECKPOINT_STEP to read when no PROMPT_FILE is given, and when the `task_data` will be
+  read, that a TFDS download it needs can be made (offline: one line, not minutes of
+  retries)."""
   path = s.run.initial_checkpoint_path
   if path is not None and not remote.is_remote(path) and not os.path.exists(path):
     raise CheckpointError(f'INITIAL_CHECKPOINT_PATH {path!r} does not exist.')
-  if s.run.prompt.file and s.has_prompt:
-    read_prompt_file(s.run.prompt.file, s.prompt_shape)
+  if s.run.prompt.file and s.prompt_shapes:
+    for shape in set(s.prompt_shapes.values()):
+      read_prompt_file(s.run.prompt.file, shape)
+  elif trained:
+    _checkpoint_to_read(s.run)
+  if task_data:
+    data_lib.check_sources_available(s.run.data.mixture_or_task_name)
 
 
 def _is_hf_checkpoint(path: str) -> bool:
@@ -139,10 +160,11 @@ def _is_hf_checkpoint(path: str) -> bool:
 def load_frozen(s: Setup) -> dict:
   """The full parameter tree: checkpoint weights, or random ones when the path is None.
 
-  A prompt absent from the checkpoint stays a ShapeDtypeStruct (set later).
+  A method's parameter absent from the checkpoint, and with random weights every prompt,
+  stays a ShapeDtypeStruct (set by `build_params`).
   """
   path, seed = s.run.initial_checkpoint_path, s.run.data.seed
-  if path is None and tuple(s.run.optimizer.trainable_rules) == optim.MODEL_TUNING_RULES:
+  if path is None and s.run.trainable_rules == optim.MODEL_TUNING_RULES:
     logger.info('INITIAL_CHECKPOINT_PATH is None: every weight trains from a random '
                 'initialisation (seed %d), as in pre-training.', seed)
   elif path is None:
@@ -153,35 +175,39 @@ def load_frozen(s: Setup) -> dict:
   if path is None:
     init = jax.jit(lambda rng: _init_params(s.run.model, rng))
     flat = tree_lib.flatten(jax.device_get(init(jax.random.fold_in(jax.random.PRNGKey(seed), 0))))
-    if s.has_prompt:  # The prompt is set from PromptSettings, not the module's init.
-      flat[s.prompt_path] = tree_lib.flatten(s.abstract)[s.prompt_path]
+    abstract = tree_lib.flatten(s.abstract)
+    for param in s.prompt_shapes:  # Prompts start from PromptSettings, not the module's init.
+      flat[param] = abstract[param]
     return tree_lib.unflatten(flat)
   is_hf = _is_hf_checkpoint(path)
   logger.info('Reading the frozen model from %s (%s format).', path,
               'Hugging Face' if is_hf else 'T5X')
   if is_hf:
-    return tree_lib.merge_params(s.abstract, hf_lib.load_hf(path)[0])
+    return tree_lib.merge_params(s.abstract, hf_lib.load_hf(path)[0],
+                                 fallback_to_init=s.fallback_to_init)
   # T5X: each process reads only its devices' slices, straight into their shards.
   shardings = partitioning.param_shardings(s.abstract, s.mesh)
   target = jax.tree.map(lambda a, sharding: jax.ShapeDtypeStruct(a.shape, a.dtype,
                                                                  sharding=sharding),
                         s.abstract, shardings)
-  flat = tree_lib.flatten(sharded_lib.load_t5x_sharded(path, target))
+  flat = tree_lib.flatten(sharded_lib.load_t5x_sharded(
+      path, target, fallback_to_init=s.fallback_to_init))
   for param, leaf in tree_lib.flatten(s.abstract).items():
-    flat.setdefault(param, leaf)  # The prompt, when the checkpoint has none.
+    flat.setdefault(param, leaf)  # The method's, when the checkpoint has none.
   return tree_lib.unflatten(flat)
 
 
 def frozen_params_without_prompt(s: Setup) -> dict:
   """The frozen weights on the devices, without a learned prompt (a prompt bank supplies them)."""
   flat = tree_lib.flatten(load_frozen(s))
-  flat.pop(s.prompt_path, None)
+  for param in s.prompt_shapes:
+    flat.pop(param, None)
   return jax.device_put(tree_lib.unflatten(flat))
 
 
-def initial_prompt(s: Setup, params: Mapping[str, Any], settings: PromptSettings) -> np.ndarray:
-  """The prompt's starting value, [PROMPT_LENGTH, emb] float32."""
-  shape = s.prompt_shape
+def initial_prompt(s: Setup, params: Mapping[str, Any], settings: PromptSettings,
+                   shape: tuple[int, int], index: int = 0) -> np.ndarray:
+  """The starting value of the method's `index`-th prompt parameter, [P, emb] float32."""
   if settings.file:
     logger.info('Prompt initialised from PROMPT_FILE %s.', settings.file)
     return read_prompt_file(settings.file, shape)
@@ -211,19 +237,36 @@ def initial_prompt(s: Setup, params: Mapping[str, Any], settings: PromptSettings
   elif name == 'from_text':
     init = prompts_lib.from_text(embedding, list(vocab.encode(settings.text)))
   rng = jax.random.fold_in(jax.random.PRNGKey(s.run.data.seed), 1)
+  if index:  # Each prompt its own draw; the first keeps the seed's.
+    rng = jax.random.fold_in(rng, index)
   return np.asarray(init(rng, shape, jnp.float32))
 
 
+def _initial_values(s: Setup, params: Sequence[str]) -> dict[str, np.ndarray]:
+  """The modules' initial values of `params`, with the seed of random frozen weights.
+
+  Compiled to compute these parameters only: the rest of the model is never allocated.
+  """
+  model = s.run.model
+  init = jax.jit(lambda rng: {p: tree_lib.flatten(_init_params(model, rng))[p] for p in params})
+  return jax.device_get(init(jax.random.fold_in(jax.random.PRNGKey(s.run.data.seed), 0)))
+
+
 def build_params(s: Setup) -> dict:
-  """Frozen weights + initial prompt, as a host parameter tree."""
-  check_sources(s)
+  """Frozen weights + the method's starting parameters, as a host parameter tree."""
+  check_sources(s, task_data=False)
   flat = tree_lib.flatten(load_frozen(s))
   prompt = s.run.prompt
-  if s.has_prompt:
-    if isinstance(flat[s.prompt_path], jax.ShapeDtypeStruct) or prompt.file:
-      flat[s.prompt_path] = initial_prompt(s, tree_lib.unflatten(flat), prompt)
+  for index, (param, shape) in enumerate(s.prompt_shapes.items()):
+    if isinstance(flat[param], jax.ShapeDtypeStruct) or prompt.file:
+      flat[param] = initial_prompt(s, tree_lib.unflatten(flat), prompt, shape, index)
     else:
-      logger.info('The checkpoint holds a prompt; it is the starting prompt.')
+      logger.info('The checkpoint holds a prompt (%s); it is the starting prompt.', param)
+  missing = [param for param, leaf in flat.items() if isinstance(leaf, jax.ShapeDtypeStruct)]
+  if missing:
+    logger.info('Initialised from their modules (absent from the checkpoint): %s.',
+                ', '.join(missing))
+    flat.update(_initial_values(s, missing))
   return tree_lib.unflatten(flat)
 
 
@@ -250,9 +293,9 @@ def trained_params(s: Setup) -> tuple[dict, Optional[int]]:
   return checkpoint_params(s)
 
 
-def checkpoint_params(s: Setup) -> tuple[dict, int]:
-  """Frozen weights + the trained parameters of MODEL_DIR's CHECKPOINT_STEP; (params, step)."""
-  run = s.run
+def _checkpoint_to_read(run: RunSettings
+                        ) -> tuple[train_state_lib.TrainStateCheckpointer, Optional[int]]:
+  """MODEL_DIR's checkpoints and the step CHECKPOINT_STEP names (None: the latest), checked."""
   wanted = run.checkpoints.step
   ckpt = train_state_lib.TrainStateCheckpointer(run.model_dir, read_only=True, best_metric=(
       _saved_best_metric(run.model_dir) if wanted == BEST else None))
@@ -261,6 +304,17 @@ def checkpoint_params(s: Setup) -> tuple[dict, int]:
         f'Nothing to load: no checkpoint in {run.model_dir}/{train_state_lib.CHECKPOINT_SUBDIR} '
         'and PROMPT_FILE is not set. Train first, or pass --gin.PROMPT_FILE=...')
   step = {LATEST: None, BEST: ckpt.best_step()}.get(wanted, wanted)
+  if step is not None and step not in ckpt.all_steps():
+    raise CheckpointError(f'No checkpoint of step {step} (CHECKPOINT_STEP) in '
+                          f'{run.model_dir}/{train_state_lib.CHECKPOINT_SUBDIR}; kept steps: '
+                          f'{ckpt.all_steps()}.')
+  return ckpt, step
+
+
+def checkpoint_params(s: Setup) -> tuple[dict, int]:
+  """Frozen weights + the trained parameters of MODEL_DIR's CHECKPOINT_STEP; (params, step)."""
+  run = s.run
+  ckpt, step = _checkpoint_to_read(run)
   trainable, step = ckpt.restore_trainable(step)
   flat = tree_lib.flatten(load_frozen(s))
   expected = tree_lib.flatten(s.abstract)

@@ -11,8 +11,8 @@ block after it (`decoding.start`): one prefix pass plus one pass over the
 labels' tokens.
 
 As in `decoding`, functions take the flax module and the params tree; the
-`jit_*` variants are jitted with the module static. `prompts` [b, P, emb] /
-`prompt_mask` [b, P] give every example its own prompt. A prompt ensemble is a
+`jit_*` variants are jitted with the module static. `method_inputs` are the per-example
+inputs of the model's method (e.g. every example's own prompt). A prompt ensemble is a
 thin layer on top: repeat the inputs once per prompt, pass the stacked prompts,
 and average `label_scores` over the prompt axis.
 """
@@ -26,6 +26,7 @@ import numpy as np
 from flax import linen as nn
 
 from prompt_tuning_jax import decoding
+from prompt_tuning_jax.methods import MethodInputs
 
 Array = jnp.ndarray
 
@@ -43,24 +44,26 @@ def token_log_likelihoods(logits: Array, targets: Array) -> Array:
 
 
 def score_targets(model: nn.Module, params, encoder_input_tokens: Array,
-                  decoder_target_tokens: Array, *, prompts: Optional[Array] = None,
-                  prompt_mask: Optional[Array] = None) -> Array:
+                  decoder_target_tokens: Array, *,
+                  method_inputs: MethodInputs = MethodInputs()) -> Array:
   """Summed log-likelihood [b] of decoder_target_tokens [b, d] (0 = padding) given the inputs."""
   if decoding.decodes_from_prefix(model):
     state, first = decoding.start(model, params, encoder_input_tokens,
                                   max_decode_length=decoder_target_tokens.shape[1],
-                                  prompts=prompts, prompt_mask=prompt_mask)
+                                  method_inputs=method_inputs)
     return _score_after_prefix(model, params, state, first, decoder_target_tokens)
   encoded, encoder_valid = decoding.encode(model, params, encoder_input_tokens,
-                                           prompts=prompts, prompt_mask=prompt_mask)
-  return _score_encoded(model, params, encoded, encoder_valid, decoder_target_tokens)
+                                           method_inputs=method_inputs)
+  return _score_encoded(model, params, encoded, encoder_valid, decoder_target_tokens,
+                        method_inputs)
 
 
 def _score_encoded(model: nn.Module, params, encoded: Array, encoder_valid: Array,
-                   targets: Array) -> Array:
+                   targets: Array, method_inputs: MethodInputs) -> Array:
   """Teacher-forced decoder on already encoded inputs -> summed log-likelihood [b]."""
   logits = model.apply({'params': params}, encoded, encoder_valid, shift_right(targets),
-                       targets, method=model.decode)  # [b, d, vocab]
+                       targets, method=model.decode,
+                       method_inputs=method_inputs)  # [b, d, vocab]
   return jnp.sum(token_log_likelihoods(logits, targets), axis=-1)
 
 
@@ -74,8 +77,7 @@ def _score_after_prefix(model: nn.Module, params, state: decoding.DecodingState,
 
 
 def rank_classify(model: nn.Module, params, encoder_input_tokens: Array,
-                  label_token_ids: Array, *, prompts: Optional[Array] = None,
-                  prompt_mask: Optional[Array] = None,
+                  label_token_ids: Array, *, method_inputs: MethodInputs = MethodInputs(),
                   normalize: bool = False) -> tuple[Array, Array]:
   """Picks the label whose tokens the model finds most likely for each example.
 
@@ -94,7 +96,7 @@ def rank_classify(model: nn.Module, params, encoder_input_tokens: Array,
   num_labels, d = label_token_ids.shape
   if decoding.decodes_from_prefix(model):
     state, first = decoding.start(model, params, encoder_input_tokens, max_decode_length=d,
-                                  prompts=prompts, prompt_mask=prompt_mask)
+                                  method_inputs=method_inputs)
     batch = first.shape[0]
     # One row per (example, label), label-minor: the prefix's cache copied per label.
     scores = _score_after_prefix(
@@ -102,7 +104,7 @@ def rank_classify(model: nn.Module, params, encoder_input_tokens: Array,
         jnp.tile(label_token_ids, (batch, 1))).reshape(batch, num_labels)
     return _best_label(scores, label_token_ids, normalize)
   encoded, encoder_valid = decoding.encode(model, params, encoder_input_tokens,
-                                           prompts=prompts, prompt_mask=prompt_mask)
+                                           method_inputs=method_inputs)
   batch = encoded.shape[0]
   # All labels share ONE decoder row per example, one segment each: the
   # cross-attention keys/values of the encoded input are computed once per
@@ -113,7 +115,8 @@ def rank_classify(model: nn.Module, params, encoder_input_tokens: Array,
   segments = packed(jnp.repeat(jnp.arange(1, num_labels + 1, dtype=jnp.int32)[:, None], d, axis=1))
   logits = model.apply({'params': params}, encoded, encoder_valid,
                        packed(shift_right(label_token_ids)), targets,
-                       decoder_segment_ids=segments, method=model.decode)  # [batch, labels*d, V]
+                       decoder_segment_ids=segments, method=model.decode,
+                       method_inputs=method_inputs)  # [batch, labels*d, V]
   scores = token_log_likelihoods(logits, targets).reshape(batch, num_labels, d).sum(-1)
   return _best_label(scores, label_token_ids, normalize)
 

@@ -30,7 +30,7 @@ POW2 = 'pow2'
 MIN_BUCKET = {'inputs': 16, 'targets': 4}
 # RunSettings fields that may change when a run in MODEL_DIR is resumed.
 RESUMABLE_FIELDS = ('model_dir', 'train_steps', 'log_period', 'eval_period', 'checkpoints',
-                    'evaluation', 'inference', 'num_partitions')
+                    'evaluation', 'inference', 'num_partitions', 'stop_on_divergence')
 
 
 def _require(condition: bool, message: str) -> None:
@@ -147,8 +147,9 @@ class OptimizerSettings:
   optimizer: Callable[..., Any]
   # A float, or a schedule: step -> rate.
   learning_rate: Union[float, Callable[[Any], Any]]
-  # Regexes over '/'-joined parameter paths (`optim.partition`).
-  trainable_rules: Sequence[str]
+  # Regexes over '/'-joined parameter paths (`optim.partition`); None: the method's own
+  # (`RunSettings.trainable_rules`).
+  trainable_rules: Optional[Sequence[str]]
   accumulation_steps: int
   z_loss: float = 1e-4
   loss_normalization: str = 'sum'
@@ -161,6 +162,10 @@ class OptimizerSettings:
         isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0),
              f'LEARNING_RATE must be a positive number or a schedule, got '
              f'{self.learning_rate!r}.')
+    _positive(self.accumulation_steps, 'ACCUMULATION_STEPS')
+    _one_of(self.loss_normalization, LOSS_NORMALIZATIONS, 'loss_normalization')
+    if self.trainable_rules is None:
+      return
     rules = (self.trainable_rules,) if isinstance(self.trainable_rules, str) else tuple(
         self.trainable_rules)
     _require(bool(rules), 'TRAINABLE_RULES is empty: nothing would train.')
@@ -169,8 +174,6 @@ class OptimizerSettings:
         re.compile(rule)
       except (re.error, TypeError) as e:
         raise UsageError(f'TRAINABLE_RULES: {rule!r} is not a regular expression ({e}).') from e
-    _positive(self.accumulation_steps, 'ACCUMULATION_STEPS')
-    _one_of(self.loss_normalization, LOSS_NORMALIZATIONS, 'loss_normalization')
     _freeze(self, trainable_rules=rules)
 
 
@@ -237,7 +240,7 @@ class InferSettings:
 class RunSettings:
   """Everything a run (train, eval, infer, ensemble) is configured with."""
   model_dir: str
-  # The flax module: models.PromptedT5 (prompt tuning) or models.T5 (model tuning).
+  # The flax module: models.T5 with its method (`model.method`: methods/).
   model: Any
   # T5X or Hugging Face checkpoint of the frozen weights; None: random weights.
   initial_checkpoint_path: Optional[str]
@@ -253,6 +256,9 @@ class RunSettings:
   log_period: int
   # Model-parallel devices; the rest split the batch.
   num_partitions: int
+  # Stop (DivergedError) when the prompt's rows grow far beyond the embedding's; else a
+  # warning. The default serves runs saved before the setting existed.
+  stop_on_divergence: bool = False
 
   def __post_init__(self):
     _require(isinstance(self.model_dir, str) and self.model_dir,
@@ -262,7 +268,16 @@ class RunSettings:
     _positive(self.eval_period, 'EVAL_PERIOD', optional=True)
     _positive(self.log_period, 'LOG_PERIOD')
     _positive(self.num_partitions, 'NUM_PARTITIONS')
+    _require(isinstance(self.stop_on_divergence, bool),
+             f'STOP_ON_DIVERGENCE must be True or False, got {self.stop_on_divergence!r}.')
     accumulation = self.optimizer.accumulation_steps
     _require(self.data.batch_size % accumulation == 0,
              f'BATCH_SIZE={self.data.batch_size} is not divisible by '
              f'ACCUMULATION_STEPS={accumulation}.')
+
+  @property
+  def trainable_rules(self) -> tuple[str, ...]:
+    """TRAINABLE_RULES, or when None the model's method's own (`methods.Method`)."""
+    rules = self.optimizer.trainable_rules
+    return tuple(self.model.method.trainable_rules) if rules is None else rules
+

@@ -32,6 +32,7 @@ from prompt_tuning_jax import distributed
 from prompt_tuning_jax import dry_run
 from prompt_tuning_jax import evaluation
 from prompt_tuning_jax import logging_utils
+from prompt_tuning_jax import models
 from prompt_tuning_jax import optim
 from prompt_tuning_jax import partitioning
 from prompt_tuning_jax import preemption
@@ -39,10 +40,16 @@ from prompt_tuning_jax import run_dir
 from prompt_tuning_jax import run_setup
 from prompt_tuning_jax import train_step
 from prompt_tuning_jax.checkpoints import train_state as train_state_lib
+from prompt_tuning_jax.checkpoints import tree as tree_lib
 from prompt_tuning_jax.errors import DivergedError, Stopped
 from prompt_tuning_jax.settings import RunSettings
 
 logger = logging.getLogger('prompt_tuning_jax')
+
+# A prompt whose longest row is more than this many times the longest row of the token
+# embedding has diverged: no input the frozen model was trained on looks like it. Tuned
+# prompts of the mini model stay within 1.1x; LEARNING_RATE=1e9 gave ~1e8x (eval 0%).
+DIVERGENCE_FACTOR = 1000.0
 
 
 def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = None,
@@ -62,23 +69,25 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
   if run.eval_period:  # Built now: a missing eval split fails before training.
     evaluator = evaluation.Evaluator(run.model, run.data.mixture_or_task_name, s.lengths,
                                      run.evaluation, class_labels=run.prompt.class_labels,
-                                     mesh=s.mesh, length_buckets=run.data.length_buckets)
+                                     mesh=s.mesh, length_buckets=run.data.length_buckets,
+                                     task_index=s.task_index)
   params = run_setup.build_params(s)
   ckpt = train_state_lib.TrainStateCheckpointer(
       model_dir, keep=run.checkpoints.keep, best_metric=run.evaluation.best_metric,
-      best_mode=run.evaluation.best_mode)
+      best_mode=run.evaluation.best_mode, exports=s.method.exports)
   # Batches are a function of these and the step (see data.py): the data position.
   data_position = {'mixture_or_task_name': run.data.mixture_or_task_name, 'split': 'train',
                    'seed': run.data.seed, 'batch_size': run.data.batch_size,
                    'length_buckets': run.data.length_buckets}
   topology = distributed.topology(s.mesh)  # Recorded; may change on resume.
   opt = run.optimizer
-  trainable, frozen = optim.partition(params, opt.trainable_rules)
+  trainable, frozen = optim.partition(params, run.trainable_rules)
   sizes = [sum(math.prod(x.shape) for x in jax.tree.leaves(t)) for t in (trainable, frozen)]
   logger.info('Training %s parameters (TRAINABLE_RULES=%s); %s frozen.', f'{sizes[0]:,}',
-              tuple(opt.trainable_rules), f'{sizes[1]:,}')
+              run.trainable_rules, f'{sizes[1]:,}')
   tx = optim.partitioned_optimizer(params, opt.optimizer(learning_rate=opt.learning_rate),
-                                   opt.trainable_rules)
+                                   run.trainable_rules)
+  growth = _PromptGrowth(params, s.method, run.stop_on_divergence)
   frozen = run_setup.on_devices(frozen, s.mesh)
   abstract_state = jax.eval_shape(lambda t, f: train_step.init_train_state(t, f, tx), trainable,
                                   frozen)
@@ -99,12 +108,12 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
                     out_shardings=state_shardings)(run_setup.on_devices(trainable, s.mesh), frozen)
   del params, trainable
   start = int(jax.device_get(state.step))
-  writer = logging_utils.MetricsWriter(model_dir, enabled=primary)
+  writer = logging_utils.MetricsWriter(model_dir, enabled=primary, resume_step=start)
   summary = {'model_dir': model_dir, 'start_step': start}
   if start >= steps:
     logger.info('MODEL_DIR already holds step %d >= TRAIN_STEPS=%d: nothing to train.',
                 start, steps)
-    return {**summary, 'final_step': start, **_paths(model_dir, ckpt, start, s.prompt_path)}
+    return {**summary, 'final_step': start, **_paths(model_dir, ckpt, start, s.method.prompt_file)}
 
   lr = opt.learning_rate
   lr_fn = lr if callable(lr) else (lambda step: lr)
@@ -117,7 +126,7 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
           learning_rate_fn=lambda step: jnp.asarray(lr_fn(step), jnp.float32)),
       donate_argnums=(0,), out_shardings=(state_shardings, partitioning.replicated(s.mesh)))
   # Every process reads the same global batches and places its devices' rows.
-  batches = data_lib.train_batches(run.data, start_step=start,
+  batches = data_lib.train_batches(run.data, start_step=start, task_index=s.task_index,
                                    feature_converter_cls=run.model.FEATURE_CONVERTER_CLS)
   counter = data_lib.TruncationCounter(s.lengths)
 
@@ -156,11 +165,14 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
       signum = None if is_last else stop.requested()
       if step % run.log_period == 0 or is_last or signum:
         _check_finite(window, step, last_saved, model_dir)
+        ratio = growth.check(state.trainable, step, _last_good(last_saved, model_dir))
         values = window.averages()
         values.update(learning_rate=float(lr_fn(step - 1)), **counter.metrics())
         values.update(examples_per_second=run.data.batch_size * window.steps_done / window.seconds,
                       tokens_per_second=window.tokens_done / window.seconds,
                       **window.padding())
+        if ratio is not None:
+          values['prompt_norm_ratio'] = ratio
         eta = (steps - step) * window.total_seconds / max(step - start, 1)
         progress.log(logging_utils.format_train_line(step, steps, values, eta))
         writer.write(step, 'train', values)
@@ -174,6 +186,7 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
               f'The trained parameters became NaN/inf by step {step}: training stopped and '
               f'nothing after it was saved; {_last_good(last_saved, model_dir)}. Lower '
               'LEARNING_RATE, or check the data.')
+        growth.check(state.trainable, step, _last_good(last_saved, model_dir))
         pause = time.time()
         eval_metrics = None
         if eval_now:
@@ -185,7 +198,7 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
                                metrics=eval_metrics, topology=topology)
         window.exclude(time.time() - pause)
       if signum:
-        line = _stopped_line(signum, _paths(model_dir, ckpt, step, s.prompt_path))
+        line = _stopped_line(signum, _paths(model_dir, ckpt, step, s.method.prompt_file))
         ckpt.close()
         raise Stopped(line, signum)
       if not is_last:
@@ -194,7 +207,7 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
     progress.close()
     writer.close()
   final = int(jax.device_get(state.step))
-  paths = _paths(model_dir, ckpt, final, s.prompt_path)
+  paths = _paths(model_dir, ckpt, final, s.method.prompt_file)
   best_metric = run.evaluation.best_metric
   if paths.get('best_step') is not None:
     # Reading the metrics back is collective (orbax): every process does it.
@@ -204,7 +217,8 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
           'step': paths['best_step'], 'metric': best_metric, 'value': best_value,
           'prompt_file': paths.get('best_prompt_file')})
   ckpt.close()
-  return {**summary, 'final_step': final, **counter.metrics(), **paths}
+  return {**summary, 'final_step': final, **counter.metrics(), **paths,
+          'diverged_step': growth.diverged_step}
 
 
 def _positions(batch: dict) -> str:
@@ -221,9 +235,10 @@ def all_finite(tree) -> jax.Array:
 
 
 def _paths(model_dir: str, ckpt: train_state_lib.TrainStateCheckpointer, step: int,
-           prompt_path: Optional[str]) -> dict:
-  prompt_file = lambda s: (train_state_lib.prompt_file(model_dir, s, prompt_path) if prompt_path
-                           else None)
+           prompt_name: Optional[str]) -> dict:
+  """Where the run's files are; `prompt_name`: the method's plain prompt export, if any."""
+  prompt_file = lambda s: (os.path.join(train_state_lib.numpy_checkpoint_dir(model_dir, s),
+                                        prompt_name) if prompt_name else None)
   out = {'checkpoint_dir': os.path.join(model_dir, train_state_lib.CHECKPOINT_SUBDIR, str(step)),
          'prompt_file': prompt_file(step),
          'metrics_file': os.path.join(model_dir, logging_utils.METRICS_FILE),
@@ -252,6 +267,46 @@ def _check_finite(window: logging_utils.TrainWindow, step: int, last_saved: Opti
                       'LEARNING_RATE, or check the data.')
 
 
+@jax.jit
+def _longest_row(matrix: jax.Array) -> jax.Array:
+  return jnp.max(jnp.linalg.norm(matrix.astype(jnp.float32), axis=-1))
+
+
+class _PromptGrowth:
+  """Warns once, or stops the run (STOP_ON_DIVERGENCE), when the rows of the method's prompts
+  grow past DIVERGENCE_FACTOR times the embedding's longest row."""
+
+  def __init__(self, params, method, stop: bool):
+    flat = tree_lib.flatten(params)
+    self.method = method
+    self.stop = stop
+    self.diverged_step = None
+    self.embedding_norm = (float(_longest_row(flat[models.embedding_path(flat)]))
+                           if any(method.is_prompt(path) for path in flat) else None)
+
+  def check(self, trainable, step: int, last_good: str) -> Optional[float]:
+    """The prompts' longest row over the embedding's (None without a trained prompt)."""
+    prompts = [v for path, v in tree_lib.flatten(trainable).items()
+               if self.method.is_prompt(path)]
+    if not prompts or not self.embedding_norm:
+      return None
+    norm = max(float(_longest_row(prompt)) for prompt in prompts)
+    ratio = norm / self.embedding_norm
+    if not ratio > DIVERGENCE_FACTOR:  # NaN is _check_finite's.
+      return ratio
+    message = (f'The prompt diverged by step {step}: its longest row has norm {norm:.3g}, '
+               f"{ratio:.3g}x the token embedding's longest row ({self.embedding_norm:.3g}; "
+               f'the limit is {DIVERGENCE_FACTOR:g}x)')
+    if self.stop:
+      raise DivergedError(f'{message}: training stopped (STOP_ON_DIVERGENCE) and nothing after '
+                          f'it was saved; {last_good}. Lower LEARNING_RATE.')
+    if self.diverged_step is None:
+      self.diverged_step = step
+      logger.warning('%s: its eval metrics will mean nothing. Lower LEARNING_RATE; '
+                     '--gin.STOP_ON_DIVERGENCE=True stops a run here.', message)
+    return ratio
+
+
 def _last_good(last_saved: Optional[int], model_dir: str) -> str:
   if last_saved is None:
     return 'no checkpoint was saved'
@@ -272,6 +327,9 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
   if result.get('best_step') is not None:
     lines.append(f"  best:        step {result['best_step']} "
                  f"({os.path.join(model_dir, train_state_lib.BEST_CHECKPOINT_FILE)})")
+  if result.get('diverged_step') is not None:
+    lines.append(f"  WARNING:     the prompt diverged by step {result['diverged_step']} (its rows "
+                 f"far longer than the embedding's; see the log): lower LEARNING_RATE")
   truncated = {k: int(v) for k, v in result.items() if k.startswith('truncated_') and v}
   if truncated:
     lines.append(f'  truncated:   {truncated} examples (longer than TASK_FEATURE_LENGTHS)')

@@ -5,7 +5,8 @@ builds `train_step(state, frozen, batch) -> (state, metrics)`: it
 differentiates with respect to the trainable partition only (`optim.partition`)
 and never writes the frozen one, so XLA computes no weight gradients for
 frozen kernels (see `tests/test_train_step.py` for the FLOPs). Gradient
-accumulation splits the batch into micro-batches inside the step.
+accumulation splits the batch into micro-batches inside the step. `batch_logits` is the
+one call of the model on a training batch (its method inputs included).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from flax import traverse_util
 
 from prompt_tuning_jax import models
 from prompt_tuning_jax import optim
+from prompt_tuning_jax.methods import MethodInputs
 
 Array = jnp.ndarray
 Params = dict
@@ -39,6 +41,18 @@ def cross_entropy_with_z_loss(logits: Array, targets: Array, weights: Array,
   target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
   z = z_loss * jnp.square(log_z)
   return (log_z - target_logit + z) * weights, z * weights
+
+
+def batch_logits(model, params: Params, batch: dict, rng: Optional[jax.Array] = None) -> Array:
+  """Teacher-forced logits [b, d, vocab] of a training batch; dropout runs when `rng` is given.
+
+  The batch's method inputs (`MethodInputs.from_batch`: its task index) go to the model
+  with it; a loss that calls `model.encode` / `model.decode` itself passes the same.
+  """
+  return model.apply(
+      {'params': params}, **models.model_inputs(model, batch), enable_dropout=rng is not None,
+      method_inputs=MethodInputs.from_batch(batch),
+      rngs=None if rng is None else {'dropout': rng})
 
 
 class TrainState(NamedTuple):
@@ -73,9 +87,7 @@ def make_train_step(model, tx: optax.GradientTransformation, *, z_loss: float = 
     raise ValueError(f"loss_normalization must be 'sum' or 'mean', got {loss_normalization!r}")
 
   def micro_loss(trainable, frozen, batch, rng):
-    logits = model.apply(
-        {'params': optim.merge(trainable, frozen)}, **models.model_inputs(model, batch),
-        enable_dropout=rng is not None, rngs=None if rng is None else {'dropout': rng})
+    logits = batch_logits(model, optim.merge(trainable, frozen), batch, rng)
     weights = batch.get('decoder_loss_weights', batch['decoder_target_tokens'] > 0)
     weights = weights.astype(jnp.float32)
     loss, z = cross_entropy_with_z_loss(logits, batch['decoder_target_tokens'], weights, z_loss)

@@ -75,14 +75,14 @@ class GlueTask:
 def _read_cola(path: Path):
   """CoLA: headerless train/dev, test with a header."""
   headerless = not path.name.startswith('test')
-  return sources.read_tsv(path, COLA_COLUMNS if headerless else None)
+  return sources.read_tsv(path, COLA_COLUMNS if headerless else None, required=('sentence',))
 
 
 def _reader(task: GlueTask) -> sources.RowReader:
   if task.key == 'cola':
     return _read_cola
-  return functools.partial(sources.read_tsv,
-                           skip_short_rows=task.skip_short_rows)
+  return functools.partial(sources.read_tsv, skip_short_rows=task.skip_short_rows,
+                           required=tuple(task.columns.values()))
 
 
 def _converter(task: GlueTask) -> sources.Converter:

@@ -189,7 +189,8 @@ def add_classification_task(
                'label': tf.TensorSpec([], tf.int64)}
   source = sources.LocalSource(
       tuple(paths), paths.__getitem__,
-      sources.FileFormat(sources.read_rows, convert, signature))
+      sources.FileFormat(functools.partial(sources.read_rows, required=fields), convert,
+                         signature))
   task_format = TaskFormat(
       format_fn=functools.partial(formats.classification, fields=fields,
                                   label_words=words),

@@ -10,6 +10,10 @@ adjectives, e.g. `review: the soup was awful and the staff were rude` -> `-`
 the labels `negative`/`positive` in the vocabulary the model file names (the
 smoke task of a SentencePiece model such as t5_mini).
 
+`smoke_sentiment_mixture` mixes `smoke_sentiment` 1:1 with `smoke_sentiment_np`, the
+same reviews labelled `n`/`p`: the inputs do not tell the two tasks apart, so only a
+task-specific parameter (multi-task prompts) can answer both.
+
 `smoke_sentiment_transfer` (the README's main run, on the shipped t5_mini) asks
 what only a pre-trained model can answer: its validation and test reviews use
 adjectives that no training review contains, so a prompt scores above chance
@@ -35,6 +39,8 @@ from . import vocab
 TASK_NAME = 'smoke_sentiment'
 WORDS_TASK_NAME = 'smoke_sentiment_words'
 TRANSFER_TASK_NAME = 'smoke_sentiment_transfer'
+NP_TASK_NAME = 'smoke_sentiment_np'
+MIXTURE_NAME = 'smoke_sentiment_mixture'
 WORD_LABELS = ('negative', 'positive')
 # One byte each: a frozen model with random weights can learn to emit a one-token
 # label through the prompt within a few hundred steps; longer words it cannot.
@@ -138,3 +144,6 @@ register()
 # (`get_vocabulary`): the smoke task of a pre-trained model such as t5_mini.
 register(WORDS_TASK_NAME, WORD_LABELS, vocab.TASK_VOCABULARY)
 register(TRANSFER_TASK_NAME, WORD_LABELS, vocab.TASK_VOCABULARY, held_out_words=True)
+register(NP_TASK_NAME, ('n', 'p'))
+if MIXTURE_NAME not in seqio.MixtureRegistry.names():
+  seqio.MixtureRegistry.add(MIXTURE_NAME, [TASK_NAME, NP_TASK_NAME], default_rate=1.0)

@@ -4,7 +4,7 @@ Where a task reads from is decided each time a dataset is built, not at
 import: a benchmark whose local directory is configured reads its official
 files from there, otherwise it reads TFDS (`super_glue/<cfg>`, `glue/<cfg>`).
 A directory is configured by the gin binding `local_data_dirs.<benchmark>` or,
-when that is unset, by the environment variable in `ENV_VARS`.
+when that is unset, by the environment variable in `ENV_VARS`; it may be a gs:// path.
 
 Local examples have the same structure as the TFDS ones (label as class index,
 -1 when absent; MultiRC one example per answer option, ReCoRD one per query),
@@ -22,8 +22,10 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 import gin
 import seqio
 import tensorflow as tf
+from etils import epath
 
 from prompt_tuning_jax import errors
+from prompt_tuning_jax import remote
 
 ENV_VARS = {
     'superglue': 'PTJ_SUPERGLUE_DIR',
@@ -58,7 +60,7 @@ def local_data_dirs(superglue: Optional[str] = None,
 def local_dir(benchmark: str) -> Optional[Path]:
   """The configured local directory of `benchmark`, or None (use TFDS)."""
   directory = local_data_dirs()[benchmark]
-  return Path(directory) if directory else None
+  return epath.Path(directory) if directory else None  # local or gs:// (TensorFlow's gfile)
 
 
 def require_local_dir(benchmark: str) -> Path:
@@ -80,7 +82,7 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
   naming the expected path when it is missing and the line that is not UTF-8."""
   if not path.is_file():
     raise TaskDataError(f'missing split file: expected {path}')
-  with open(path, 'rb') as f:
+  with path.open('rb') as f:
     for lineno, raw in enumerate(f, 1):
       try:
         line = raw.decode('utf-8')
@@ -106,21 +108,33 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, Row]]:
 
 def read_tsv(path: Path,
              fieldnames: Optional[Sequence[str]] = None,
-             skip_short_rows: bool = False
+             skip_short_rows: bool = False,
+             required: Sequence[str] = ()
              ) -> Iterator[tuple[int, Optional[Row]]]:
   """(line number, {column: value}) for each data row of a tab-separated file.
 
   Columns are named by the header row, or by `fieldnames` for a headerless
-  file. No quoting (as GLUE's files and TFDS's reader). A row with another
-  number of fields is an error, except that `skip_short_rows` drops rows with
-  too few (TFDS drops the few truncated QQP rows): such a row is yielded as
-  None, so that it keeps its place in the row positions (TFDS's `idx` counts
-  it).
+  file. No quoting (as GLUE's files and TFDS's reader). A header without the
+  `required` columns is an error (none of them: the file has no header). A
+  row with another number of fields is an error, except that `skip_short_rows`
+  drops rows with too few (TFDS drops the few truncated QQP rows): such a row
+  is yielded as None, so that it keeps its place in the row positions (TFDS's
+  `idx` counts it).
   """
   numbered = ((lineno, line.rstrip('\r\n')) for lineno, line in _lines(path))
   if fieldnames is None:
     _, header = next(numbered, (0, ''))
     fieldnames = header.split('\t')
+    missing = [column for column in required if column not in fieldnames]
+    if missing and len(missing) == len(required):
+      raise TaskDataError(
+          f'{path}:1: missing header row: the first line must name the columns '
+          f'(tab-separated, {", ".join(map(repr, required))} among them); it reads '
+          f'{header[:80]!r}')
+    if missing:
+      raise TaskDataError(f'{path}:1: the header row has no column '
+                          f'{", ".join(map(repr, missing))} (it names '
+                          f'{", ".join(map(repr, fieldnames))})')
   for lineno, line in numbered:
     if not line:
       continue
@@ -135,10 +149,11 @@ def read_tsv(path: Path,
     yield lineno, dict(zip(fieldnames, values))
 
 
-def read_rows(path: Path) -> Iterator[tuple[int, Row]]:
-  """`read_jsonl` or `read_tsv` (with header), by the file's extension."""
+def read_rows(path: Path, required: Sequence[str] = ()) -> Iterator[tuple[int, Row]]:
+  """`read_jsonl` or `read_tsv` (with a header naming the `required` columns), by the file's
+  extension."""
   if path.suffix == '.tsv':
-    return read_tsv(path)
+    return read_tsv(path, required=required)
   return read_jsonl(path)
 
 
@@ -293,6 +308,7 @@ class BenchmarkSource(seqio.DataSource):
     self._split_files = dict(split_files)
     self.local = LocalSource(self.splits, self._local_path, file_format)
     self._signature = file_format.signature
+    self._tfds_checked = False
 
   def _local_path(self, split: str) -> Path:
     root = require_local_dir(self.benchmark)
@@ -306,6 +322,31 @@ class BenchmarkSource(seqio.DataSource):
   @functools.cached_property
   def _tfds(self) -> seqio.TfdsDataSource:
     return seqio.TfdsDataSource(tfds_name=self.tfds_name, splits=self.splits)
+
+  def check_available(self) -> None:
+    """Raises TaskDataError, naming the local-files alternative, when TFDS needs a download
+    it cannot make.
+
+    Only a dataset not yet prepared is downloaded; its first download URL is
+    probed (an HTTP HEAD, PTJ_REMOTE_TIMEOUT_S seconds at most), so that a
+    machine without network fails at once instead of after TFDS's retries.
+    """
+    if self.uses_local_files or self._tfds_checked:
+      return
+    builder = self._tfds.tfds_dataset.builder
+    if not builder.is_prepared():
+      # The config's own download, or any of the builder's.
+      own = getattr(builder.builder_config, 'data_url', None)
+      urls = [own] if isinstance(own, str) else sorted(builder.url_infos or ())
+      failure = urls and _unreachable(urls[0])
+      if failure:
+        files = ', '.join(sorted(set(self._split_files.values())))
+        raise TaskDataError(
+            f'TFDS {self.tfds_name} is not prepared in {builder.data_dir_root} and its '
+            f'download cannot be reached ({urls[0]}: {failure}; no network?). Use the local '
+            f'files instead: set {ENV_VARS[self.benchmark]} (or --gin.local_data_dirs.'
+            f'{self.benchmark}) to a directory holding {self._task_dir}/ with {files}.')
+    self._tfds_checked = True
 
   @property
   def supports_arbitrary_sharding(self) -> bool:
@@ -322,6 +363,7 @@ class BenchmarkSource(seqio.DataSource):
     del sequence_length, use_cached, num_epochs  # Unused by sources.
     if self.uses_local_files:
       return self.local.get_dataset(split, shard_info=shard_info)
+    self.check_available()
     ds = self._tfds.get_dataset(split=split, shuffle=shuffle, seed=seed,
                                 shard_info=shard_info)
     return ds.map(functools.partial(select, signature=self._signature))
@@ -329,3 +371,13 @@ class BenchmarkSource(seqio.DataSource):
   def __repr__(self) -> str:
     return (f'BenchmarkSource({self.benchmark}/{self._task_dir}, '
             f'tfds={self.tfds_name}, splits={list(self.splits)})')
+
+
+def _unreachable(url: str) -> Optional[str]:
+  """None when `url` answers an HTTP HEAD within the remote timeout, else why not."""
+  import requests  # pylint: disable=g-import-not-at-top  (TFDS's own dependency)
+  try:
+    requests.head(url, timeout=remote.timeout_s(), allow_redirects=True)
+  except requests.RequestException as e:
+    return type(e).__name__
+  return None

@@ -117,3 +117,17 @@ def naive_greedy(model, params, encoder_input_tokens, max_decode_length, eos_id=
     scores += np.where(done, 0.0, log_probs[np.arange(batch), best])
     done |= tokens[:, i] == eos_id
   return tokens, scores
+
+
+@pytest.fixture
+def hf_t5_float64(monkeypatch):
+  """Hugging Face's T5 fully in float64 (with `.double()`): its T5LayerNorm computes the
+  variance in float32 whatever the input's dtype; here it keeps the input's (same math)."""
+  torch = pytest.importorskip('torch', reason='torch is a test extra: pip install -e .[test]')
+  modeling_t5 = pytest.importorskip('transformers.models.t5.modeling_t5',
+                                    reason='transformers is a test extra')
+
+  def forward(self, x):
+    return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True)
+                                          + self.variance_epsilon))
+  monkeypatch.setattr(modeling_t5.T5LayerNorm, 'forward', forward)

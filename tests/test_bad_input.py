@@ -11,6 +11,7 @@ from conftest import shared_path
 
 from prompt_tuning_jax import checkpoints
 from prompt_tuning_jax import cli
+from prompt_tuning_jax import config
 from prompt_tuning_jax import optim
 from prompt_tuning_jax import pretrained
 from prompt_tuning_jax import train_step
@@ -52,6 +53,39 @@ def test_misspelled_macro_is_refused_with_a_suggestion(tmp_path, capsys,
   assert rc == 1
   assert 'no gin file defines the macro LERNING_RATE. Did you mean LEARNING_RATE?' in err
   assert not os.listdir(tmp_path)  # nothing written
+
+
+def test_misspelled_macro_in_a_gin_file_is_refused_as_on_the_command_line(
+    tmp_path, capsys, restore_ptj_global_state):
+  del restore_ptj_global_state
+  (tmp_path / 'my.gin').write_text('# my settings\nLERNING_RATE = 0.001\n')
+  rc = cli.main(['train', '--gin_file=runs/smoke.gin', f'--gin_file={tmp_path / "my.gin"}',
+                 f'--gin.MODEL_DIR={tmp_path / "run"}'])
+  err = capsys.readouterr().err
+  assert rc == 1 and 'Traceback' not in err
+  assert (f'{tmp_path / "my.gin"}:2: LERNING_RATE: no gin file of the project defines the macro '
+          'LERNING_RATE and no binding uses it. Did you mean LEARNING_RATE?') in err
+  assert not (tmp_path / 'run').exists()
+  # A macro of the user's own that a binding uses is no typo.
+  (tmp_path / 'own.gin').write_text('MY_RATE = 0.01\nLEARNING_RATE = %MY_RATE\n')
+  run = config.configure('train', ['runs/smoke.gin', str(tmp_path / 'own.gin')],
+                         [f"MODEL_DIR = '{tmp_path / 'run'}'"]).settings
+  assert run.optimizer.learning_rate == 0.01
+
+
+@pytest.mark.parametrize('binding, message', [
+    ('--gin.models.get_config.emb_dmi=8',
+     "models.get_config.emb_dmi: T5Config has no field 'emb_dmi'. Did you mean emb_dim?"),
+    ('--gin.models.get_config.name=t5_1_1_bse',
+     "Unknown model preset 't5_1_1_bse' (models.get_config.name). Did you mean t5_1_1_base,"),
+])
+def test_misspelled_model_setting_is_one_line(tmp_path, capsys, restore_ptj_global_state,
+                                              binding, message):
+  del restore_ptj_global_state
+  rc = cli.main(['train', '--gin_file=runs/smoke.gin', f'--gin.MODEL_DIR={tmp_path}', binding])
+  err = capsys.readouterr().err
+  assert rc == 1 and message in err and 'Traceback' not in err
+  assert len(err.strip().splitlines()) <= 5  # The error and its PTJ_DEBUG hint; was ~90 lines.
 
 
 @pytest.mark.parametrize('binding, message', [

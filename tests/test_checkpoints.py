@@ -15,6 +15,7 @@ from flax import serialization
 from safetensors.numpy import save_file
 
 from prompt_tuning_jax import checkpoints
+from prompt_tuning_jax import remote
 from prompt_tuning_jax.checkpoints import t5x as t5x_lib
 from prompt_tuning_jax.checkpoints import CheckpointError
 
@@ -216,7 +217,8 @@ def test_resolve_spec_gcs_and_local():
   assert t5x_lib.resolve_spec(spec, 'gs://t5-data/models/checkpoint_3') == {
       'driver': 'zarr',
       'kvstore': {'driver': 'gcs', 'bucket': 't5-data',
-                  'path': 'models/checkpoint_3/target.decoder.x.kernel'},
+                  'path': 'models/checkpoint_3/target.decoder.x.kernel',
+                  'gcs_request_retries': remote.retry_budget()},  # bounded: PTJ_REMOTE_TIMEOUT_S
       'fill_missing_data_reads': False}
   old = {'driver': 'zarr', 'kvstore': {'driver': 'gcs', 'bucket': 'other'},
          'path': 'target.decoder.x.kernel'}

@@ -37,6 +37,9 @@ def documented_macros() -> list[str]:
 
 def test_every_wired_macro_is_documented_once_in_the_run_block():
   wiring = run_block_and_wiring()[1]
+  for name in re.findall(r"^include '(methods/.*)'$", wiring, re.M):  # the default method's
+    with open(os.path.join(config.gin_dir(), name)) as f:
+      wiring += f.read()
   documented = documented_macros()
   assert len(documented) == len(set(documented))
   used = set(re.findall(r'%([A-Z][A-Z0-9_]*)', wiring))
@@ -60,7 +63,7 @@ def test_model_finetune_trains_every_weight_of_plain_t5(tmp_path):
   run = configure(tmp_path, "MIXTURE_OR_TASK_NAME = 't'",
                   files=('models/t5_1_1_small.gin', 'runs/model_finetune.gin')).settings
   assert type(run.model) is T5
-  assert run.optimizer.trainable_rules == optim.MODEL_TUNING_RULES
+  assert run.trainable_rules == optim.MODEL_TUNING_RULES
   assert run.optimizer.learning_rate == 0.001
 
 
@@ -81,6 +84,24 @@ def test_resume_compares_values_not_text(tmp_path):
                            override=False)
   assert 'optim.inverse_sqrt_schedule.warmup_steps: (unset) -> 100' in str(e.value)
   assert "get_vocabulary.path: (unset) -> '/v.model'" in str(e.value)
+
+
+def test_a_run_saved_before_methods_resumes_when_its_values_are_the_same(tmp_path):
+  """config.gin as `ptj train --gin_file=runs/smoke.gin` wrote it before gin/methods/ (commit
+  fc5f044): MODEL = @models.PromptedT5(), TRAINABLE_RULES = ('.*prompt.*',), no METHOD."""
+  saved = (REPO / 'tests' / 'data' / 'config_before_methods.gin').read_text()
+  assert 'MODEL = @models.PromptedT5()' in saved and '\nMETHOD =' not in saved
+  (tmp_path / 'config.gin').write_text(saved)
+  config.check_model_dir(configure(tmp_path), override=False)  # the same run, spelt anew
+  with pytest.raises(UsageError) as e:
+    config.check_model_dir(configure(tmp_path, 'PROMPT_LENGTH = 12', 'DROPOUT_RATE = 0.1',
+                                     "TRAINABLE_RULES = ('.*',)"), override=False)
+  assert "model.method: PromptTuning(length=10, placement='prefix'" in str(e.value)
+  assert '-> PromptTuning(length=12' in str(e.value)
+  assert 'PROMPT_LENGTH: 10 -> 12' in str(e.value)
+  assert 'PROMPT_VISIBILITY' not in str(e.value)  # A macro added since changes nothing.
+  assert 'model.config.dropout_rate: 0.0 -> 0.1' in str(e.value)
+  assert "trainable rules: ('.*prompt.*',) -> ('.*',)" in str(e.value)
 
 
 @pytest.mark.parametrize('make, message', [
@@ -121,6 +142,10 @@ def test_installed_package_finds_gin_files_and_tasks_through_importlib_resources
   (wheel,) = glob.glob(str(tmp_path / 'wheel' / '*.whl'))
   names = zipfile.ZipFile(wheel).namelist()
   assert 'prompt_tuning_jax/gin/runs/prompt_finetune.gin' in names
+  assert 'prompt_tuning_jax/gin/methods/prompt_tuning.gin' in names
+  packages = [path.relative_to(REPO).as_posix()
+              for path in (REPO / 'prompt_tuning_jax').rglob('__init__.py')]
+  assert set(packages) <= set(names)  # every subpackage is installed (pyproject's list)
   assert 'prompt_tuning_jax/tasks/__init__.py' in names
   assert not [n for n in names if n.startswith(('gin/', 'tasks/'))]  # nothing top-level
   zipfile.ZipFile(wheel).extractall(tmp_path / 'site')

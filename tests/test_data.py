@@ -25,8 +25,9 @@ def batches(n, start_step=0, lengths=LENGTHS, batch_size=4, seed=0):
 
 def test_batches_have_fixed_shapes_and_t5x_features():
   batch = batches(1)[0]
-  assert set(batch) == {*data.MODEL_FEATURES, data.TRUNCATED}
+  assert set(batch) == {*data.MODEL_FEATURES, data.TRUNCATED, data.TASK_INDEX}
   assert batch['encoder_input_tokens'].shape == (4, 64)
+  np.testing.assert_array_equal(batch[data.TASK_INDEX], np.zeros(4, np.int32))  # one task
   for key in ('decoder_input_tokens', 'decoder_target_tokens', 'decoder_loss_weights'):
     assert batch[key].shape == (4, 12) and batch[key].dtype == np.int32
   assert batch[data.TRUNCATED].shape == (4, 2)
@@ -120,3 +121,40 @@ def test_eval_and_infer_count_the_examples_they_truncate(caplog):
     evaluation.Evaluator(None, smoke.TASK_NAME, lengths, settings)
   assert (f'Of the 20 validation examples evaluated, {long_inputs} inputs and {long_targets} '
           'targets are longer than TASK_FEATURE_LENGTHS') in caplog.text
+
+
+MIXTURE = 'test_task_index_mixture'
+
+
+def _mixture() -> str:
+  """Two smoke tasks told apart by their label words' first letter, mixed 1:1."""
+  for name, labels in (('test_task_index_a', ('a-', 'a+')), ('test_task_index_b', ('b-', 'b+'))):
+    smoke.register(name, labels)
+  if MIXTURE not in seqio.MixtureRegistry.names():
+    seqio.MixtureRegistry.add(MIXTURE, ['test_task_index_a', 'test_task_index_b'],
+                              default_rate=1.0)
+  return MIXTURE
+
+
+def test_every_training_example_carries_its_tasks_index():
+  name = _mixture()
+  assert data.task_index_of(name) == {'test_task_index_a': 0, 'test_task_index_b': 1}
+  settings = DataSettings(name, LENGTHS, 8, seed=0, module=None, length_buckets='pow2')
+  seen = []
+  for batch in itertools.islice(data.train_batches(settings), 6):
+    assert batch[data.TASK_INDEX].shape == (8,) and batch[data.TASK_INDEX].dtype == np.int32
+    for index, target in zip(batch[data.TASK_INDEX], batch['decoder_target_tokens']):
+      assert smoke.VOCABULARY.decode(target.tolist())[0] == 'ab'[index]
+      seen.append(int(index))
+  assert set(seen) == {0, 1}
+
+
+def test_tagging_keeps_seqios_mixture_order():
+  """The tagged mixture holds the examples seqio's own `get_dataset` gives, in its order."""
+  provider = seqio.get_mixture_or_task(_mixture())
+  kwargs = dict(split='train', shuffle=True, seed=3, num_epochs=None, trim_output_features=False)
+  ours = data._tagged_dataset(provider, None, **kwargs).take(48).as_numpy_iterator()
+  theirs = provider.get_dataset(None, **kwargs).take(48).as_numpy_iterator()
+  for a, b in zip(ours, theirs, strict=True):
+    for key in ('inputs', 'targets'):
+      np.testing.assert_array_equal(a[key], b[key])

@@ -22,6 +22,7 @@ from prompt_tuning_jax import optim
 from prompt_tuning_jax import prompts as prompts_lib
 from prompt_tuning_jax import scoring
 from prompt_tuning_jax import train_step
+from prompt_tuning_jax.methods import DecoderOnlyPromptTuning, MethodInputs
 from prompt_tuning_jax.models import (T5, DecoderOnly, PromptedDecoderOnly, dummy_inputs,
                                       get_config, model_inputs)
 
@@ -267,7 +268,8 @@ def test_left_padded_mixed_prompts_equal_unpadded_prompts():
                                    enable_dropout=False, **kw)
     alone = run()
     padded = jnp.concatenate([jnp.full((2, cfg.emb_dim), 99.0), prompt])[None]
-    mixed = run(prompts=padded, prompt_mask=jnp.array([[0, 0, 1, 1]], bool))
+    mixed = run(method_inputs=MethodInputs(prompts=padded,
+                                           prompt_mask=jnp.array([[0, 0, 1, 1]], bool)))
   weights = batch['decoder_loss_weights'][0] > 0
   np.testing.assert_allclose(mixed[0][weights], alone[0][weights], atol=1e-9)
 
@@ -459,10 +461,10 @@ def test_mixed_prompts_decode_and_rank_like_separate_prompted_models():
   model = PromptedDecoderOnly(cfg, prompt_length=3)
   params = _randomize(_init(model), seed=6)
   labels = jnp.asarray(scoring.encode_labels(_Vocabulary(), ['aa', 'b']))
+  given = MethodInputs(prompts=prompts, prompt_mask=prompt_mask)
   tokens, _ = decoding.jit_greedy_decode(model, params, INPUTS, max_decode_length=DECODE_LENGTH,
-                                         prompts=prompts, prompt_mask=prompt_mask)
-  _, label_scores = scoring.jit_rank_classify(model, params, INPUTS, labels, prompts=prompts,
-                                              prompt_mask=prompt_mask)
+                                         method_inputs=given)
+  _, label_scores = scoring.jit_rank_classify(model, params, INPUTS, labels, method_inputs=given)
   for row, prompt in enumerate(prompt_list):
     alone = PromptedDecoderOnly(cfg, prompt_length=len(prompt))
     alone_params = {'decoder': {**params['decoder'], 'prompt': {'prompt': {'prompt': prompt}}}}
@@ -504,7 +506,8 @@ def test_prompt_only_step_skips_weight_gradients():
 
 
 def test_dry_run_plans_one_sequence_without_cross_attention():
-  report = dry_run.dry_run('decoder_mini', 100, 32, {'inputs': 64, 'targets': 8}, 1)
+  report = dry_run.dry_run('decoder_mini', DecoderOnlyPromptTuning(100), 32,
+                           {'inputs': 64, 'targets': 8}, 1)
   assert report.encoder_length == 0 and report.decoder_length == 64 + 100 + 8
   assert report.num_params == 3_410_432 + 100 * 128
   assert report.num_trainable_params == 100 * 128

@@ -21,7 +21,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures('restore_ptj_global_stat
 
 # runs/smoke.gin's byte-level model, as a 2-layer decoder-only prefix LM.
 DECODER_ONLY_SMOKE = [
-    '--gin_file=runs/smoke.gin', '--gin.models.get_config.name=decoder_mini',
+    '--gin_file=runs/smoke.gin', '--gin_file=methods/decoder_only_prompt_tuning.gin',
+    '--gin.models.get_config.name=decoder_mini',
     '--gin.models.get_config.num_decoder_layers=2', '--gin.models.get_config.num_encoder_layers=0',
     '--gin.TRAIN_STEPS=20', '--gin.EVAL_PERIOD=20', '--gin.CHECKPOINT_PERIOD=10',
     '--gin.LOG_PERIOD=10', '--gin.NUM_EVAL_EXAMPLES=20', '--gin.EVAL_BATCH_SIZE=20',

@@ -11,6 +11,7 @@ import pytest
 
 from conftest import small_config
 from prompt_tuning_jax import decoding
+from prompt_tuning_jax.methods import MethodInputs, PromptTuning
 from prompt_tuning_jax.models import PromptedT5, T5
 
 LENGTH = 6  # max_decode_length
@@ -49,7 +50,7 @@ def _prompted_params(vocab_size: int = 64):
 def params_for(model):
   """Params for `model`: the shared random weights, with the prompt only where it has one."""
   params = dict(_prompted_params(model.config.vocab_size))
-  if not isinstance(model, PromptedT5):
+  if not isinstance(model.method, PromptTuning):
     params['encoder'] = {k: v for k, v in params['encoder'].items() if k != 'prompt'}
   return params
 
@@ -266,7 +267,7 @@ def test_mixed_prompts_decode_like_separate_prompted_models():
     expected_tokens[i], expected_scores[i] = tokens[i], scores[i]
 
   tokens, scores = decoding.jit_greedy_decode(model, params, inputs, max_decode_length=LENGTH,
-                                              prompts=prompts, prompt_mask=prompt_mask)
+                                              method_inputs=MethodInputs(prompts, prompt_mask))
   np.testing.assert_array_equal(tokens, expected_tokens)
   np.testing.assert_allclose(scores, expected_scores, atol=1e-5, rtol=0)
 

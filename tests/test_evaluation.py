@@ -224,9 +224,9 @@ def test_length_buckets_give_the_same_metrics(case, monkeypatch):
   shapes = []
   jit_rank = scoring.jit_rank_classify
 
-  def recording(model, params, tokens, label_ids):
+  def recording(model, params, tokens, label_ids, **kwargs):
     shapes.append(tokens.shape[1])
-    return jit_rank(model, params, tokens, label_ids)
+    return jit_rank(model, params, tokens, label_ids, **kwargs)
 
   monkeypatch.setattr(scoring, 'jit_rank_classify', recording)
   fixed = evaluator().evaluate(case['params'], step=7)

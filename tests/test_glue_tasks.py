@@ -591,12 +591,19 @@ def test_rank_variant_scores_like_decoding(name, split):
      ':2: expected 6 tab-separated fields, found 7'),
     ('MRPC/dev.tsv', _tsv(_MRPC_HEADER, (2, 1, 2, 'a', 'b')),
      ":2: label '2' is not one of ['not_equivalent', 'equivalent']"),
+    # A file without its header row: the header is missing, not a field of line 2.
+    ('SST-2/dev.tsv', 'a fine film .\t1\nawful .\t0\n',
+     ":1: missing header row: the first line must name the columns (tab-separated, 'sentence' "
+     "among them); it reads 'a fine film .\\t1'"),
+    ('RTE/dev.tsv', 'index\tsentence_1\tsentence2\tlabel\n0\ta\tb\tentailment\n',
+     ":1: the header row has no column 'sentence1' (it names 'index', 'sentence_1', "
+     "'sentence2', 'label')"),
 ])
 def test_malformed_row_names_file_and_line(own_glue_dir, name, text, message):
   path = own_glue_dir / name
   path.write_text(text, encoding='utf-8')
   key = {'CoLA': 'cola', 'RTE': 'rte', 'STS-B': 'stsb', 'QQP': 'qqp',
-         'MRPC': 'mrpc'}[name.split('/')[0]]
+         'MRPC': 'mrpc', 'SST-2': 'sst2'}[name.split('/')[0]]
   task = seqio.get_mixture_or_task(f'glue_{key}_v002')
   with pytest.raises(sources.TaskDataError) as err:
     task.get_dataset(sequence_length=None, split='validation', shuffle=False)
@@ -610,3 +617,53 @@ def test_missing_mnli_file_names_the_expected_path(own_glue_dir):
                      match='missing split file: expected '
                      f'{own_glue_dir}/MNLI/dev_mismatched.tsv'):
     task.get_dataset(sequence_length=None, split='validation', shuffle=False)
+
+
+# ---------------------------------------------------------- TFDS
+
+
+def _tfds_source(key, data_dir):
+  """A fresh GLUE source that reads TFDS from `data_dir` (never the user's)."""
+  source = glue.glue_source(glue.task_by_key(key))
+  source.__dict__['_tfds'] = seqio.TfdsDataSource(
+      tfds_name=source.tfds_name, tfds_data_dir=str(data_dir), splits=source.splits)
+  return source
+
+
+def test_tfds_without_network_is_one_line_naming_the_local_files(tmp_path, monkeypatch):
+  """No local directory, TFDS not prepared, its download unreachable: the real HTTP probe,
+  sent to a host that never resolves (.invalid), fails in one line before TFDS retries."""
+  import requests
+  real_head = requests.head
+  monkeypatch.setattr(requests, 'head', lambda url, **kwargs: real_head(
+      'https://ptj-no-network.invalid/' + url.rsplit('/', 1)[-1], **kwargs))
+  monkeypatch.delenv('PTJ_GLUE_DIR')
+  source = _tfds_source('sst2', tmp_path / 'tfds')
+  with pytest.raises(sources.TaskDataError) as err:
+    source.get_dataset('validation', shuffle=False)
+  message = str(err.value)
+  assert '\n' not in message
+  assert message.startswith('TFDS glue/sst2:2.0.0 is not prepared in ')
+  assert ('ConnectionError; no network?). Use the local files instead: set PTJ_GLUE_DIR (or '
+          '--gin.local_data_dirs.glue) to a directory holding SST-2/ with dev.tsv, test.tsv, '
+          'train.tsv.') in message
+
+
+def test_tfds_downloads_and_prepares_glue_with_the_declared_packages(glue_dir, tmp_path,
+                                                                     monkeypatch):
+  """Where there is a network, TFDS downloads and prepares GLUE: its download is served
+  from the test's files, the rest (builder, checksums path, prepare, read) is TFDS's own,
+  so a package it imports on the way and the project does not declare fails here in a
+  fresh install. Its examples equal the local reader's."""
+  import requests
+  import tensorflow_datasets as tfds
+  monkeypatch.setattr(requests, 'head', lambda url, **kwargs: None)  # Reachable.
+  monkeypatch.setattr(tfds.download.DownloadManager, 'download_and_extract',
+                      lambda self, url: str(glue_dir))
+  local = glue.glue_source(glue.task_by_key('sst2')).local.read_split('validation')
+  monkeypatch.delenv('PTJ_GLUE_DIR')
+  source = _tfds_source('sst2', tmp_path / 'tfds')
+  from_tfds = list(source.get_dataset('validation', shuffle=False).as_numpy_iterator())
+  assert source._tfds.tfds_dataset.builder.is_prepared()  # pylint: disable=protected-access
+  assert sorted((int(ex['idx']), ex['sentence'].decode(), int(ex['label'])) for ex in from_tfds) == [
+      (ex['idx'], ex['sentence'], ex['label']) for ex in local]  # TFDS shuffles when preparing.

@@ -73,7 +73,7 @@ def test_load_hf_gives_back_the_params_bit_exact(saved):
   assert ('decoder/logits_dense/kernel' in got) is not tied
 
 
-def test_transformers_loads_the_directory_and_gives_our_logits(saved):
+def test_transformers_loads_the_directory_and_gives_our_logits(saved, hf_t5_float64):
   torch = pytest.importorskip('torch', reason='torch is a test extra: pip install -e .[test]')
   transformers = pytest.importorskip('transformers', reason='transformers is a test extra')
   name, config, params, directory = saved
@@ -86,17 +86,22 @@ def test_transformers_loads_the_directory_and_gives_our_logits(saved):
   batch = toy_batch(batch=3, inputs=9, vocab=config.vocab_size, seed=1)
   enc, dec_in, tgt = (np.asarray(batch[k]) for k in (
       'encoder_input_tokens', 'decoder_input_tokens', 'decoder_target_tokens'))
-  ours = np.asarray(T5(config).apply({'params': params}, enc, dec_in, tgt, enable_dropout=False))
+  # Both in float64 (ours under jax.enable_x64; torch's double, conftest.hf_t5_float64).
+  with jax.enable_x64(True):
+    ours = np.asarray(T5(config.replace(dtype=jnp.float64)).apply(
+        {'params': jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), params)}, enc, dec_in,
+        tgt, enable_dropout=False))
+  assert ours.dtype == np.float64
   with torch.no_grad():
-    theirs = hf_model(input_ids=torch.tensor(enc), attention_mask=torch.tensor(enc > 0),
+    theirs = hf_model.double()(input_ids=torch.tensor(enc), attention_mask=torch.tensor(enc > 0),
                       decoder_input_ids=torch.tensor(dec_in),
                       decoder_attention_mask=torch.tensor(tgt > 0)).logits.numpy()
   # Real target positions only: padded query rows are masked differently (T5X masks
-  # them, HF does not). Measured max |diff| (CPU, float32): 1.5e-6 (T5.1.1), 9.5e-7
-  # (T5 1.0), 8.6e-6 (t5_mini: width 128, |logits| up to ~6; hence its 3e-5 bound).
+  # them, HF does not). Float64 rounding of logits up to ~10 stays below ~1e-12; a
+  # mis-mapped weight or scale moves them by far more than the 1e-9 allowed.
   diff = np.abs(ours - theirs)[tgt > 0].max()
   print(f'{name}: max |logit diff| {diff:.2e}')
-  assert diff <= (3e-5 if name.startswith('t5_mini') else 1e-5)
+  assert diff <= 1e-9
 
 
 def test_a_prompt_is_refused_unless_dropped(tmp_path):

@@ -19,7 +19,7 @@ DEC_IN = np.array([[0, 3, 4, 5], [0, 5, 1, 0]])
 
 @pytest.mark.parametrize('feed_forward_proj,tied', [('gated-gelu', False), ('relu', True)],
                          ids=['t5_1_1_style', 't5_1_0_style'])
-def test_matches_transformers_t5(tmp_path, feed_forward_proj, tied):
+def test_matches_transformers_t5(tmp_path, feed_forward_proj, tied, hf_t5_float64):
   torch = pytest.importorskip('torch', reason='torch is a test extra: pip install -e .[test]')
   transformers = pytest.importorskip('transformers', reason='transformers is a test extra')
   torch.manual_seed(0)
@@ -39,22 +39,27 @@ def test_matches_transformers_t5(tmp_path, feed_forward_proj, tied):
   hf_model.save_pretrained(tmp_path, safe_serialization=True)
 
   params, config_kwargs = checkpoints.load_hf(str(tmp_path))
-  config = T5Config(**config_kwargs).replace(dtype=jnp.float32, dropout_rate=0.0)
+  # Both in float64 (ours under jax.enable_x64, torch's double): the same math in another
+  # order differs by float64 rounding, ~1e-15 here.
+  config = T5Config(**config_kwargs).replace(dtype=jnp.float64, dropout_rate=0.0)
   assert config.logits_via_embedding == tied
   model = T5(config)
-  logits = model.apply({'params': params}, ENC, DEC_IN, TGT, enable_dropout=False)
-  encoded, _ = model.apply({'params': params}, ENC, method=model.encode)
+  with jax.enable_x64(True):
+    params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), params)
+    logits = model.apply({'params': params}, ENC, DEC_IN, TGT, enable_dropout=False)
+    encoded, _ = model.apply({'params': params}, ENC, method=model.encode)
+  assert logits.dtype == np.float64
   with torch.no_grad():
-    out = hf_model(input_ids=torch.tensor(ENC), attention_mask=torch.tensor(ENC > 0),
-                   decoder_input_ids=torch.tensor(DEC_IN),
-                   decoder_attention_mask=torch.tensor(TGT > 0))
+    out = hf_model.double()(input_ids=torch.tensor(ENC), attention_mask=torch.tensor(ENC > 0),
+                            decoder_input_ids=torch.tensor(DEC_IN),
+                            decoder_attention_mask=torch.tensor(TGT > 0))
   # Compare real (non-padding) positions; padding rows are masked differently by design.
   enc_diff = np.abs(np.asarray(encoded) - out.encoder_last_hidden_state.numpy())[ENC > 0].max()
   logit_diff = np.abs(np.asarray(logits) - out.logits.numpy())[TGT > 0].max()
   print(f'{feed_forward_proj}: max |encoder diff| {enc_diff:.2e}, max |logit diff| {logit_diff:.2e}')
-  # Measured 8.0e-7 / 7.1e-7 (gated-GELU) and 8.2e-7 / 1.2e-6 (ReLU), at most 1.3e-6 / 1.9e-6
-  # over torch seeds 0-7 (float32 rounding): 5e-6 is ~5x the measured difference.
-  assert enc_diff < 5e-6 and logit_diff < 5e-6
+  # Values are O(1-10): float64 rounding through a few layers stays below ~1e-13; any
+  # difference in the math (a scale, a mask, the GELU's form) is above 1e-4.
+  assert enc_diff < 1e-10 and logit_diff < 1e-10
 
 
 def _read_t5x_directly(ckpt_dir) -> dict[str, np.ndarray]:
@@ -123,7 +128,7 @@ def _hf_t5_1_1_from_t5x(raw, cfg, torch, transformers):
   return hf
 
 
-def test_t5x_checkpoint_in_the_prompted_model_matches_an_independent_t5():
+def test_t5x_checkpoint_in_the_prompted_model_matches_an_independent_t5(hf_t5_float64):
   """The real T5X test checkpoint, read by `load_t5x` and merged into a PromptedT5, holds
   exactly the arrays a direct msgpack/TensorStore read gives; with a prompt, its encoder
   outputs and logits equal HF's PyTorch T5 built from those direct reads, fed the prompt
@@ -149,13 +154,18 @@ def test_t5x_checkpoint_in_the_prompted_model_matches_an_independent_t5():
     np.testing.assert_array_equal(flat[path], value, err_msg=path)
   np.testing.assert_array_equal(flat['encoder/prompt/prompt/prompt'], prompt)
 
-  logits = jax.jit(lambda p: model.apply({'params': p}, enc, dec_in, tgt,
-                                         enable_dropout=False))(params)
-  encoded, valid = model.apply({'params': params}, enc, method=model.encode)
-  assert logits.shape == (2, 4, 32128)
-  hf = _hf_t5_1_1_from_t5x(raw, cfg, torch, transformers)
+  # The forward passes in float64 (ours under jax.enable_x64, torch's double), from the
+  # same float32 arrays: they differ by float64 rounding only.
+  model = PromptedT5(cfg.replace(dtype=jnp.float64), prompt_length=length)
+  with jax.enable_x64(True):
+    params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), params)
+    logits = jax.jit(lambda p: model.apply({'params': p}, enc, dec_in, tgt,
+                                           enable_dropout=False))(params)
+    encoded, valid = model.apply({'params': params}, enc, method=model.encode)
+  assert logits.shape == (2, 4, 32128) and logits.dtype == np.float64
+  hf = _hf_t5_1_1_from_t5x(raw, cfg, torch, transformers).double()
   embedded = np.concatenate([np.broadcast_to(prompt, (2, length, cfg.emb_dim)),
-                             raw['token_embedder/embedding'][enc]], axis=1)
+                             raw['token_embedder/embedding'][enc]], axis=1).astype(np.float64)
   mask = np.concatenate([np.ones((2, length), bool), enc > 0], axis=1)
   with torch.no_grad():
     out = hf(inputs_embeds=torch.tensor(embedded), attention_mask=torch.tensor(mask),
@@ -164,5 +174,5 @@ def test_t5x_checkpoint_in_the_prompted_model_matches_an_independent_t5():
   enc_diff = np.abs(np.asarray(encoded) - out.encoder_last_hidden_state.numpy())[mask].max()
   logit_diff = np.abs(np.asarray(logits) - out.logits.numpy())[tgt > 0].max()
   print(f't5x tiny + prompt: max |encoder diff| {enc_diff:.2e}, max |logit diff| {logit_diff:.2e}')
-  # Measured 6.0e-7 (encoder) and 9.5e-7 (logits): float32 rounding.
-  assert enc_diff < 5e-6 and logit_diff < 5e-6
+  # Float64 rounding of O(1-100) values: below ~1e-12; a difference in the math, far above.
+  assert enc_diff < 1e-9 and logit_diff < 1e-9

@@ -122,5 +122,5 @@ def test_errors():
   with pytest.raises(ValueError, match='emb_dim=32'):
     mixed.gather_prompts(wide, bank, ['a'])
   from prompt_tuning_jax.models import T5
-  with pytest.raises(ValueError, match='need a PromptedT5'):
+  with pytest.raises(ValueError, match='ModelTuning is not one prompt before the input'):
     mixed.gather_prompts(T5(CONFIG), bank, ['a'])

@@ -8,6 +8,7 @@ import pytest
 from flax import traverse_util
 
 from conftest import small_config, toy_batch
+from prompt_tuning_jax.methods import MethodInputs
 from prompt_tuning_jax.models import PRESETS, PromptedT5, T5, get_config
 
 
@@ -158,8 +159,8 @@ def test_left_padded_prompt_equals_unpadded_prompt():
   args = (batch['encoder_input_tokens'], batch['decoder_input_tokens'],
           batch['decoder_target_tokens'])
   want = model.apply({'params': params}, *args, enable_dropout=False)
-  got = model.apply({'params': params}, *args, enable_dropout=False, prompts=padded,
-                    prompt_mask=mask)
+  got = model.apply({'params': params}, *args, enable_dropout=False,
+                    method_inputs=MethodInputs(prompts=padded, prompt_mask=mask))
   np.testing.assert_allclose(got, want, atol=1e-5)
 
 
@@ -229,7 +230,7 @@ def test_padded_prompt_equals_unpadded_prompt_with_suffix_placement():
   args = (batch['encoder_input_tokens'], batch['decoder_input_tokens'],
           batch['decoder_target_tokens'])
   want = model.apply({'params': params}, *args, enable_dropout=False)
-  got = model.apply({'params': params}, *args, enable_dropout=False, prompts=padded,
-                    prompt_mask=mask)
+  got = model.apply({'params': params}, *args, enable_dropout=False,
+                    method_inputs=MethodInputs(prompts=padded, prompt_mask=mask))
   real = np.asarray(batch['decoder_target_tokens'] > 0)  # padded targets attend to nothing real
   np.testing.assert_allclose(np.asarray(got)[real], np.asarray(want)[real], atol=1e-5)

@@ -27,14 +27,15 @@ TINY_CHECKPOINT = (pathlib.Path(__file__).resolve().parents[1].parent / 'shared'
 # ------------------------------------------------------------------ the 8-device subprocess
 
 
-def _tiny_model_and_batch():
-  """A float32 PromptedT5 whose heads, MLP and vocabulary divide by 4, and a batch of 8."""
+def _tiny_model_and_batch(dtype='float32'):
+  """A PromptedT5 (float32 by default) whose heads, MLP and vocabulary divide by 4, and a
+  batch of 8."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from prompt_tuning_jax.models import T5Config, prompted  # pylint: disable=g-import-not-at-top
   config = T5Config(vocab_size=64, emb_dim=16, num_heads=4, head_dim=4, mlp_dim=32,
                     num_encoder_layers=1, num_decoder_layers=1,
                     relative_attention_num_buckets=8, relative_attention_max_distance=16,
-                    dropout_rate=0.0, dtype=jnp.float32)
+                    dropout_rate=0.0, dtype=getattr(jnp, dtype))
   model = prompted.PromptedT5(config, prompt_length=4)
   rng = np.random.default_rng(0)
   targets = rng.integers(1, 64, (8, 5)).astype(np.int32)
@@ -48,13 +49,19 @@ def _tiny_model_and_batch():
 
 
 def _check_train_step(results: dict) -> None:
-  """One prompt-tuning step on 1 device vs a 2x4 (data x model) mesh."""
+  """One prompt-tuning step on 1 device vs a 2x4 (data x model) mesh, in float64."""
+  with jax.enable_x64(True):
+    _check_float64_train_step(results)
+
+
+def _check_float64_train_step(results: dict) -> None:
   from prompt_tuning_jax import optim  # pylint: disable=g-import-not-at-top
   from prompt_tuning_jax import train_step  # pylint: disable=g-import-not-at-top
-  model, batch = _tiny_model_and_batch()
+  model, batch = _tiny_model_and_batch('float64')
   params = model.init(jax.random.PRNGKey(0), batch['encoder_input_tokens'],
                       batch['decoder_input_tokens'], batch['decoder_target_tokens'],
                       enable_dropout=False)['params']
+  params = jax.tree.map(lambda x: x.astype(np.float64), params)
   trainable, frozen = optim.partition(params)
   # SGD, not Adafactor: Adafactor's first update is lr * sign(g), blind to a gradient-scale error
   # (e.g. a data-parallel sum counted twice); SGD's update is -lr * g.
@@ -90,6 +97,7 @@ def _check_train_step(results: dict) -> None:
   results['embedding_shard_shape'] = list(emb.addressable_shards[0].data.shape)
   prompt = new_state.trainable['encoder']['prompt']['prompt']['prompt']
   results['prompt_fully_replicated'] = bool(prompt.sharding.is_fully_replicated)
+  results['prompt_dtype'] = str(prompt.dtype)
   batch_on_mesh = pt.global_batch(batch, mesh)
   results['batch_shard_shape'] = list(
       batch_on_mesh['encoder_input_tokens'].addressable_shards[0].data.shape)
@@ -202,16 +210,17 @@ def test_subprocess_sees_eight_devices_and_main_process_one(eight_devices):
 
 
 def test_sharded_step_matches_single_device(eight_devices):
+  """In float64: the mesh sums over data and model shards in another order, ~1e-15
+  relative apart; a scale error (a sum counted twice) or a wrong shard is far beyond 1e-10."""
+  assert eight_devices['prompt_dtype'] == 'float64'
   loss_one, loss_mesh = eight_devices['loss']
-  assert abs(loss_one - loss_mesh) <= 1e-5 * max(1.0, abs(loss_one))
+  assert abs(loss_one - loss_mesh) <= 1e-10 * max(1.0, abs(loss_one))
   assert eight_devices['prompt_changed']
   # One SGD step (lr 1): the update is the gradient, so a scale error on either side fails.
-  # Measured: update up to 6.75, mesh vs single differ by 3.6e-6 (5e-7 relative);
-  # grad_norm 18.41 on both, equal to the last digit.
   assert eight_devices['prompt_update_max_abs'] > 1.0
-  assert eight_devices['prompt_max_abs_diff'] <= 2e-6 * eight_devices['prompt_update_max_abs']
+  assert eight_devices['prompt_max_abs_diff'] <= 1e-10 * eight_devices['prompt_update_max_abs']
   grad_norm_one, grad_norm_mesh = eight_devices['grad_norm']
-  assert abs(grad_norm_one - grad_norm_mesh) <= 1e-6 * grad_norm_one
+  assert abs(grad_norm_one - grad_norm_mesh) <= 1e-10 * grad_norm_one
 
 
 def test_parameters_are_sharded_over_model(eight_devices):

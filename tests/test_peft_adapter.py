@@ -91,24 +91,30 @@ def frozen(tmp_path_factory):
 
 
 def _logits(model, params, prompt, batch):
+  """Our logits in float64 (the model's dtype and params widened, under jax.enable_x64)."""
   params = jax.tree.map(lambda x: x, params)
   params['encoder']['prompt']['prompt']['prompt'] = prompt
-  return np.asarray(model.apply({'params': params}, batch['encoder_input_tokens'],
-                                batch['decoder_input_tokens'], batch['decoder_target_tokens'],
-                                enable_dropout=False))
+  model = model.clone(config=model.config.replace(dtype=jnp.float64))
+  with jax.enable_x64(True):
+    params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), params)
+    return np.asarray(model.apply({'params': params}, batch['encoder_input_tokens'],
+                                  batch['decoder_input_tokens'], batch['decoder_target_tokens'],
+                                  enable_dropout=False))
 
 
 def _peft_logits(torch, peft_model, batch):
+  """PEFT's (or HF's) logits in float64 (`.double()`; see conftest.hf_t5_float64)."""
   enc, dec_in, tgt = (np.asarray(batch[k]) for k in (
       'encoder_input_tokens', 'decoder_input_tokens', 'decoder_target_tokens'))
   with torch.no_grad():
-    return peft_model(input_ids=torch.tensor(enc), attention_mask=torch.tensor(enc > 0),
+    return peft_model.double()(input_ids=torch.tensor(enc), attention_mask=torch.tensor(enc > 0),
                       decoder_input_ids=torch.tensor(dec_in),
                       decoder_attention_mask=torch.tensor(tgt > 0)).logits.numpy()
 
 
 @pytest.mark.parametrize('submodules', [1, 2])
-def test_peft_on_the_save_hf_copy_gives_our_prompted_logits(tmp_path, frozen, submodules):
+def test_peft_on_the_save_hf_copy_gives_our_prompted_logits(tmp_path, frozen, submodules,
+                                                            hf_t5_float64):
   torch, transformers, peft = _hf_and_peft()
   model, params, hf_dir, batch = frozen
   prompt = _prompt(seed=5)
@@ -135,17 +141,18 @@ def test_peft_on_the_save_hf_copy_gives_our_prompted_logits(tmp_path, frozen, su
   tgt = np.asarray(batch['decoder_target_tokens'])
   assert theirs.shape == ours.shape  # no virtual tokens in the decoder
   # Same placement: PEFT prepends the prompt to inputs_embeds and P ones to the attention
-  # mask, and HF T5's relative positions count the prompt, as ours do. Measured: 1.2e-6.
+  # mask, and HF T5's relative positions count the prompt, as ours do. Both in float64:
+  # rounding of O(1) logits stays below ~1e-13; a misplaced or unmasked prompt is >1e-2.
   diff = np.abs(theirs - ours)[tgt > 0].max()
   print(f'submodules={submodules}: max |logit diff| through the PEFT adapter {diff:.2e}')
-  assert diff <= 1e-4
+  assert diff <= 1e-10
   # ... and the prompt matters: without it the logits are far apart.
   with torch.no_grad():
     plain = _peft_logits(torch, base, batch)
   assert np.abs(plain - ours)[tgt > 0].max() > 1e-2
 
 
-def test_we_read_an_adapter_peft_wrote_and_match_its_logits(tmp_path, frozen):
+def test_we_read_an_adapter_peft_wrote_and_match_its_logits(tmp_path, frozen, hf_t5_float64):
   torch, transformers, peft = _hf_and_peft()
   model, params, hf_dir, batch = frozen
   torch.manual_seed(0)
@@ -159,7 +166,7 @@ def test_we_read_an_adapter_peft_wrote_and_match_its_logits(tmp_path, frozen):
   prompt = checkpoints.load_prompt(str(tmp_path / 'peft_written'), expected_shape=(P, 16))
   np.testing.assert_array_equal(prompt, weight[:P])
   diff = np.abs(_peft_logits(torch, peft_model, batch) - _logits(model, params, prompt, batch))
-  assert diff[np.asarray(batch['decoder_target_tokens']) > 0].max() <= 1e-4
+  assert diff[np.asarray(batch['decoder_target_tokens']) > 0].max() <= 1e-10  # float64
 
 
 # ------------------------------------------------------------ bad input

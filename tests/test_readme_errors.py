@@ -24,6 +24,7 @@ from conftest import REPO
 from prompt_tuning_jax import config
 from prompt_tuning_jax import data
 from prompt_tuning_jax import distributed
+from prompt_tuning_jax import logging_utils
 from prompt_tuning_jax import errors
 from prompt_tuning_jax import optim
 from prompt_tuning_jax import pretrained
@@ -34,6 +35,7 @@ from prompt_tuning_jax import train
 from prompt_tuning_jax import train_step
 from prompt_tuning_jax.checkpoints import hf
 from prompt_tuning_jax.checkpoints import train_state as train_state_lib
+from prompt_tuning_jax.methods.prompt_tuning import PromptTuning
 from prompt_tuning_jax.tasks import sources
 
 pytestmark = pytest.mark.usefixtures('restore_ptj_global_state')
@@ -70,7 +72,15 @@ def setting_value(x, monkeypatch):
 
 
 def misspelled_macro(x, monkeypatch):
-  return [error(config.configure, 'train', ['runs/smoke.gin'], ['LERNING_RATE = 0.1'])]
+  (x / 'my.gin').write_text('# my settings\nLERNING_RATE = 0.001\n')
+  return [error(config.configure, 'train', ['runs/smoke.gin'], ['LERNING_RATE = 0.1']),
+          error(config.configure, 'train', ['runs/smoke.gin', str(x / 'my.gin')],
+                ["MODEL_DIR = '/x'"])]
+
+
+def misspelled_model_setting(x, monkeypatch):
+  return [error(smoke, 'models.get_config.emb_dmi = 8'),
+          error(smoke, "models.get_config.name = 't5_1_1_bse'")]
 
 
 def missing_settings(x, monkeypatch):
@@ -83,6 +93,29 @@ def missing_settings(x, monkeypatch):
 
 def unknown_task(x, monkeypatch):
   return [error(data.get_mixture_or_task, 'super_glue_rte_v12')]
+
+
+def tfds_without_network(x, monkeypatch):
+  import requests  # pylint: disable=g-import-not-at-top
+  from prompt_tuning_jax.tasks import glue  # pylint: disable=g-import-not-at-top
+  import seqio  # pylint: disable=g-import-not-at-top
+
+  def unreachable(url, **kwargs):
+    raise requests.ConnectionError(url)
+  monkeypatch.setattr(requests, 'head', unreachable)
+  monkeypatch.delenv('PTJ_GLUE_DIR', raising=False)
+  source = glue.glue_source(glue.task_by_key('sst2'))
+  source.__dict__['_tfds'] = seqio.TfdsDataSource(
+      tfds_name=source.tfds_name, tfds_data_dir=str(x / 'tensorflow_datasets'),
+      splits=source.splits)
+  return [error(source.check_available)]
+
+
+def task_outside_multi_task_prompt(x, monkeypatch):
+  run = config.configure('train', ['runs/smoke.gin', 'methods/multi_task_prompts.gin'], [
+      f"MODEL_DIR = '{x}'", "MIXTURE_OR_TASK_NAME = 'smoke_sentiment_words'",
+      "PROMPT_TASKS = ('smoke_sentiment', 'smoke_sentiment_np')"]).settings
+  return [error(run_setup.setup, run)]
 
 
 def model_dir_is_a_file(x, monkeypatch):
@@ -114,10 +147,52 @@ def remote_without_network(x, monkeypatch):
   return [error(remote.check_reachable, 'gs://bucket/checkpoint_1000', 'INITIAL_CHECKPOINT_PATH')]
 
 
+def remote_model_dir_without_network(x, monkeypatch):
+  monkeypatch.setattr(remote, '_exists', lambda path: time.sleep(60))
+  monkeypatch.setenv(remote.TIMEOUT_ENV, '0.2')
+  return [error(remote.check_reachable, 'gs://bucket/run', 'MODEL_DIR', must_exist=False,
+                output=True)]
+
+
+def missing_bucket(x, monkeypatch):
+  def no_bucket(path, data):
+    raise OSError(f'{path}: NOT_FOUND: Not Found')  # What storage.write says (tests/test_gcs.py).
+  monkeypatch.setattr(run_dir.storage, 'write', no_bucket)
+  return [error(run_dir.check_writable, 'gs://no-bucket/run')]
+
+
+def bucket_stops_answering(x, monkeypatch):
+  def unavailable(path, data):
+    raise OSError(f'{path}: ABORTED: All 8 retry attempts failed: CURL error ...')
+  monkeypatch.setattr(logging_utils.storage, 'append', unavailable)
+  metrics = error(logging_utils.MetricsWriter('gs://bucket/run').write, 6, 'train', {'loss': 1.0})
+  trainable = {'encoder': {'prompt': {'prompt': {'prompt': jnp.ones((2, 4))}}}}
+  state = train_step.init_train_state(trainable, {}, optim.partitioned_optimizer(
+      trainable, optim.adafactor()))._replace(step=jnp.asarray(6, jnp.int32))
+  ckpt = train_state_lib.TrainStateCheckpointer(str(x / 'run'))
+  ckpt.model_dir = 'gs://bucket/run'  # As one on gs:// is reported.
+
+  def down(step, **kwargs):
+    raise OSError('gs://bucket/run/checkpoints/6: UNAVAILABLE: ...')
+  monkeypatch.setattr(ckpt._manager, 'save', down)  # pylint: disable=protected-access
+  return [metrics, error(ckpt.save, state, data_position={})]
+
+
 def missing_checkpoint(x, monkeypatch):
   s = types.SimpleNamespace(run=types.SimpleNamespace(
       initial_checkpoint_path=str(x / 't5x'), prompt=types.SimpleNamespace(file=None)))
   return [error(run_setup.check_sources, s)]
+
+
+def checkpoint_step_not_held(x, monkeypatch):
+  trainable = {'encoder': {'prompt': {'prompt': {'prompt': jnp.ones((2, 4))}}}}
+  state = train_step.init_train_state(trainable, {}, optim.partitioned_optimizer(
+      trainable, optim.adafactor()))
+  ckpt = train_state_lib.TrainStateCheckpointer(str(x / 'run'))
+  for step in (3, 6):
+    ckpt.save(state._replace(step=jnp.asarray(step, jnp.int32)), data_position={})
+  run = smoke(f"MODEL_DIR = '{x / 'run'}'", 'CHECKPOINT_STEP = 7').settings
+  return [error(run_setup.check_sources, types.SimpleNamespace(run=run), trained=True)]
 
 
 def pytorch_only(x, monkeypatch):
@@ -171,10 +246,30 @@ def not_utf8(x, monkeypatch):
   return [error(list, sources.read_jsonl(x / 'CB' / 'train.jsonl'))]
 
 
+def tsv_without_header(x, monkeypatch):
+  from prompt_tuning_jax.tasks import glue  # pylint: disable=g-import-not-at-top
+  (x / 'SST-2').mkdir()
+  (x / 'SST-2' / 'dev.tsv').write_text('a fine film .\t1\nawful .\t0\n')
+  monkeypatch.setenv('PTJ_GLUE_DIR', str(x))
+  return [error(glue.glue_source(glue.task_by_key('sst2')).local.read_split, 'validation')]
+
+
 def divergence(x, monkeypatch):
   window = types.SimpleNamespace(first_nonfinite_loss=lambda step: (812, 'nan'))
   check = train._check_finite  # pylint: disable=protected-access
   return [error(check, window, 812, last_saved, str(x / 'run')) for last_saved in (800, None)]
+
+
+def prompt_far_beyond_the_embedding(x, monkeypatch):
+  embedding = np.zeros((8, 4), np.float32)
+  embedding[0] = [2.5, 2.5, 2.5, 2.5]  # The longest row: norm 5.
+  prompt = np.full((3, 4), 1.73e9, np.float32)
+  growth = train._PromptGrowth(  # pylint: disable=protected-access
+      {'token_embedder': {'embedding': embedding}, 'encoder': {'prompt': {'prompt': {
+          'prompt': prompt}}}}, PromptTuning(length=3), stop=True)
+  last_good = train._last_good(800, str(x / 'run'))  # pylint: disable=protected-access
+  return [error(growth.check, {'encoder': {'prompt': {'prompt': {'prompt': prompt}}}}, 812,
+                last_good)]
 
 
 def peer_died(x, monkeypatch):
@@ -210,13 +305,20 @@ def stopped(x, monkeypatch):
 CASES = {
     "a setting's value": setting_value,
     'a misspelled macro': misspelled_macro,
+    'a misspelled model setting': misspelled_model_setting,
     'missing settings': missing_settings,
     'unknown task or mixture': unknown_task,
+    'a GLUE/SuperGLUE task without network or local files': tfds_without_network,
+    'a task without a multi-task prompt': task_outside_multi_task_prompt,
     'MODEL_DIR is a file': model_dir_is_a_file,
     'MODEL_DIR holds another run': model_dir_holds_another_run,
     'MODEL_DIR in use by another `ptj train`': model_dir_in_use,
     'a gs:// path without network': remote_without_network,
+    'a gs:// MODEL_DIR without network': remote_model_dir_without_network,
+    'a gs:// MODEL_DIR whose bucket does not exist': missing_bucket,
+    'the bucket stops answering during a run': bucket_stops_answering,
     'missing checkpoint': missing_checkpoint,
+    '`ptj eval`/`infer` of a step MODEL_DIR does not hold': checkpoint_step_not_held,
     'a Hugging Face directory with only `pytorch_model.bin`': pytorch_only,
     'a cut-short `model.safetensors`': cut_short_safetensors,
     'vocabulary larger than the embedding': vocabulary_too_large,
@@ -225,7 +327,11 @@ CASES = {
     'batch size vs devices': batch_size_vs_devices,
     'an empty train or validation file': empty_data_file,
     'a data file that is not UTF-8': not_utf8,
+    'a TSV without its header row': tsv_without_header,
     'divergence': divergence,
+    ("a prompt whose rows grow far beyond the embedding's (with `STOP_ON_DIVERGENCE = True`; "
+     'otherwise a warning with the same numbers, and `WARNING: the prompt diverged` in the '
+     'summary)'): prompt_far_beyond_the_embedding,
     'a process of a multi-host run died': peer_died,
     'disk full at a save': disk_full,
     'SIGTERM / Ctrl-C (not a mistake; exit 143 / 130)': stopped,

@@ -11,6 +11,7 @@ from flax import linen as nn
 
 from conftest import shared_path, small_config
 from prompt_tuning_jax import decoding, scoring
+from prompt_tuning_jax.methods import MethodInputs
 from prompt_tuning_jax.models import PromptedT5, T5
 from prompt_tuning_jax.models.t5 import Decoder, Encoder
 from test_decoding import (LENGTH, encoder_inputs, eos_from_free_run, first_eos_mask,
@@ -125,7 +126,7 @@ def test_mixed_prompts_rank_classify_like_separate_prompted_models():
     expected[i] = label_scores[i]
 
   index, label_scores = scoring.jit_rank_classify(model, params, inputs, LABELS,
-                                                  prompts=prompts, prompt_mask=prompt_mask)
+                                                  method_inputs=MethodInputs(prompts, prompt_mask))
   np.testing.assert_allclose(label_scores, expected, atol=1e-5, rtol=0)
   np.testing.assert_array_equal(index, expected.argmax(-1))
 

@@ -166,6 +166,22 @@ def test_user_task_bad_label_names_file_and_line(tmp_path):
       registry._TASKS.pop(name)  # pylint: disable=protected-access
 
 
+def test_user_task_tsv_without_header_is_a_missing_header(tmp_path):
+  path = tmp_path / 'train.tsv'
+  path.write_text('a great film\tpositive\na dull film\tnegative\n', encoding='utf-8')
+  names = ptj_tasks.add_classification_task(
+      'headerless', {'train': path}, text_fields=['review'], label_field='sentiment',
+      label_words=['negative', 'positive'])
+  try:
+    source = seqio.get_mixture_or_task('headerless').source
+    with pytest.raises(ptj_tasks.TaskDataError, match=f'{path}:1: missing header row'):
+      source.read_split('train')
+  finally:
+    for name in names:
+      seqio.TaskRegistry.remove(name)
+      registry._TASKS.pop(name)  # pylint: disable=protected-access
+
+
 # ------------------------------------------------------------ submissions
 
 

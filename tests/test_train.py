@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import types
 
 import jax
@@ -23,7 +24,9 @@ from prompt_tuning_jax.checkpoints import prompt_io
 from prompt_tuning_jax.checkpoints import train_state as train_state_lib
 from prompt_tuning_jax.checkpoints.tree import CheckpointError
 from prompt_tuning_jax.data import UnknownTaskError
+from prompt_tuning_jax.errors import DataError
 from prompt_tuning_jax.errors import DivergedError, UsageError
+from prompt_tuning_jax.methods import PromptTuning
 from prompt_tuning_jax.models import PromptedT5
 from prompt_tuning_jax.tasks import smoke
 
@@ -74,7 +77,9 @@ def test_resumed_run_ends_with_exactly_the_uninterrupted_prompt(tmp_path):
     assert r['split'] == 'train' and r['loss'] > 0 and 0 <= r['accuracy'] <= 1
     assert r['learning_rate'] == pytest.approx(0.3)
     assert r['examples_per_second'] > 0 and r['tokens_per_second'] > 0
+    assert r['prompt_norm_ratio'] < train.DIVERGENCE_FACTOR  # A sound run: no warning.
   assert os.listdir(tmp_path / 'straight' / 'tensorboard' / 'train')
+  assert straight['diverged_step'] is None
   # A finished run started again has nothing to do.
   assert run(tmp_path / 'straight', 6)['start_step'] == 6
 
@@ -109,7 +114,47 @@ def test_a_huge_learning_rate_diverges_before_any_checkpoint(tmp_path):
   with pytest.raises(DivergedError, match=r'became nan at step \d+: training stopped and nothing '
                                           r'after it was saved; no checkpoint was saved\.'):
     run(tmp_path, 3, 'LEARNING_RATE = 1e39')
-  assert not os.path.exists(tmp_path / 'checkpoints' / '3')
+  assert not os.path.exists(tmp_path / 'checkpoints')  # Not even an empty directory.
+
+
+def test_a_run_that_fails_before_its_first_step_leaves_no_checkpoints_directory(
+    tmp_path, monkeypatch):
+  monkeypatch.setattr(train.data_lib, 'train_batches', lambda *args, **kwargs: iter(()))
+  with pytest.raises(DataError, match="'train' split of 'smoke_sentiment' has no examples"):
+    run(tmp_path, 2)
+  assert not os.path.exists(tmp_path / 'checkpoints')
+
+
+def test_prompt_rows_far_beyond_the_embedding_are_reported_and_can_stop_the_run(tmp_path,
+                                                                                caplog):
+  """LEARNING_RATE=1e9: the loss stays finite, the prompt's rows grow ~1e9x: a warning with
+  the numbers, the ratio in the metrics, a warning in the summary; or, asked, a stop."""
+  result = run(tmp_path / 'warned', 2, 'LEARNING_RATE = 1e9')
+  assert result['diverged_step'] == 2
+  assert 'The prompt diverged by step 2: its longest row has norm' in caplog.text
+  assert "the token embedding's longest row" in caplog.text
+  (record,) = logging_utils.read_metrics(str(tmp_path / 'warned'))
+  assert record['prompt_norm_ratio'] > train.DIVERGENCE_FACTOR
+  assert any('WARNING:     the prompt diverged by step 2' in line
+             for line in train.summary_lines(result))
+  with pytest.raises(DivergedError, match=r'The prompt diverged by step 2: .*training stopped '
+                                          r'\(STOP_ON_DIVERGENCE\) and nothing after it was '
+                                          r'saved; no checkpoint was saved\. Lower LEARNING_RATE'):
+    run(tmp_path / 'stopped', 2, 'LEARNING_RATE = 1e9', 'STOP_ON_DIVERGENCE = True')
+  assert not os.path.exists(tmp_path / 'stopped' / 'checkpoints')
+
+
+def test_metrics_hold_one_record_per_step_after_a_resume(tmp_path):
+  """Killed after logging step 4 but before saving it: the resumed run logs step 4 again,
+  and the earlier record of step 4 is gone."""
+  run(tmp_path, 4)  # Logs 2 and 4; checkpoints 3 and 4.
+  for path in (tmp_path / 'checkpoints' / '4', train_state_lib.numpy_checkpoint_dir(
+      str(tmp_path), 4)):
+    shutil.rmtree(path)
+  with open(tmp_path / logging_utils.METRICS_FILE, 'a') as f:
+    f.write('{"step": 4, "split": "tra')  # A line cut short by the kill.
+  assert run(tmp_path, 5)['start_step'] == 3
+  assert [r['step'] for r in logging_utils.read_metrics(str(tmp_path))] == [2, 4, 5]
 
 
 @pytest.mark.parametrize('bindings, changes, error, message', [
@@ -132,6 +177,33 @@ def test_prompt_file_of_the_wrong_shape_is_refused(tmp_path):
   prompt_io.save_prompt(path, np.zeros((PROMPT_LENGTH, EMB + 1), np.float32))
   with pytest.raises(CheckpointError, match=r'\(PROMPT_LENGTH, emb dim\) = \(3, 16\)'):
     run(tmp_path / 'run', 2, f'PROMPT_FILE = {path!r}')
+
+
+@pytest.mark.parametrize('bindings, message', [
+    ([], 'Nothing to load: no checkpoint in'),
+    (['CHECKPOINT_STEP = 7'], r'No checkpoint of step 7 \(CHECKPOINT_STEP\) in .*; kept steps: '
+     r'\[3\]'),
+    (["PROMPT_FILE = '{wrong_shape}'"], r'expected prompt shape \[3, 16\], got \[3, 17\]'),
+])
+@pytest.mark.parametrize('command', ['eval', 'infer'])
+def test_eval_and_infer_check_the_checkpoint_step_and_prompt_file_before_reading_data(
+    tmp_path, monkeypatch, command, bindings, message):
+  from prompt_tuning_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top
+  from prompt_tuning_jax import evaluation, inference, infer  # pylint: disable=g-import-not-at-top
+  read = []
+  monkeypatch.setattr(evaluation, 'Evaluator', lambda *args, **kwargs: read.append('eval'))
+  monkeypatch.setattr(inference, 'examples_from_task', lambda *a, **k: read.append('infer'))
+  prompt_io.save_prompt(str(tmp_path / 'wrong.npy'), np.zeros((PROMPT_LENGTH, EMB + 1)))
+  if bindings and 'CHECKPOINT_STEP' in bindings[0]:  # A run whose only checkpoint is step 3.
+    trainable = {'encoder': {'prompt': {'prompt': {'prompt': jnp.ones((PROMPT_LENGTH, EMB))}}}}
+    state = train_step.init_train_state(trainable, {}, optim.partitioned_optimizer(
+        trainable, optim.adafactor()))._replace(step=jnp.asarray(3, jnp.int32))
+    train_state_lib.TrainStateCheckpointer(str(tmp_path / 'run')).save(state, data_position={})
+  run_settings = settings(tmp_path / 'run', 2, *[b.format(wrong_shape=tmp_path / 'wrong.npy')
+                                                 for b in bindings])
+  with pytest.raises(CheckpointError, match=message):
+    {'eval': eval_lib.evaluate, 'infer': infer.infer}[command](run_settings)
+  assert not read
 
 
 def test_prompt_file_sets_the_initial_prompt(tmp_path):
@@ -165,7 +237,8 @@ def test_checkpointer_keeps_latest_and_best_and_exports_the_prompt(tmp_path):
   frozen = {'decoder': {'w': jnp.zeros((4,))}}
   tx = optim.partitioned_optimizer(optim.merge(trainable, frozen), optim.adafactor())
   state = train_step.init_train_state(trainable, frozen, tx)
-  ckpt = train_state_lib.TrainStateCheckpointer(str(tmp_path), keep=2, best_metric='accuracy')
+  ckpt = train_state_lib.TrainStateCheckpointer(str(tmp_path), keep=2, best_metric='accuracy',
+                                                exports=PromptTuning().exports)
   for step, accuracy in zip(range(1, 6), [10.0, 90.0, 20.0, 30.0, 40.0]):
     state = state._replace(step=jnp.asarray(step, jnp.int32))
     ckpt.save(state, data_position={'step': step}, metrics={'accuracy': accuracy})
@@ -184,7 +257,7 @@ def test_only_process_0_exports_the_prompt_and_the_topology_is_recorded(tmp_path
   tx = optim.partitioned_optimizer(trainable, optim.adafactor())
   state = train_step.init_train_state(trainable, {}, tx)
   monkeypatch.setattr(distributed, 'is_primary', lambda: False)
-  ckpt = train_state_lib.TrainStateCheckpointer(str(tmp_path))
+  ckpt = train_state_lib.TrainStateCheckpointer(str(tmp_path), exports=PromptTuning().exports)
   topology = {'processes': 2, 'devices': 4, 'mesh': {'data': 4, 'model': 1}}
   ckpt.save(state, data_position={'step': 0}, topology=topology)
   assert not os.path.exists(tmp_path / 'numpy_checkpoints')
@@ -209,7 +282,7 @@ def test_model_tuning_trains_every_weight_and_reloads(tmp_path):
   t5 = T5(small_config(vocab_size=384))
   model_tuning = settings(tmp_path, 2, "TRAINABLE_RULES = ('.*',)", 'CHECKPOINT_PERIOD = 2',
                           'LEARNING_RATE = 1e-3', model=t5)
-  assert model_tuning.optimizer.trainable_rules == optim.MODEL_TUNING_RULES
+  assert model_tuning.trainable_rules == optim.MODEL_TUNING_RULES
   result = train.train(model_tuning)
   assert result['final_step'] == 2 and result['prompt_file'] is None
   assert not os.path.exists(tmp_path / 'numpy_checkpoints' / 'checkpoint_2')

@@ -1,4 +1,7 @@
-"""A soft prompt as a Hugging Face PEFT prompt-tuning adapter, written and read without PEFT.
+"""A method's parameters as a Hugging Face PEFT adapter, written and read without PEFT.
+
+`save_peft_adapter` writes the adapter of a method's `peft_type` (`methods.Method`); the
+one PEFT type so far is PROMPT_TUNING, a soft prompt:
 
 The format (PEFT 0.21: `peft/tuners/prompt_tuning/`, `peft/utils/save_and_load.py`,
 `PeftModelForSeq2SeqLM` in `peft/peft_model.py`):
@@ -36,7 +39,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -45,6 +48,7 @@ import safetensors.numpy
 from prompt_tuning_jax.checkpoints import tree as tree_lib
 from prompt_tuning_jax.checkpoints.tree import check_prompt_array
 from prompt_tuning_jax.checkpoints.tree import CheckpointError
+from prompt_tuning_jax.methods import DECODER_ONLY_PROMPT_PATH, PROMPT_PATH
 
 ADAPTER_CONFIG_FILE = 'adapter_config.json'
 ADAPTER_WEIGHTS_FILE = 'adapter_model.safetensors'
@@ -64,6 +68,23 @@ PROMPT_TUNING_INITS = ('RANDOM', 'SAMPLE_VOCAB', 'TEXT')
 def is_peft_adapter(path: str) -> bool:
   """True for a local directory holding a PEFT `adapter_config.json`."""
   return os.path.isfile(os.path.join(path, ADAPTER_CONFIG_FILE))
+
+
+def save_peft_adapter(peft_type: str, params: Mapping[str, Any], directory: str, *,
+                      base_model_name_or_path: str | None, config: Any = None) -> str:
+  """Writes a method's own parameters ({'/'-joined path: array}) as a PEFT adapter.
+
+  `peft_type` is the method's (`Method.peft_type`); `base_model_name_or_path` and
+  `config` as in `save_peft_prompt`. Returns `directory`.
+  """
+  if peft_type == PEFT_TYPE and DECODER_ONLY_PROMPT_PATH in params:  # `hf_causal_lm`
+    return save_peft_prompt(params[DECODER_ONLY_PROMPT_PATH], directory,
+                            base_model_name_or_path=base_model_name_or_path, config=config,
+                            task_type=DECODER_ONLY_TASK_TYPE)
+  if peft_type == PEFT_TYPE:
+    return save_peft_prompt(params[PROMPT_PATH], directory,
+                            base_model_name_or_path=base_model_name_or_path, config=config)
+  raise CheckpointError(f'{directory}: no PEFT adapter writer for peft_type {peft_type!r}')
 
 
 def save_peft_prompt(prompt: Any, directory: str, *,

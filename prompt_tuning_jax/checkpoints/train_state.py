@@ -1,4 +1,4 @@
-"""The train state on disk: orbax checkpoints plus numpy exports of the prompt.
+"""The train state on disk: orbax checkpoints plus the method's numpy exports (the prompt).
 
 Layout under MODEL_DIR:
 
@@ -7,16 +7,20 @@ Layout under MODEL_DIR:
                              come from INITIAL_CHECKPOINT_PATH on every start.
   checkpoints/<step>/meta    JSON: the data position, the eval metrics and the
                              topology (processes, devices, mesh) that wrote it.
-  numpy_checkpoints/checkpoint_<step>/encoder.prompt.prompt.prompt
-                             the prompt as a float32 .npy array (the original
-                             implementation's layout), for every save.
+  numpy_checkpoints/checkpoint_<step>/<name>
+                             the method's exports (`Method.exports`) as float32
+                             .npy arrays, for every save; prompt tuning's is
+                             encoder.prompt.prompt.prompt (the original
+                             implementation's layout).
   best_checkpoint.json       the best step by the best metric, written by the
                              train loop at its end.
 
 Atomicity: orbax writes each step into a temporary directory and renames it
-when complete, and lists only complete steps; a run killed mid-write leaves a
-temporary directory that is ignored, so a
-restore always finds the last complete checkpoint.
+when complete (on gs://, where there is no rename, it writes the step's
+directory and then `commit_success.txt`), and lists only complete steps; a run
+killed mid-write, or whose bucket stopped answering, leaves a step that is
+ignored (and removed by the next writing checkpointer), so a restore always
+finds the last complete checkpoint.
 
 Damage: a restore of the latest step that fails (files damaged or cut short
 after the save) falls back to the newest step that restores, with a warning
@@ -32,7 +36,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Any, Mapping, Optional
+import sys
+from typing import Any, Callable, Mapping, Optional
 
 import jax
 import orbax.checkpoint as ocp
@@ -44,7 +49,7 @@ from prompt_tuning_jax import distributed
 from prompt_tuning_jax import train_step
 from prompt_tuning_jax.checkpoints import prompt_io
 from prompt_tuning_jax.checkpoints import tree as tree_lib
-from prompt_tuning_jax.models import PROMPT_PATH
+from prompt_tuning_jax.methods import PROMPT_PATH
 
 STATE, META = 'state', 'meta'
 CHECKPOINT_SUBDIR = 'checkpoints'
@@ -55,8 +60,8 @@ DAMAGED_SUFFIX = '.damaged'
 _RESTORE_ERRORS = (ValueError, KeyError, TypeError, OSError)
 
 logger = logging.getLogger('prompt_tuning_jax')
-# Trainable parameters exported as numpy files (paths matched with re.search).
-EXPORT_PATTERN = 'prompt'
+# {path: trainable parameter} -> {file name: array}: what is exported beside each checkpoint.
+Exports = Callable[[Mapping[str, Any]], Mapping[str, Any]]
 
 
 def numpy_checkpoint_dir(model_dir: str, step: int) -> str:
@@ -64,15 +69,19 @@ def numpy_checkpoint_dir(model_dir: str, step: int) -> str:
 
 
 def prompt_file(model_dir: str, step: int, path: str = PROMPT_PATH) -> str:
-  """Where the numpy export of the parameter `path` at `step` lives."""
+  """Where the numpy export of the prompt parameter `path` at `step` lives."""
   return os.path.join(numpy_checkpoint_dir(model_dir, step), path.replace('/', '.'))
 
 
 class TrainStateCheckpointer:
-  """Saves and restores `train_step.TrainState`s under `model_dir`."""
+  """Saves and restores `train_step.TrainState`s under `model_dir`.
+
+  `exports` (the run's `Method.exports`) gives the numpy files written with each save.
+  """
 
   def __init__(self, model_dir: str, *, keep: int = 3, best_metric: Optional[str] = None,
-               best_mode: str = 'max', read_only: bool = False):
+               best_mode: str = 'max', read_only: bool = False,
+               exports: Optional[Exports] = None):
     if best_mode not in ('max', 'min'):
       raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
     if keep < 1:
@@ -81,6 +90,7 @@ class TrainStateCheckpointer:
     self.read_only = read_only
     self.best_metric = best_metric
     self.best_mode = best_mode
+    self._exports = exports
     kept = [policies.LatestN(n=keep)]
     if best_metric:
       kept.append(policies.BestN(
@@ -89,10 +99,11 @@ class TrainStateCheckpointer:
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policies.AnyPreservationPolicy(kept),
         enable_async_checkpointing=False, cleanup_tmp_directories=not read_only,
-        create=not read_only, read_only=read_only)
+        create=False, read_only=read_only)  # checkpoints/ appears with the first save.
+    local = '://' not in model_dir
     self._manager = ocp.CheckpointManager(
-        os.path.join(os.path.abspath(model_dir), CHECKPOINT_SUBDIR), options=options,
-        item_names=(STATE, META))
+        os.path.join(os.path.abspath(model_dir) if local else model_dir, CHECKPOINT_SUBDIR),
+        options=options, item_names=(STATE, META))
 
   def _metric_value(self, metrics: Mapping[str, Any]) -> float:
     value = metrics.get(self.best_metric)
@@ -133,7 +144,7 @@ class TrainStateCheckpointer:
   def save(self, state: train_step.TrainState, *, data_position: Mapping[str, Any],
            metrics: Optional[Mapping[str, float]] = None,
            topology: Optional[Mapping[str, Any]] = None) -> int:
-    """Writes `state` (atomically) and its numpy prompt export; returns the step.
+    """Writes `state` (atomically) and its numpy exports; returns the step.
 
     A write that fails (disk full, permissions) leaves nothing of the step behind.
     """
@@ -155,10 +166,16 @@ class TrainStateCheckpointer:
       self._manager.wait_until_finished()
       if distributed.is_primary():  # Orbax writes collectively; the numpy export once.
         self.export_numpy(step, state.trainable)
-    except OSError as e:
-      self._remove_partial(step)
+    except _write_errors('://' in self.model_dir) as e:
       last = (f'the last complete checkpoint is step {previous}' if previous is not None
               else 'no checkpoint was saved')
+      if '://' in self.model_dir:  # Unreachable: what is left of the step is never listed.
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise tree_lib.CheckpointError(
+            f'Cannot write the checkpoint of step {step} in {self.model_dir}: {reason}. '
+            f'Training stopped; {last}. Run the same command to resume once '
+            f'{self.model_dir} answers again.') from e
+      self._remove_partial(step)
       raise tree_lib.CheckpointError(
           f'Cannot write the checkpoint of step {step} in {self.model_dir}: '
           f'{e.strerror or e}. Training stopped; {last}. Free space (or fix the permissions) '
@@ -180,13 +197,14 @@ class TrainStateCheckpointer:
         numpy_dir.rmtree()
 
   def export_numpy(self, step: int, trainable: Mapping[str, Any]) -> list[str]:
-    """Writes every trainable prompt parameter as a float32 .npy file."""
+    """Writes the method's exports of `trainable` as float32 .npy files; returns their paths."""
+    if self._exports is None:
+      return []
     written = []
-    for path, value in tree_lib.flatten(trainable).items():
-      if EXPORT_PATTERN in path:
-        target = prompt_file(self.model_dir, step, path)
-        prompt_io.save_prompt(target, jax.device_get(value))
-        written.append(target)
+    for name, value in self._exports(tree_lib.flatten(trainable)).items():
+      target = os.path.join(numpy_checkpoint_dir(self.model_dir, step), name)
+      prompt_io.save_prompt(target, jax.device_get(value))
+      written.append(target)
     return written
 
   def restore(self, abstract_state: train_step.TrainState, step: Optional[int] = None
@@ -260,11 +278,20 @@ class TrainStateCheckpointer:
     self._manager.close()
 
 
+def _write_errors(remote: bool = True) -> tuple[type[Exception], ...]:
+  """What a failed write raises: OSError; on a remote MODEL_DIR also TensorFlow's errors
+  (orbax's gfile) and TensorStore's ValueErrors (orbax's arrays), after their retries."""
+  if not remote:
+    return (OSError,)
+  tf = sys.modules.get('tensorflow')
+  return (OSError, ValueError) + ((tf.errors.OpError,) if tf is not None else ())
+
+
 class _WriteErrorFilter(logging.Filter):
   """Drops log records of OSErrors (the save reports them in one line)."""
 
   def filter(self, record: logging.LogRecord) -> bool:
-    return not (record.exc_info and isinstance(record.exc_info[1], OSError))
+    return not (record.exc_info and isinstance(record.exc_info[1], _write_errors()))
 
 
 def _abstract(x):

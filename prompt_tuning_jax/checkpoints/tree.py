@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import ml_dtypes
 import numpy as np
-import tensorstore as ts
 
+from prompt_tuning_jax import storage
 from prompt_tuning_jax.errors import CheckpointError
+from prompt_tuning_jax.storage import is_gcs, kvstore_spec  # noqa: F401  (readers use them)
 
 # Parameters a checkpoint may lack; the model's initialiser provides them
 # (the original implementation's `fallback_to_scratch`).
@@ -111,20 +111,6 @@ def merge_params(init_params: Mapping[str, Any],
   return unflatten(merged)
 
 
-def is_gcs(path: str) -> bool:
-  return path.startswith('gs://')
-
-
-def kvstore_spec(path: str) -> dict[str, str]:
-  """TensorStore kvstore spec for a local path or `gs://bucket/path`."""
-  if not is_gcs(path):
-    return {'driver': 'file', 'path': path}
-  bucket, _, key = path[len('gs://'):].partition('/')
-  if not bucket:
-    raise CheckpointError(f'{path}: no bucket in GCS path')
-  return {'driver': 'gcs', 'bucket': bucket, 'path': key}
-
-
 def new_local_directory(directory: str, writer: str) -> str:
   """`directory` (normalised) if a writer may create it: local, and absent or empty."""
   if is_gcs(directory):
@@ -139,44 +125,24 @@ def new_local_directory(directory: str, writer: str) -> str:
 
 def read_bytes(path: str) -> bytes:
   """Reads a whole local or `gs://` file."""
-  if not is_gcs(path):
-    try:
-      with open(path, 'rb') as f:
-        return f.read()
-    except OSError as e:
-      raise CheckpointError(f'{path}: cannot read file: {e.strerror}') from e
-  parent, _, name = path.rpartition('/')
   try:
-    store = ts.KvStore.open(kvstore_spec(parent + '/')).result()
-    result = store.read(name).result()
-  except ValueError as e:
-    raise CheckpointError(f'{path}: cannot read file: {e}') from e
-  if result.state != 'value':
-    raise CheckpointError(f'{path}: file does not exist')
-  return bytes(result.value)
+    data = storage.read(path)
+  except OSError as e:
+    raise CheckpointError(f'{path}: cannot read file: {e.strerror or e}') from e
+  if data is None:
+    raise CheckpointError(f'{path}: file does not exist' if is_gcs(path) else
+                          f'{path}: cannot read file: No such file or directory')
+  return data
 
 
 def write_bytes(path: str, data: bytes) -> None:
   """Writes a local (via temp file + rename) or `gs://` file atomically."""
-  if is_gcs(path):
-    parent, _, name = path.rpartition('/')
-    try:
-      store = ts.KvStore.open(kvstore_spec(parent + '/')).result()
-      store.write(name, data).result()
-    except ValueError as e:
-      raise CheckpointError(f'{path}: cannot write file: {e}') from e
-    return
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp_path = tempfile.mkstemp(dir=directory,
-                                  prefix=f'.{os.path.basename(path)}.tmp')
   try:
-    with os.fdopen(fd, 'wb') as f:
-      f.write(data)
-    os.replace(tmp_path, path)
-  except BaseException:
-    os.unlink(tmp_path)
-    raise
+    storage.write(path, data)
+  except OSError as e:
+    if not is_gcs(path):
+      raise
+    raise CheckpointError(f'{path}: cannot write file: {e}') from e
 
 
 def check_prompt_array(source: str, array: np.ndarray,

@@ -7,8 +7,8 @@ per-example prompts (padded and masked so that a short prompt gives exactly
 the result it gives alone) and the model runs once on the whole batch.
 
 Params: any `PromptedT5` params tree works, with or without a learned prompt
-at `encoder/prompt/prompt/prompt`: the gathered `prompts=` replace the
-learned prompt, which is then never read. Frozen weights loaded from a T5X or
+at `encoder/prompt/prompt/prompt`: the gathered prompts (`MethodInputs.prompts`)
+replace the learned prompt, which is then never read. Frozen weights loaded from a T5X or
 Hugging Face checkpoint (no prompt at all) are therefore enough:
 
   model = PromptedT5(get_config('t5_1_1_base'))   # prompt_length is not used
@@ -29,24 +29,36 @@ from prompt_tuning_jax import decoding
 from prompt_tuning_jax import scoring
 from prompt_tuning_jax.errors import UsageError
 from prompt_tuning_jax.many_prompts.bank import PromptBank, padding_side_for
+from prompt_tuning_jax.methods import MethodInputs, PromptTuning
 
 Array = jnp.ndarray
 LabelTokens = Union[np.ndarray, Mapping[str, np.ndarray]]
 
 
-def gather_prompts(model: Any, bank: PromptBank, names: Sequence[str]
-                  ) -> tuple[np.ndarray, np.ndarray]:
-  """The `prompts` [b, P_max, H] and `prompt_mask` [b, P_max] of `names` for `model`.
+def check_model(model: Any) -> None:
+  """Refuses a model whose method a prompt of a bank cannot stand in for.
 
-  Checks that the model takes prompts (a prompted model) and that the bank's
-  width equals its emb_dim; pads on the side the model's placement needs.
+  That is prompt tuning, or a method built on it whose given prompts replace what it
+  learned (multi-task prompts: a task's prompt replaces the combined one).
   """
-  placement = getattr(model, 'prompt_placement', None)
-  if placement is None:
-    raise UsageError(f'{type(model).__name__} has no prompt: mixed-prompt batches need a '
-                     'prompted model (PromptedT5, PromptedDecoderOnly).')
+  method = getattr(model, 'method', None)
+  if not isinstance(method, PromptTuning):
+    raise UsageError(f'{type(method).__name__} is not one prompt before the input: mixed-prompt '
+                     'batches need prompt tuning (or multi-task prompts, whose task prompts '
+                     'export as plain prompt files).')
+
+
+def gather_prompts(model: Any, bank: PromptBank, names: Sequence[str]) -> MethodInputs:
+  """The method inputs of `names` for `model`: prompts [b, P_max, H], prompt_mask [b, P_max].
+
+  Checks the model (`check_model`) and that the bank's width equals its emb_dim; pads on
+  the side the model's placement needs.
+  """
+  check_model(model)
+  method = model.method
   bank.check_width(model.config.emb_dim)
-  return bank.gather(names, padding_side=padding_side_for(placement))
+  prompts, prompt_mask = bank.gather(names, padding_side=padding_side_for(method.placement))
+  return MethodInputs(prompts=jnp.asarray(prompts), prompt_mask=jnp.asarray(prompt_mask))
 
 
 def _check_batch(names: Sequence[str], encoder_input_tokens: Array) -> None:
@@ -66,11 +78,9 @@ def mixed_greedy_decode(model: Any, params: Any, bank: PromptBank, names: Sequen
   """
   encoder_input_tokens = jnp.asarray(encoder_input_tokens)
   _check_batch(names, encoder_input_tokens)
-  prompts, prompt_mask = gather_prompts(model, bank, names)
   return decoding.jit_greedy_decode(model, params, encoder_input_tokens,
                                     max_decode_length=max_decode_length, eos_id=eos_id,
-                                    prompts=jnp.asarray(prompts),
-                                    prompt_mask=jnp.asarray(prompt_mask))
+                                    method_inputs=gather_prompts(model, bank, names))
 
 
 def mixed_rank_classify(model: Any, params: Any, bank: PromptBank, names: Sequence[str],
@@ -91,11 +101,11 @@ def mixed_rank_classify(model: Any, params: Any, bank: PromptBank, names: Sequen
   """
   encoder_input_tokens = jnp.asarray(encoder_input_tokens)
   _check_batch(names, encoder_input_tokens)
-  prompts, prompt_mask = gather_prompts(model, bank, names)
+  method_inputs = gather_prompts(model, bank, names)
   union, columns = _label_union(label_token_ids, names)  # [U, d], [b, L_max]
   _, union_scores = scoring.jit_rank_classify(
-      model, params, encoder_input_tokens, jnp.asarray(union), prompts=jnp.asarray(prompts),
-      prompt_mask=jnp.asarray(prompt_mask), normalize=normalize)  # [b, U]
+      model, params, encoder_input_tokens, jnp.asarray(union), method_inputs=method_inputs,
+      normalize=normalize)  # [b, U]
   union_scores = np.asarray(union_scores)
   scores = np.take_along_axis(union_scores, np.maximum(columns, 0), axis=1)
   scores = np.where(columns >= 0, scores, -np.inf).astype(np.float32)

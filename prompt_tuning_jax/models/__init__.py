@@ -7,7 +7,7 @@ from prompt_tuning_jax.models import decoder_only
 from prompt_tuning_jax.models import t5
 from prompt_tuning_jax.models.decoder_only import DecoderOnly, DecoderOnlyConfig
 from prompt_tuning_jax.models.prompted import (DECODER_ONLY_PROMPT_PATH, PROMPT_PATH,
-                                               PROMPT_PATHS, PromptedDecoderOnly, PromptedT5)
+                                               PromptedDecoderOnly, PromptedT5)
 from prompt_tuning_jax.models.t5 import T5, T5Config
 
 PRESETS: dict[str, T5Config] = {**t5.PRESETS, **decoder_only.PRESETS}
@@ -22,21 +22,11 @@ def get_config(name: str, **overrides) -> T5Config:
   return PRESETS[name].replace(**overrides)
 
 
-def base_model(config: T5Config):
-  """The model of `config`'s architecture without a prompt (T5 or DecoderOnly)."""
-  return DecoderOnly(config) if isinstance(config, DecoderOnlyConfig) else T5(config)
-
-
-def prompted_model(config: T5Config, prompt_length: int, prompt_placement=None):
-  """The prompted model of `config`'s architecture; `prompt_placement` None: its default."""
-  cls = PromptedDecoderOnly if isinstance(config, DecoderOnlyConfig) else PromptedT5
-  placement = {} if prompt_placement is None else {'prompt_placement': prompt_placement}
-  return cls(config, prompt_length=prompt_length, **placement)
-
-
-def prompt_path(paths) -> str | None:
-  """Which of PROMPT_PATHS is among `paths` (a flat parameter tree's keys), if any."""
-  return next((p for p in PROMPT_PATHS if p in paths), None)
+def build(config: T5Config, method=None):
+  """The model of `config`'s architecture (T5 or DecoderOnly) with `method` (None: model
+  tuning, the paper's baseline)."""
+  cls = DecoderOnly if isinstance(config, DecoderOnlyConfig) else T5
+  return cls(config) if method is None else cls(config, method=method)
 
 
 def embedding_path(paths) -> str:
@@ -58,6 +48,5 @@ def dummy_inputs(model) -> dict:
 
 
 __all__ = ['DECODER_ONLY_PROMPT_PATH', 'DecoderOnly', 'DecoderOnlyConfig', 'EMBEDDING_PATHS',
-           'PRESETS', 'PROMPT_PATH', 'PROMPT_PATHS', 'PromptedDecoderOnly', 'PromptedT5', 'T5',
-           'T5Config', 'base_model', 'dummy_inputs', 'embedding_path', 'get_config',
-           'model_inputs', 'prompt_path', 'prompted_model']
+           'PRESETS', 'PROMPT_PATH', 'PromptedDecoderOnly', 'PromptedT5', 'T5', 'T5Config',
+           'build', 'dummy_inputs', 'embedding_path', 'get_config', 'model_inputs']

@@ -23,8 +23,8 @@ Batches are T5X's decoder-only features (seqio's `DecoderFeatureConverter`):
 `DecoderOnlyModel` flag) the prefix attends to itself in both directions and the
 rest causally; without it every position attends causally.
 
-A prompt module (`PromptedDecoderOnly`) inserts prompt vectors into the
-embedded sequence (`prompts.insert_prompt`); the logits keep one row per
+A method's prompt module (`Hooks.decoder_prompt`, `PromptedDecoderOnly`) inserts prompt
+vectors into the embedded sequence (`prompts.insert_prompt`); the logits keep one row per
 original position, each read where the combined sequence predicts that
 position's target (the prompt's own positions are dropped, as the original's
 `PromptDecoderOnlyModel` drops them).
@@ -47,6 +47,10 @@ from flax import linen as nn
 
 from prompt_tuning_jax import masks as masks_lib
 from prompt_tuning_jax import prompts as prompts_lib
+from prompt_tuning_jax.errors import UsageError
+from prompt_tuning_jax.methods import Method, MethodInputs, ModelTuning
+from prompt_tuning_jax.methods import hooks as hooks_lib
+from prompt_tuning_jax.methods.hooks import NO_HOOKS, Site
 from prompt_tuning_jax.models import t5
 
 Array = jnp.ndarray
@@ -131,8 +135,12 @@ class DecoderOnlyLayer(nn.Module):
         cfg, x, 'pre_self_attention_layer_norm',
         lambda y: attention(y, y, bias, deterministic=deterministic,
                             decode=cache_index is not None), deterministic)
-    return t5._residual(cfg, x, 'pre_mlp_layer_norm',  # pylint: disable=protected-access
-                        t5._mlp(cfg, deterministic), deterministic)  # pylint: disable=protected-access
+    # The T5 hook points are not in a decoder-only LM (its method plugs in through
+    # `Hooks.decoder_prompt`): the MLP runs without hooks; its site gives its name.
+    mlp = t5._mlp(cfg, NO_HOOKS, Site(hooks_lib.DECODER, 0, hooks_lib.MLP),  # pylint: disable=protected-access
+                  deterministic)
+    return t5._residual(cfg, x, 'pre_mlp_layer_norm', mlp,  # pylint: disable=protected-access
+                        deterministic)
 
 
 class Decoder(nn.Module):
@@ -267,42 +275,55 @@ class Decoder(nn.Module):
 
 
 class DecoderOnly(nn.Module):
-  """A T5X-style decoder-only LM; `__call__` has the signature of flaxformer's `DecoderOnly`."""
+  """A T5X-style decoder-only LM; `__call__` has the signature of flaxformer's `DecoderOnly`.
+
+  `method` plugs in through its `decoder_prompt` hook (`methods/hooks.py`); the default,
+  model tuning, adds nothing. A method that plugs into T5's points only is refused.
+  `method_inputs` carry per-example prompts (mixed-task batches, prompt ensembles).
+  """
   config: DecoderOnlyConfig
+  method: Method = ModelTuning()
 
   # T5X's data contract: the converter of the tasks, the features `__call__` takes.
   FEATURE_CONVERTER_CLS: ClassVar[type] = seqio.DecoderFeatureConverter
   INPUT_FEATURES: ClassVar[tuple[str, ...]] = (
       'decoder_input_tokens', 'decoder_target_tokens', 'decoder_causal_attention')
 
-  def setup(self):
-    self.decoder = Decoder(self.config, self.make_prompt_module())
+  def __post_init__(self):
+    points = self.method.hooks().t5_points()
+    if points:
+      raise UsageError(
+          f'METHOD {type(self.method).__name__} plugs into T5 ({", ".join(points)}), not into '
+          'a decoder-only LM: use methods/decoder_only_prompt_tuning.gin or '
+          'methods/model_tuning.gin.')
+    super().__post_init__()
 
-  def make_prompt_module(self) -> Optional[nn.Module]:
-    """An unbound module (parent=None) the decoder adopts as `prompt`; none here."""
-    return None
+  def setup(self):
+    make_prompt = self.method.hooks().decoder_prompt
+    self.decoder = Decoder(self.config, None if make_prompt is None else make_prompt())
 
   def __call__(self, decoder_input_tokens: Array, decoder_target_tokens: Array,
                decoder_segment_ids: Optional[Array] = None,
                decoder_positions: Optional[Array] = None,
                decoder_causal_attention: Optional[Array] = None, *,
-               enable_dropout: bool = True, prompts: Optional[Array] = None,
-               prompt_mask: Optional[Array] = None) -> Array:
+               enable_dropout: bool = True,
+               method_inputs: MethodInputs = MethodInputs()) -> Array:
     """Teacher-forced logits [b, T, vocab] (float32), one row per target position.
 
-    Positions are accepted for T5X compatibility and ignored (relative
-    positions only). `prompts` [b, P, emb] / `prompt_mask` [b, P] give
-    per-example prompts to a prompted model (mixed-task batches).
+    Positions are accepted for T5X compatibility and ignored (relative positions only).
     """
     del decoder_positions
+    if decoder_segment_ids is not None and self.method.hooks().decoder_prompt is not None:
+      raise ValueError('Packed inputs (segment ids) are not supported with prompts: '
+                       'use a feature converter with pack=False.')
     return self.decoder(decoder_input_tokens, decoder_target_tokens,
                         deterministic=not enable_dropout,
                         decoder_causal_attention=decoder_causal_attention,
-                        segment_ids=decoder_segment_ids, prompts=prompts,
-                        prompt_mask=prompt_mask)
+                        segment_ids=decoder_segment_ids, prompts=method_inputs.prompts,
+                        prompt_mask=method_inputs.prompt_mask)
 
-  def prefill(self, inputs: Array, *, max_decode_length: int, prompts: Optional[Array] = None,
-              prompt_mask: Optional[Array] = None) -> None:
+  def prefill(self, inputs: Array, *, max_decode_length: int,
+              method_inputs: MethodInputs = MethodInputs()) -> None:
     """Writes BOS, the prompt and inputs [b, I] (zero padded, EOS included) into a new cache
     with room for `max_decode_length` more positions."""
     b = inputs.shape[0]
@@ -310,7 +331,7 @@ class DecoderOnly(nn.Module):
     valid = jnp.concatenate([jnp.ones((b, 1), bool), inputs > 0], axis=1)  # BOS is real
     self.decoder.prefill(tokens, valid, jnp.sum(valid, axis=1),
                          max_decode_length=max_decode_length,
-                         prompts=prompts, prompt_mask=prompt_mask)
+                         prompts=method_inputs.prompts, prompt_mask=method_inputs.prompt_mask)
 
   def extend(self, tokens: Array) -> Array:
     """Cached step(s): tokens [b, q] -> logits [b, q, vocab]."""

@@ -12,11 +12,15 @@ the reference when two computations must agree beyond float32 rounding.
 
 Module names are fixed by `name=` strings: they are the checkpoint paths, e.g.
 `encoder/layers_0/attention/query/kernel` [emb, heads * head_dim].
+
+A trainable method (`methods/`) plugs in through `T5.method`'s hooks, called at fixed points
+(`methods/hooks.py`); a point without a hook computes exactly what T5X does.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any, Callable, ClassVar, Optional, Sequence
 
 import jax
@@ -26,6 +30,9 @@ import seqio
 from flax import linen as nn
 
 from prompt_tuning_jax import masks as masks_lib
+from prompt_tuning_jax.methods import Method, ModelTuning
+from prompt_tuning_jax.methods import hooks as hooks_lib
+from prompt_tuning_jax.methods.hooks import NO_HOOKS, Hooks, MethodInputs, Site
 
 Array = jnp.ndarray
 DType = Any
@@ -214,10 +221,13 @@ class MultiHeadAttention(nn.Module):
   dropout_rate: float = 0.0
   dtype: DType = jnp.float32
   fused: bool = False
+  hooks: Hooks = NO_HOOKS
+  site: Optional[Site] = None  # where `hooks.keys_values` is called
 
   @nn.compact
   def __call__(self, inputs_q: Array, inputs_kv: Array, bias: Optional[Array],
-               *, deterministic: bool, decode: bool = False) -> Array:
+               *, deterministic: bool, decode: bool = False,
+               inputs: MethodInputs = MethodInputs()) -> Array:
     """inputs_q [b, q, emb], inputs_kv [b, k, emb], bias [b|1, h|1, q, k] (mask + position)."""
     b, q_len, emb = inputs_q.shape
     h, d = self.num_heads, self.head_dim
@@ -232,6 +242,9 @@ class MultiHeadAttention(nn.Module):
 
     if decode:
       key, value, bias = self._update_cache(key, value, bias)
+    if self.hooks.keys_values is not None:
+      key, value, bias = self.hooks.keys_values(key, value, bias, site=self.site, inputs=inputs,
+                                                decode=decode)
 
     if self.fused:
       out = jax.nn.dot_product_attention(
@@ -283,6 +296,8 @@ class MlpBlock(nn.Module):
   activations: Sequence[str]
   dropout_rate: float = 0.0
   dtype: DType = jnp.float32
+  hooks: Hooks = NO_HOOKS
+  site: Optional[Site] = None  # where `hooks.mlp_hidden` is called
 
   @nn.compact
   def __call__(self, x: Array, *, deterministic: bool) -> Array:
@@ -292,6 +307,8 @@ class MlpBlock(nn.Module):
       h = Dense(self.mlp_dim, dtype=self.dtype, name=name)(x)  # [batch, len, mlp]
       h = h if act == 'linear' else getattr(nn, act)(h)
       hidden = h if hidden is None else hidden * h
+    if self.hooks.mlp_hidden is not None:
+      hidden = self.hooks.mlp_hidden(hidden, site=self.site)
     hidden = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(
         hidden, deterministic=deterministic)
     return Dense(x.shape[-1], dtype=self.dtype, name='wo')(hidden)
@@ -309,68 +326,90 @@ def _residual(cfg: T5Config, x: Array, norm_name: str, sublayer: Callable[[Array
   return x + _dropout(cfg.dropout_rate, sublayer(y), deterministic)
 
 
-def _mlp(cfg: T5Config, deterministic: bool) -> Callable[[Array], Array]:
+def _mlp(cfg: T5Config, hooks: Hooks, site: Site,
+         deterministic: bool) -> Callable[[Array], Array]:
   return lambda y: MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, cfg.dtype,
-                            name='mlp')(y, deterministic=deterministic)
+                            hooks, site, name=site.block)(y, deterministic=deterministic)
+
+
+def _attention(cfg: T5Config, hooks: Hooks, site: Site) -> MultiHeadAttention:
+  return MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, cfg.dtype,
+                            cfg.fused_attention, hooks, site, name=site.block)
 
 
 class EncoderLayer(nn.Module):
   config: T5Config
+  hooks: Hooks = NO_HOOKS
+  layer: int = 0  # its index in the stack (the hooks' `Site`)
 
   @nn.compact
-  def __call__(self, x: Array, bias: Array, *, deterministic: bool) -> Array:
-    cfg = self.config
-    attention = MultiHeadAttention(cfg.num_heads, cfg.head_dim, cfg.dropout_rate, cfg.dtype,
-                                   cfg.fused_attention, name='attention')
+  def __call__(self, x: Array, bias: Array, *, deterministic: bool,
+               prompt: Optional[Array] = None, inputs: MethodInputs = MethodInputs()) -> Array:
+    """x [b, L, emb]; `prompt` [b, L] bool marks prompt positions (for `hooks.layer_input`)."""
+    cfg, hooks = self.config, self.hooks
+    site = functools.partial(Site, hooks_lib.ENCODER, self.layer)
+    if hooks.layer_input is not None:
+      x = hooks.layer_input(x, site=site('layer'), prompt=prompt, inputs=inputs, decode=False)
+    attention = _attention(cfg, hooks, site(hooks_lib.ATTENTION))
     x = _residual(cfg, x, 'pre_attention_layer_norm',
-                  lambda y: attention(y, y, bias, deterministic=deterministic), deterministic)
-    return _residual(cfg, x, 'pre_mlp_layer_norm', _mlp(cfg, deterministic), deterministic)
+                  lambda y: attention(y, y, bias, deterministic=deterministic, inputs=inputs),
+                  deterministic)
+    return _residual(cfg, x, 'pre_mlp_layer_norm', _mlp(cfg, hooks, site(hooks_lib.MLP),
+                                                        deterministic), deterministic)
 
 
 class DecoderLayer(nn.Module):
   config: T5Config
+  hooks: Hooks = NO_HOOKS
+  layer: int = 0  # its index in the stack (the hooks' `Site`)
 
   @nn.compact
   def __call__(self, y: Array, encoded: Array, self_bias: Optional[Array],
-               cross_bias: Array, *, deterministic: bool, decode: bool) -> Array:
-    cfg = self.config
-    attention = functools.partial(MultiHeadAttention, cfg.num_heads, cfg.head_dim,
-                                  cfg.dropout_rate, cfg.dtype, cfg.fused_attention)
-    self_attention = attention(name='self_attention')
-    cross_attention = attention(name='encoder_decoder_attention')
+               cross_bias: Array, *, deterministic: bool, decode: bool,
+               inputs: MethodInputs = MethodInputs()) -> Array:
+    cfg, hooks = self.config, self.hooks
+    site = functools.partial(Site, hooks_lib.DECODER, self.layer)
+    if hooks.layer_input is not None:
+      y = hooks.layer_input(y, site=site('layer'), prompt=None, inputs=inputs, decode=decode)
+    self_attention = _attention(cfg, hooks, site(hooks_lib.SELF_ATTENTION))
+    cross_attention = _attention(cfg, hooks, site(hooks_lib.CROSS_ATTENTION))
     y = _residual(cfg, y, 'pre_self_attention_layer_norm',
                   lambda z: self_attention(z, z, self_bias, deterministic=deterministic,
-                                           decode=decode), deterministic)
+                                           decode=decode, inputs=inputs), deterministic)
     y = _residual(cfg, y, 'pre_cross_attention_layer_norm',
-                  lambda z: cross_attention(z, encoded, cross_bias, deterministic=deterministic),
-                  deterministic)
-    return _residual(cfg, y, 'pre_mlp_layer_norm', _mlp(cfg, deterministic), deterministic)
+                  lambda z: cross_attention(z, encoded, cross_bias, deterministic=deterministic,
+                                            inputs=inputs), deterministic)
+    return _residual(cfg, y, 'pre_mlp_layer_norm', _mlp(cfg, hooks, site(hooks_lib.MLP),
+                                                        deterministic), deterministic)
 
 
 class Encoder(nn.Module):
-  """Embeds tokens, lets `prompt_module` combine a prompt in, runs the stack."""
+  """Embeds tokens, lets `hooks.encoder_input` combine a prompt in, runs the stack."""
   config: T5Config
   shared_embedding: nn.Module
-  # Combines the prompt with the embedded input; its field name fixes the path
-  # `encoder/prompt/...` (the original implementation's).
-  prompt: Optional[nn.Module] = None
+  hooks: Hooks = NO_HOOKS
 
   @nn.compact
   def __call__(self, tokens: Array, *, deterministic: bool,
-               segment_ids: Optional[Array] = None, prompts: Optional[Array] = None,
-               prompt_mask: Optional[Array] = None) -> tuple[Array, Array]:
+               segment_ids: Optional[Array] = None,
+               inputs: MethodInputs = MethodInputs()) -> tuple[Array, Array]:
     """tokens [b, t] -> (encoded [b, L, emb], valid [b, L]); L = t (+ prompt length)."""
-    cfg = self.config
+    cfg, hooks = self.config, self.hooks
     x = self.shared_embedding(tokens.astype(jnp.int32))  # [batch, t, emb]
     valid = tokens > 0  # [batch, t]
-    if self.prompt is not None:
-      x, valid = self.prompt(x, valid, prompts=prompts, prompt_mask=prompt_mask)
-    elif prompts is not None:
-      raise ValueError('`prompts` were given to a model without a prompt module.')
+    if hooks.encoder_input is not None:
+      x, valid, prompt = hooks.encoder_input(x, valid, inputs=inputs)
+    elif inputs.prompts is not None:
+      raise ValueError('`prompts` were given to a model whose method takes none.')
+    else:
+      prompt = jnp.zeros_like(valid)
     x = _dropout(cfg.dropout_rate, x, deterministic)  # after combining, as the original
 
     length = x.shape[1]
-    mask = masks_lib.make_attention_mask(valid, valid)
+    if hooks.encoder_mask is not None:
+      mask = hooks.encoder_mask(valid, prompt)
+    else:
+      mask = masks_lib.make_attention_mask(valid, valid)
     if segment_ids is not None:
       mask = masks_lib.combine_masks(mask, masks_lib.make_segment_mask(segment_ids, segment_ids))
     position_bias = RelativePositionBiases(
@@ -379,7 +418,8 @@ class Encoder(nn.Module):
             length, length, bidirectional=True)
     bias = masks_lib.mask_to_bias(mask) + position_bias  # [batch, heads, L, L]
     for i in range(cfg.num_encoder_layers):
-      x = EncoderLayer(cfg, name=f'layers_{i}')(x, bias, deterministic=deterministic)
+      x = EncoderLayer(cfg, hooks, i, name=f'layers_{i}')(
+          x, bias, deterministic=deterministic, prompt=prompt, inputs=inputs)
     x = LayerNorm(dtype=cfg.dtype, name='encoder_norm')(x)
     return _dropout(cfg.dropout_rate, x, deterministic), valid
 
@@ -387,13 +427,15 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
   config: T5Config
   shared_embedding: nn.Module
+  hooks: Hooks = NO_HOOKS
 
   @nn.compact
   def __call__(self, encoded: Array, encoder_valid: Array, decoder_input_tokens: Array,
                decoder_target_tokens: Optional[Array], *, deterministic: bool,
                decode: bool = False, max_decode_length: Optional[int] = None,
                segment_ids: Optional[Array] = None,
-               encoder_segment_ids: Optional[Array] = None) -> Array:
+               encoder_segment_ids: Optional[Array] = None,
+               inputs: MethodInputs = MethodInputs()) -> Array:
     """-> float32 logits [b, d, vocab]. In decode mode d = 1 (one step)."""
     cfg = self.config
     relpos = RelativePositionBiases(
@@ -418,18 +460,25 @@ class Decoder(nn.Module):
     y = self.shared_embedding(decoder_input_tokens.astype(jnp.int32))  # [batch, d, emb]
     y = _dropout(cfg.dropout_rate, y, deterministic)
     for i in range(cfg.num_decoder_layers):
-      y = DecoderLayer(cfg, name=f'layers_{i}')(
-          y, encoded, self_bias, cross_bias, deterministic=deterministic, decode=decode)
+      y = DecoderLayer(cfg, self.hooks, i, name=f'layers_{i}')(
+          y, encoded, self_bias, cross_bias, deterministic=deterministic, decode=decode,
+          inputs=inputs)
     y = LayerNorm(dtype=cfg.dtype, name='decoder_norm')(y)
     y = _dropout(cfg.dropout_rate, y, deterministic)
     if cfg.logits_via_embedding:
-      return self.shared_embedding.attend(y) / jnp.sqrt(jnp.float32(y.shape[-1]))
+      return self.shared_embedding.attend(y) / math.sqrt(y.shape[-1])  # weak: keeps the dtype
     return Dense(cfg.vocab_size, dtype=at_least_float32(cfg.dtype), name='logits_dense')(y)
 
 
 class T5(nn.Module):
-  """T5 encoder-decoder; `__call__` has the signature of T5X's `Transformer`."""
+  """T5 encoder-decoder; `__call__` has the signature of T5X's `Transformer`.
+
+  `method` plugs in through its hooks (`methods/`); the default, model tuning, adds none.
+  `method_inputs` of `__call__` / `encode` / `decode` are the per-example inputs a method
+  reads (`methods.MethodInputs`: mixed batches' prompts, a mixture's task index).
+  """
   config: T5Config
+  method: Method = ModelTuning()
 
   # T5X's data contract: the converter of the tasks, the features `__call__` takes.
   FEATURE_CONVERTER_CLS: ClassVar[type] = seqio.EncDecFeatureConverter
@@ -438,55 +487,52 @@ class T5(nn.Module):
 
   def setup(self):
     cfg = self.config
+    hooks = self.method.hooks()
     self.token_embedder = Embed(cfg.vocab_size, cfg.emb_dim, cfg.dtype, cfg.one_hot_embed)
-    self.encoder = Encoder(cfg, self.token_embedder, self.make_prompt_module())
-    self.decoder = Decoder(cfg, self.token_embedder)
-
-  def make_prompt_module(self) -> Optional[nn.Module]:
-    """An unbound module (parent=None) that the encoder adopts as `prompt`.
-
-    It maps (embedded [b, t, emb], valid [b, t]) to (combined [b, L, emb],
-    valid [b, L]). Plain T5 has none.
-    """
-    return None
+    self.encoder = Encoder(cfg, self.token_embedder, hooks)
+    self.decoder = Decoder(cfg, self.token_embedder, hooks)
 
   def encode(self, encoder_input_tokens: Array, *, enable_dropout: bool = False,
-             encoder_segment_ids: Optional[Array] = None, prompts: Optional[Array] = None,
-             prompt_mask: Optional[Array] = None) -> tuple[Array, Array]:
+             encoder_segment_ids: Optional[Array] = None,
+             method_inputs: MethodInputs = MethodInputs()) -> tuple[Array, Array]:
     """-> (encoded [b, L, emb], encoder_valid [b, L] bool)."""
+    if encoder_segment_ids is not None and self.method.hooks().encoder_input is not None:
+      raise ValueError(f'Packed inputs (segment ids) are not supported with prompts '
+                       f'({type(self.method).__name__} adds encoder positions that a packed row '
+                       'would share between examples): use a feature converter with pack=False.')
     return self.encoder(encoder_input_tokens, deterministic=not enable_dropout,
-                        segment_ids=encoder_segment_ids, prompts=prompts,
-                        prompt_mask=prompt_mask)
+                        segment_ids=encoder_segment_ids,
+                        inputs=method_inputs)
 
   def decode(self, encoded: Array, encoder_valid: Array, decoder_input_tokens: Array,
              decoder_target_tokens: Optional[Array] = None, *, enable_dropout: bool = False,
              decode: bool = False, max_decode_length: Optional[int] = None,
              decoder_segment_ids: Optional[Array] = None,
-             encoder_segment_ids: Optional[Array] = None) -> Array:
+             encoder_segment_ids: Optional[Array] = None,
+             method_inputs: MethodInputs = MethodInputs()) -> Array:
     """-> float32 logits [b, d, vocab]; `decode=True` runs one cached step."""
     return self.decoder(encoded, encoder_valid, decoder_input_tokens, decoder_target_tokens,
                         deterministic=not enable_dropout, decode=decode,
                         max_decode_length=max_decode_length, segment_ids=decoder_segment_ids,
-                        encoder_segment_ids=encoder_segment_ids)
+                        encoder_segment_ids=encoder_segment_ids,
+                        inputs=method_inputs)
 
   def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
                decoder_target_tokens: Array, encoder_segment_ids: Optional[Array] = None,
                decoder_segment_ids: Optional[Array] = None,
                encoder_positions: Optional[Array] = None,
                decoder_positions: Optional[Array] = None, *, enable_dropout: bool = True,
-               decode: bool = False, prompts: Optional[Array] = None,
-               prompt_mask: Optional[Array] = None) -> Array:
+               decode: bool = False, method_inputs: MethodInputs = MethodInputs()) -> Array:
     """Teacher-forced logits [b, d, vocab] (float32).
 
     Positions are accepted for T5X compatibility; T5 uses relative positions
-    only, so they are ignored. `prompts`/`prompt_mask` ([b, P, emb], [b, P])
-    give per-example prompts to a prompted model (mixed-task batches).
+    only, so they are ignored.
     """
     del encoder_positions, decoder_positions
     encoded, encoder_valid = self.encode(
         encoder_input_tokens, enable_dropout=enable_dropout,
-        encoder_segment_ids=encoder_segment_ids, prompts=prompts, prompt_mask=prompt_mask)
+        encoder_segment_ids=encoder_segment_ids, method_inputs=method_inputs)
     return self.decode(encoded, encoder_valid, decoder_input_tokens, decoder_target_tokens,
                        enable_dropout=enable_dropout, decode=decode,
                        decoder_segment_ids=decoder_segment_ids,
-                       encoder_segment_ids=encoder_segment_ids)
+                       encoder_segment_ids=encoder_segment_ids, method_inputs=method_inputs)
