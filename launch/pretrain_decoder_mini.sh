@@ -51,6 +51,7 @@ ptj train "${common[@]}" --gin_file=runs/lm_adapt.gin \
   "${EXTRA[@]}"
 export_t5x "${WORK_DIR}/lm"
 echo "== done: ${WORK_DIR}/prefix_lm_t5x (prefix LM), ${WORK_DIR}/lm_t5x (LM-adapted)"
-# The shipped files are bfloat16 copies of these two (checkpoints.save_t5x(
-# checkpoints.load_t5x(src), dst, dtype='bfloat16')) and the runs' config.gin,
-# metrics.jsonl and this script's log, in prompt_tuning_jax/pretrained/decoder_mini/.
+# The shipped files are bfloat16 copies (checkpoints.save_t5x(checkpoints.load_t5x(src),
+# dst, dtype='bfloat16')) and the runs' config.gin, metrics.jsonl and this script's log,
+# in prompt_tuning_jax/pretrained/decoder_mini/. Shipped on 2026-12-07: prefix_lm only,
+# the prefix-LM run stopped (SIGTERM) at step 451 of 1800 for time.

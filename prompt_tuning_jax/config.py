@@ -67,11 +67,12 @@ def _get_config(name: Optional[str] = None, **overrides):
   if name not in models.PRESETS:
     raise errors.UsageError(f'Unknown model preset {name!r} ({_MODEL_CONFIG}.name).'
                             f'{_did_you_mean(name, models.PRESETS)}')
-  fields = [f.name for f in dataclasses.fields(models.T5Config)]
+  config_cls = type(models.PRESETS[name])  # T5Config, or DecoderOnlyConfig
+  fields = [f.name for f in dataclasses.fields(config_cls)]
   for key in overrides:
     if key not in fields:
-      raise errors.UsageError(f'{_MODEL_CONFIG}.{key}: T5Config has no field {key!r}.'
-                              f'{_did_you_mean(key, fields)}')
+      raise errors.UsageError(f'{_MODEL_CONFIG}.{key}: {config_cls.__name__} has no field '
+                              f'{key!r}.{_did_you_mean(key, fields)}')
   if isinstance(overrides.get('dtype'), str):
     overrides['dtype'] = getattr(jnp, overrides['dtype'])  # e.g. jnp.bfloat16
   if 'mlp_activations' in overrides:

@@ -61,7 +61,7 @@ def export(run: RunSettings, output_dir: str, export_format: str, *,
     why = hf_causal_lm_lib.exportable(run.model.config)
     if why is None and export_format == 'peft' and method.placement != 'prefix':
       why = (f"its prompt is placed {method.placement!r}; PEFT puts it at the very "
-             "start (PROMPT_PLACEMENT='prefix')")
+             "start (methods.DecoderOnlyPromptTuning.placement='prefix')")
     if why is not None:
       raise UsageError(f'--format {export_format}: no Hugging Face model computes this '
                        f'decoder-only LM: {why}. Use --format t5x.')

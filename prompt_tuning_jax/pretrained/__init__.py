@@ -8,10 +8,9 @@ adaptation), stored in bfloat16. `launch/pretrain_mini.sh` made them; its log
 and configuration are in `t5_mini/pretraining/`.
 
 `decoder_mini/` holds the decoder-only mini LM that `models/decoder_mini.gin`
-configures (t5_mini's vocabulary): `lm_adapted/` (prefix-LM pre-training, then
-LM adaptation) and `prefix_lm/` (before LM adaptation), bfloat16;
-`launch/pretrain_decoder_mini.sh` made them, its log and configuration are in
-`decoder_mini/pretraining/`.
+configures (t5_mini's vocabulary): `prefix_lm/`, bfloat16, the prefix-LM
+pre-training of `launch/pretrain_decoder_mini.sh` cut at step 451 of 1800 for time
+(no LM adaptation yet); its log and configuration are in `decoder_mini/pretraining/`.
 """
 from __future__ import annotations
 
