@@ -23,6 +23,8 @@ COMMANDS = {
                    'line naming its prompt',
     'ensemble': 'score K prompts and their ensemble (majority vote / mean scores) in one pass',
     'neighbors': 'nearest vocabulary pieces of each prompt vector (text report + PNG)',
+    'table': "the paper's domain-shift tables (Table 1: MRQA, Table 2: QQP <-> MRPC) from "
+             "runs' eval metrics, prompt beside model tuning",
     'export': "write MODEL_DIR's checkpoint as a T5X checkpoint, a Hugging Face T5 or a PEFT "
               'prompt adapter (--format t5x|hf|peft --output DIR)',
 }
@@ -46,6 +48,9 @@ def command_main(command: str) -> Callable[[Optional[Sequence[str]]], int]:
   if command == 'ensemble':
     from prompt_tuning_jax.many_prompts import ensemble
     return ensemble.main
+  if command == 'table':
+    from prompt_tuning_jax.analysis import tables
+    return tables.main
   from prompt_tuning_jax.analysis import neighbors
   return neighbors.main
 

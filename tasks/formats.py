@@ -10,6 +10,7 @@ variants) and returns `{'inputs': str, 'targets': str}`:
 from __future__ import annotations
 
 import re
+import string
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
@@ -174,3 +175,35 @@ def wsc_simple(ex: Example, prefix: Optional[str]) -> Formatted:
   referent = found[1] if found else ex['span1_text']
   inputs = f'{prefix}: {text}' if prefix else text
   return {'inputs': inputs, 'targets': referent}
+
+
+# ------------------------------------------------------ QA, summarization
+
+_PUNCTUATION = re.compile(f'([{re.escape(string.punctuation)}])')
+
+
+def pad_punctuation(text: str) -> str:
+  """T5's SQuAD spacing: a space on each side of every ASCII punctuation mark, whitespace runs
+  collapsed ('Who's there?' -> "Who ' s there ?")."""
+  return ' '.join(_PUNCTUATION.sub(r' \1 ', text).split())
+
+
+def squad(ex: Example, prefix: Optional[str]) -> Formatted:
+  """T5's SQuAD format: 'question: Q context: C' -> the first answer, punctuation padded.
+
+  The context is cut to the feature length by the pipeline (it comes last).
+  """
+  answers = list(ex['answers'])
+  return {
+      'inputs': join_fields(prefix, [('question', pad_punctuation(ex['question'])),
+                                     ('context', pad_punctuation(ex['context']))]),
+      'targets': pad_punctuation(answers[0]) if answers else UNLABELED,
+  }
+
+
+def summarize(ex: Example, prefix: Optional[str]) -> Formatted:
+  """T5's summarization format: 'summarize: <document>' (whitespace runs collapsed) -> the
+  summary."""
+  document = ' '.join(ex['document'].split())
+  return {'inputs': f'{prefix}: {document}' if prefix else document,
+          'targets': ex['summary']}

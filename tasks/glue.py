@@ -109,7 +109,8 @@ def _signature(task: GlueTask) -> dict[str, Any]:
           'label': tf.TensorSpec([], label_dtype)}
 
 
-def _task_format(task: GlueTask) -> registry.TaskFormat:
+def task_format(task: GlueTask) -> registry.TaskFormat:
+  """How the task is shown and scored: T5's format, label words, postprocessor, metrics."""
   prefix = task.prefix or task.key
   if task.label_words is None:
     return registry.TaskFormat(
@@ -179,7 +180,7 @@ def task_by_key(key: str) -> GlueTask:
 def _register() -> None:
   for task in TASKS:
     registry.register(f'glue_{task.key}_v002', glue_source(task),
-                      _task_format(task))
+                      task_format(task))
   for prefix in ('', registry.TASKLESS_PREFIX):
     rates = [(f'{prefix}glue_{key}_v002', registry.capped_rate(size))
              for key, size in TRAIN_SIZES.items()]

@@ -1,10 +1,10 @@
-"""GLUE / SuperGLUE metrics, numpy and scipy only.
+"""GLUE / SuperGLUE, SQuAD-style QA and summarization metrics.
 
 Metric functions have seqio's signature `fn(targets, predictions) -> {name:
 value}` (rank classification: `fn(targets, scores)`) and, like T5, report
 percentages (x100). Predictions come from the postprocessors: an invalid
 prediction is -1 and always counts as wrong; in binary F1 and MCC it counts as
-the opposite of the target.
+the opposite of the target. numpy and scipy, and Google's `rouge-score` for ROUGE.
 """
 from __future__ import annotations
 
@@ -211,6 +211,41 @@ def record(targets, predictions) -> dict[str, float]:
     return {'em': 0.0, 'f1': 0.0}
   em, f1 = np.mean(list(scores.values()), axis=0)
   return _percent({'em': float(em), 'f1': float(f1)})
+
+
+def squad(targets: Sequence[Sequence[str]], predictions: Sequence[str]) -> dict[str, float]:
+  """{'em', 'f1'}: each prediction's best exact match and token F1 over its gold answers
+  (SQuAD normalisation), averaged over the examples. Targets are each example's answers."""
+  if not targets:
+    return {'em': 0.0, 'f1': 0.0}
+  em, f1 = np.mean([best_over_golds(p, golds) for golds, p in zip(targets, predictions)],
+                   axis=0)
+  return _percent({'em': float(em), 'f1': float(f1)})
+
+
+ROUGE_TYPES = ('rouge1', 'rouge2', 'rougeLsum')
+
+
+def _sentence_lines(summary: str) -> str:
+  """A newline after each ' . ' (T5's preparation): rougeLsum scores sentence by sentence."""
+  return summary.replace(' . ', ' .\n')
+
+
+def rouge(targets: Sequence[str], predictions: Sequence[str], *,
+          use_stemmer: bool = False) -> dict[str, float]:
+  """{'rouge1', 'rouge2', 'rougeLsum'}: the mean F-measure over the examples, by Google's
+  `rouge-score` (T5's settings: no stemming, sentences split at ' . ' for rougeLsum).
+
+  T5 reports the middle of a bootstrap over the examples, which moves with the random
+  resampling; the plain mean here is its expectation and is deterministic.
+  """
+  # Imported on use: it imports nltk (seconds), which no other task needs.
+  from rouge_score import rouge_scorer  # pylint: disable=g-import-not-at-top
+  scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=use_stemmer)
+  scores = [scorer.score(target=_sentence_lines(t), prediction=_sentence_lines(p))
+            for t, p in zip(targets, predictions)]
+  return _percent({key: float(np.mean([s[key].fmeasure for s in scores])) if scores else 0.0
+                   for key in ROUGE_TYPES})
 
 
 class RankClassification:

@@ -34,6 +34,15 @@ def classification(text: str, example: Example = None, is_target: bool = False,
   return label_id(text, label_words)
 
 
+def transferred(text: str, example: Example = None, is_target: bool = False, *,
+                label_words: Sequence[str], to_target: Sequence[int]) -> int:
+  """A label word of another task (the one a prompt was trained on) -> class index of this
+  task: `to_target[i]` for the i-th word (INVALID for anything else)."""
+  del example, is_target
+  index = label_id(text, label_words)
+  return INVALID if index == INVALID else to_target[index]
+
+
 def to_float(text: str, example: Example = None,
              is_target: bool = False) -> float:
   """A number (STS-B score); -1.0 when the text is not a finite number."""
@@ -132,3 +141,17 @@ def rank_target(text: str, example: Example = None, is_target: bool = False,
       'target': base(gold, example=example, is_target=True),
       'prediction': base(candidate, example=example, is_target=False),
   }
+
+
+def qa(text: str, example: Example = None, is_target: bool = False) -> Any:
+  """Target: every gold answer, punctuation padded as the targets (T5's `qa`); prediction: the
+  text."""
+  if is_target:
+    return [formats.pad_punctuation(_text(a)) for a in example['answers']]
+  return _text(text)
+
+
+def as_text(value: Any, example: Example = None, is_target: bool = False) -> str:
+  """The decoded text itself (generation tasks)."""
+  del example, is_target
+  return _text(value)

@@ -127,8 +127,13 @@ def record_task(info: TaskInfo) -> None:
 
 def register(name: str, source: seqio.DataSource, task_format: TaskFormat, *,
              benchmark_task: Optional[str] = None) -> list[str]:
-  """Registers `name` and its variants; returns the names registered."""
-  variants = [(name, task_format.prefix), (TASKLESS_PREFIX + name, None)]
+  """Registers `name` and its variants; returns the names registered.
+
+  A format without a task word (`prefix` empty) has no taskless variant.
+  """
+  variants = [(name, task_format.prefix)]
+  if task_format.prefix:
+    variants.append((TASKLESS_PREFIX + name, None))
   ranks = (False, True) if task_format.label_words else (False,)
   names = []
   for variant, prefix in variants:

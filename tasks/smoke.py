@@ -27,7 +27,7 @@ random draws and identical on every machine.
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import seqio
@@ -70,8 +70,9 @@ _HELD_OUT_GOOD = ('fresh', 'smart', 'delightful', 'funny', 'rich', 'wonderful', 
 
 
 def generate(split: str, labels: Sequence[str] = LABELS, *,
-             held_out_words: bool = False) -> list[dict[str, str]]:
-  """The examples of `split`: dicts with `inputs` and `targets` text.
+             held_out_words: bool = False) -> list[dict[str, Any]]:
+  """The examples of `split`: dicts with `inputs` and `targets` text, and the raw `review`
+  and `label` (class index).
 
   `held_out_words`: the transfer task's adjectives (validation and test never share
   one with training).
@@ -92,8 +93,22 @@ def generate(split: str, labels: Sequence[str] = LABELS, *,
     text = f'{_SUBJECTS[rng.randint(len(_SUBJECTS))]} was {words[rng.randint(len(words))]}'
     if rng.rand() < 0.5:
       text += f' and {_STAFF[rng.randint(len(_STAFF))]} {words[rng.randint(len(words))]}'
-    examples.append({'inputs': f'review: {text}', 'targets': labels[label]})
+    examples.append({'inputs': f'review: {text}', 'targets': labels[label], 'review': text,
+                     'label': label})
   return examples
+
+
+def review_dataset(split: str, shuffle_files: bool = False, seed=None, *,
+                   held_out_words: bool = False) -> tf.data.Dataset:
+  """The reviews as raw fields {review, label (class index), idx}: what another task's
+  format renders (`transfer.py` shows them to a model trained on SST-2)."""
+  del shuffle_files, seed  # As `_dataset`.
+  examples = generate(split, held_out_words=held_out_words)
+  return tf.data.Dataset.from_tensor_slices({
+      'review': [ex['review'] for ex in examples],
+      'label': np.array([ex['label'] for ex in examples], np.int64),
+      'idx': np.arange(len(examples), dtype=np.int32),
+  })
 
 
 def _dataset(split: str, shuffle_files: bool = False, seed=None, *,

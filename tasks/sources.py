@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import gzip
 import json
 import os
+import zlib
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
@@ -31,6 +33,8 @@ ENV_VARS = {
     'superglue': 'PTJ_SUPERGLUE_DIR',
     'fewglue': 'PTJ_FEWGLUE_DIR',
     'glue': 'PTJ_GLUE_DIR',
+    'mrqa': 'PTJ_MRQA_DIR',
+    'summarization': 'PTJ_SUMMARIZATION_DIR',
 }
 
 Row = dict[str, Any]
@@ -50,9 +54,12 @@ class TaskDataError(errors.DataError):
 @gin.configurable
 def local_data_dirs(superglue: Optional[str] = None,
                     fewglue: Optional[str] = None,
-                    glue: Optional[str] = None) -> dict[str, Optional[str]]:
+                    glue: Optional[str] = None,
+                    mrqa: Optional[str] = None,
+                    summarization: Optional[str] = None) -> dict[str, Optional[str]]:
   """Local benchmark directories; an unset one falls back to its env var."""
-  bound = {'superglue': superglue, 'fewglue': fewglue, 'glue': glue}
+  bound = {'superglue': superglue, 'fewglue': fewglue, 'glue': glue, 'mrqa': mrqa,
+           'summarization': summarization}
   return {name: value or os.environ.get(ENV_VARS[name]) or None
           for name, value in bound.items()}
 
@@ -78,12 +85,22 @@ def require_local_dir(benchmark: str) -> Path:
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
-  """(line number, text) of each line of a split file (a leading BOM is dropped),
-  naming the expected path when it is missing and the line that is not UTF-8."""
+  """(line number, text) of each line of a split file (a leading BOM is dropped; a `.gz`
+  file is read through gzip), naming the expected path when it is missing and the line
+  that is not UTF-8."""
   if not path.is_file():
     raise TaskDataError(f'missing split file: expected {path}')
-  with path.open('rb') as f:
-    for lineno, raw in enumerate(f, 1):
+  with path.open('rb') as stored:  # local or gs://; a `.gz` file through gzip
+    f = gzip.GzipFile(fileobj=stored) if path.suffix == '.gz' else stored
+    lineno = 0
+    while True:
+      try:
+        raw = f.readline()
+      except (gzip.BadGzipFile, zlib.error, EOFError) as err:  # Damaged or cut short.
+        raise TaskDataError(f'{path}:{lineno + 1}: not a readable gzip file ({err})') from None
+      if not raw:
+        return
+      lineno += 1
       try:
         line = raw.decode('utf-8')
       except UnicodeDecodeError as err:
@@ -296,16 +313,22 @@ class BenchmarkSource(seqio.DataSource):
 
   def __init__(self, benchmark: str, task_dir: str,
                split_files: Mapping[str, str], file_format: FileFormat,
-               tfds_name: Optional[str]):
+               tfds_name: Optional[str], *,
+               tfds_splits: Optional[Mapping[str, str]] = None,
+               tfds_fields: Optional[Mapping[str, str]] = None):
     """Local files are `<dir>/<task_dir>/<split_files[split]>`.
 
-    `tfds_name` None means the benchmark exists only as local files.
+    `tfds_name` None means the benchmark exists only as local files. `tfds_splits` maps a
+    split to the TFDS split that holds it (default: the same name), `tfds_fields` a
+    signature field to the TFDS feature that holds it (default: the same name).
     """
     super().__init__(splits=tuple(split_files))
     self.benchmark = benchmark
     self.tfds_name = tfds_name
     self._task_dir = task_dir
     self._split_files = dict(split_files)
+    self._tfds_splits = {split: (tfds_splits or {}).get(split, split) for split in self.splits}
+    self._tfds_fields = dict(tfds_fields or {})
     self.local = LocalSource(self.splits, self._local_path, file_format)
     self._signature = file_format.signature
     self._tfds_checked = False
@@ -321,7 +344,7 @@ class BenchmarkSource(seqio.DataSource):
 
   @functools.cached_property
   def _tfds(self) -> seqio.TfdsDataSource:
-    return seqio.TfdsDataSource(tfds_name=self.tfds_name, splits=self.splits)
+    return seqio.TfdsDataSource(tfds_name=self.tfds_name, splits=self._tfds_splits)
 
   def check_available(self) -> None:
     """Raises TaskDataError, naming the local-files alternative, when TFDS needs a download
@@ -366,6 +389,9 @@ class BenchmarkSource(seqio.DataSource):
     self.check_available()
     ds = self._tfds.get_dataset(split=split, shuffle=shuffle, seed=seed,
                                 shard_info=shard_info)
+    if self._tfds_fields:
+      ds = ds.map(lambda ex: {**ex, **{field: ex[feature]
+                                       for field, feature in self._tfds_fields.items()}})
     return ds.map(functools.partial(select, signature=self._signature))
 
   def __repr__(self) -> str:

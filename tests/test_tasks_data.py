@@ -217,7 +217,7 @@ def test_golden_sst2():
   example = glue.glue_source(task).local.read_split('validation')[1]
   assert example == {'sentence': 'unflinchingly bleak and desperate ',
                      'idx': 1, 'label': 0}
-  assert _format(glue._task_format(task), example) == {  # pylint: disable=protected-access
+  assert _format(glue.task_format(task), example) == {
       'inputs': 'sst2 sentence: unflinchingly bleak and desperate ',
       'targets': 'negative'}
 

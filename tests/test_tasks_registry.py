@@ -47,6 +47,10 @@ def test_registered_names():
   for prefix in ('super_glue_wsc_v102', 'fewglue_wsc'):
     for kind in ('train', 'eval'):
       expected |= _with_variants(f'{prefix}_simple_{kind}', rank=False)
+  # Zero-shot transfer (tasks/transfer.py): the smoke reviews' format has no task word.
+  for name in ('glue_mrpc_from_qqp_v002', 'glue_qqp_from_mrpc_v002'):
+    expected |= _with_variants(name)
+  expected |= {'glue_sst2_from_smoke_v002', 'glue_sst2_from_smoke_v002_rank'}
   benchmarks = ('super_glue', 'glue', 'fewglue')
   benchmarks += tuple(f'taskless_{name}' for name in benchmarks)
   registered = {name for name in registry.registered_tasks()
