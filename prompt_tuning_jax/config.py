@@ -67,11 +67,12 @@ def _get_config(name: Optional[str] = None, **overrides):
   if name not in models.PRESETS:
     raise errors.UsageError(f'Unknown model preset {name!r} ({_MODEL_CONFIG}.name).'
                             f'{_did_you_mean(name, models.PRESETS)}')
-  fields = [f.name for f in dataclasses.fields(models.T5Config)]
+  config_cls = type(models.PRESETS[name])  # T5Config, or DecoderOnlyConfig
+  fields = [f.name for f in dataclasses.fields(config_cls)]
   for key in overrides:
     if key not in fields:
-      raise errors.UsageError(f'{_MODEL_CONFIG}.{key}: T5Config has no field {key!r}.'
-                              f'{_did_you_mean(key, fields)}')
+      raise errors.UsageError(f'{_MODEL_CONFIG}.{key}: {config_cls.__name__} has no field '
+                              f'{key!r}.{_did_you_mean(key, fields)}')
   if isinstance(overrides.get('dtype'), str):
     overrides['dtype'] = getattr(jnp, overrides['dtype'])  # e.g. jnp.bfloat16
   if 'mlp_activations' in overrides:
@@ -80,16 +81,21 @@ def _get_config(name: Optional[str] = None, **overrides):
 
 
 def _t5(config, method=None):
-  """T5 with its trainable method (METHOD: gin/methods/*.gin); None: model tuning."""
+  """The configured architecture (T5, or a decoder-only LM) with its trainable method
+  (METHOD: gin/methods/*.gin); None: model tuning."""
   from prompt_tuning_jax import models  # pylint: disable=g-import-not-at-top
-  return models.T5(config) if method is None else models.T5(config, method=method)
+  return models.build(config, method)
 
 
-def _prompted_t5(config, prompt_length: int = 100, prompt_placement: str = 'prefix'):
-  """T5 with prompt tuning, as configurations written before gin/methods/ name it."""
+def _prompted_t5(config, prompt_length: int = 100, prompt_placement: Optional[str] = None):
+  """The configured architecture with prompt tuning, as configurations written before
+  gin/methods/ name it. `prompt_placement` None: the architecture's default ('prefix' in
+  T5's encoder, 'after_bos' in a decoder-only LM)."""
   from prompt_tuning_jax import models  # pylint: disable=g-import-not-at-top
-  return models.PromptedT5(config, prompt_length=prompt_length,
-                           prompt_placement=prompt_placement)
+  placement = {} if prompt_placement is None else {'prompt_placement': prompt_placement}
+  if isinstance(config, models.DecoderOnlyConfig):
+    return models.PromptedDecoderOnly(config, prompt_length=prompt_length, **placement)
+  return models.PromptedT5(config, prompt_length=prompt_length, **placement)
 
 
 @functools.cache

@@ -2,11 +2,14 @@
 
 The pipeline is `Task.get_dataset` (untrimmed, shuffled with `seed`, repeated;
 for a mixture each example is tagged with its task's index, `task_index_of`)
--> a truncation flag per example -> `EncDecFeatureConverter(pack=False)`
-(trims and pads to the feature lengths) -> batches of BATCH_SIZE, each fixed
-at the feature lengths or cut to length buckets (below). With TARGET_SENTINEL
-every target starts with the vocabulary's `<extra_id_0>` (`sentinel.py`), put
-before the targets are trimmed, so it counts towards their length.
+-> a truncation flag per example -> the model's feature converter with
+pack=False (`EncDecFeatureConverter` for T5; `DecoderFeatureConverter` for a
+decoder-only LM: inputs and targets concatenated, `decoder_causal_attention` on
+the prefix, loss on the targets only), which trims and pads to the feature
+lengths -> batches of BATCH_SIZE, each fixed at the feature lengths or cut to
+length buckets (below). With TARGET_SENTINEL every target starts with the
+vocabulary's `<extra_id_0>` (`sentinel.py`), put before the targets are trimmed, so
+it counts towards their length.
 Packing is never used: a packed row would share one prompt between examples.
 
 The batches are GLOBAL batches, the same on every process: the sequence is a
@@ -26,10 +29,11 @@ a window the examples are sorted by input length and cut into batches, and
 the window's batches are put in a seeded random order (seed, window index).
 Each batch is then cut to the smallest bucket of each feature that holds its
 longest example (the rows are padded at the end, so cutting the padding
-changes nothing else). Every example still comes exactly once per epoch, the
-batches are still a pure function of the settings and the step (so every
-host agrees on each step's shape), and there is at most one compilation per
-bucket pair.
+changes nothing else); a decoder-only batch, one sequence of inputs and
+targets, to the smallest inputs bucket plus the targets length. Every
+example still comes exactly once per epoch, the batches are still a pure
+function of the settings and the step (so every host agrees on each step's
+shape), and there is at most one compilation per bucket pair.
 
 Data position on resume: a run resumed at step `s` skips the first `s`
 batches (`start_step`) and sees exactly the batches an uninterrupted run would
@@ -64,6 +68,8 @@ TASK_INDEX = 'task_index'
 MODEL_FEATURES = ('encoder_input_tokens', 'decoder_input_tokens', 'decoder_target_tokens',
                   'decoder_loss_weights')
 DECODER_FEATURES = MODEL_FEATURES[1:]
+# A decoder-only LM's features (seqio's DecoderFeatureConverter): one sequence each.
+SEQUENCE_FEATURES = DECODER_FEATURES + ('decoder_causal_attention',)
 # Length-bucketed training sorts examples by length within windows of this many
 # batches: longer windows pad less but mix lengths less across the run.
 WINDOW_BATCHES = 32
@@ -213,7 +219,8 @@ def _flag_and_trim(lengths: Mapping[str, int], features: Mapping[str, seqio.Feat
 
 def train_batches(settings: DataSettings, *, start_step: int = 0,
                   window_batches: int = WINDOW_BATCHES,
-                  task_index: Optional[Mapping[str, int]] = None
+                  task_index: Optional[Mapping[str, int]] = None,
+                  feature_converter_cls: type = seqio.EncDecFeatureConverter
                   ) -> Iterator[dict[str, np.ndarray]]:
   """Global training batches of model features (+ `truncated` [batch, 2]), from `start_step` on.
 
@@ -222,26 +229,30 @@ def train_batches(settings: DataSettings, *, start_step: int = 0,
   The 'train' split, shuffled with the seed and repeated; the same batches on
   every process (see the module docstring). With LENGTH_BUCKETS, each batch is
   cut to its buckets, the examples grouped by length in windows of
-  `window_batches` batches. Truncation is counted when no preprocessor of the task
+  `window_batches` batches. `feature_converter_cls` is the model's
+  (`FEATURE_CONVERTER_CLS`). Truncation is counted when no preprocessor of the task
   needs the sequence length (true of text-to-text classification tasks);
   otherwise seqio trims as usual and the counts stay 0 (logged once).
   """
   options = tf.data.Options()
   options.deterministic = True
   if settings.length_buckets is None:
-    ds = global_batches(settings, task_index).skip(start_step)
+    ds = global_batches(settings, task_index,
+                        feature_converter_cls=feature_converter_cls).skip(start_step)
     return iterate(ds.with_options(options).prefetch(tf.data.AUTOTUNE))
   window = settings.batch_size * window_batches
   first_window, skip_batches = divmod(start_step, window_batches)
-  windows = _converted_examples(settings, task_index).batch(window, drop_remainder=True).skip(
-      first_window)
+  windows = _converted_examples(settings, task_index, feature_converter_cls).batch(
+      window, drop_remainder=True).skip(first_window)
   windows = iterate(windows.with_options(options).prefetch(2))
   batches = _bucketed(windows, settings, first_window)
   return itertools.islice(batches, skip_batches, None)
 
 
 def _converted_examples(settings: DataSettings,
-                        task_index: Optional[Mapping[str, int]] = None) -> tf.data.Dataset:
+                        task_index: Optional[Mapping[str, int]] = None,
+                        feature_converter_cls: type = seqio.EncDecFeatureConverter
+                        ) -> tf.data.Dataset:
   """The endless stream of examples in seeded order, trimmed, flagged and padded to the lengths.
 
   Whatever forms the batches must depend only on the settings, never on the
@@ -263,7 +274,7 @@ def _converted_examples(settings: DataSettings,
   ds = ds.map(_flag_and_trim(lengths, provider.output_features),
               num_parallel_calls=tf.data.AUTOTUNE)
   int_feature = seqio.FeatureConverter.FeatureSpec(tf.int32)
-  converter = seqio.EncDecFeatureConverter(
+  converter = feature_converter_cls(
       pack=False, passthrough_features={TRUNCATED: int_feature, TASK_INDEX: int_feature})
   ds = converter(ds, task_feature_lengths={**lengths, TRUNCATED: 2, TASK_INDEX: 1})
   return ds.map(lambda ex: {**ex, TASK_INDEX: ex[TASK_INDEX][0]})  # [1] -> a scalar
@@ -283,11 +294,12 @@ def _with_sentinel(sentinel: int):
   return fn
 
 
-def global_batches(settings: DataSettings, task_index: Optional[Mapping[str, int]] = None
+def global_batches(settings: DataSettings, task_index: Optional[Mapping[str, int]] = None, *,
+                   feature_converter_cls: type = seqio.EncDecFeatureConverter
                    ) -> tf.data.Dataset:
   """The endless sequence of fixed-shape global batches (LENGTH_BUCKETS=None)."""
-  return _converted_examples(settings, task_index).batch(settings.batch_size,
-                                                         drop_remainder=True)
+  return _converted_examples(settings, task_index, feature_converter_cls).batch(
+      settings.batch_size, drop_remainder=True)
 
 
 def _bucketed(windows: Iterator[dict[str, np.ndarray]], settings: DataSettings,
@@ -295,11 +307,17 @@ def _bucketed(windows: Iterator[dict[str, np.ndarray]], settings: DataSettings,
   """Each window's examples sorted by length, batched, the batches in seeded order, cut."""
   size = settings.batch_size
   for index, window in enumerate(windows, first_window):
-    order = np.argsort(example_lengths(window['encoder_input_tokens']), kind='stable')
+    order = np.argsort(example_lengths(length_feature(window)), kind='stable')
     batches = order.reshape(-1, size)  # [window_batches, batch]
     shuffle = np.random.default_rng([settings.seed, index]).permutation(len(batches))
     for rows in batches[shuffle]:
       yield cut_to_buckets({k: v[rows] for k, v in window.items()}, settings.length_buckets)
+
+
+def length_feature(batch: Mapping[str, np.ndarray]) -> np.ndarray:
+  """The tokens batches are grouped by: the inputs (T5), or the whole sequence (decoder-only)."""
+  return batch['encoder_input_tokens' if 'encoder_input_tokens' in batch
+               else 'decoder_target_tokens']
 
 
 def example_lengths(tokens: np.ndarray) -> np.ndarray:
@@ -317,8 +335,16 @@ def bucket_for(length: int, buckets: Sequence[int]) -> int:
 
 def cut_to_buckets(batch: Mapping[str, np.ndarray], buckets: Mapping[str, Sequence[int]]
                    ) -> dict[str, np.ndarray]:
-  """A batch padded to the feature lengths, cut to the smallest buckets holding its examples."""
+  """A batch padded to the feature lengths, cut to the smallest buckets holding its examples.
+
+  A decoder-only batch (no `encoder_input_tokens`) is one sequence per example,
+  cut to the smallest inputs bucket plus the targets length.
+  """
   batch = dict(batch)
+  if 'encoder_input_tokens' not in batch:
+    sequence = tuple(i + buckets['targets'][-1] for i in buckets['inputs'])
+    length = bucket_for(int(example_lengths(batch['decoder_target_tokens']).max()), sequence)
+    return {k: v[:, :length] if k in SEQUENCE_FEATURES else v for k, v in batch.items()}
   inputs = bucket_for(int(example_lengths(batch['encoder_input_tokens']).max()),
                       buckets['inputs'])
   targets = bucket_for(int(example_lengths(batch['decoder_target_tokens']).max()),

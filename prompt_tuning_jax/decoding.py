@@ -1,10 +1,14 @@
-"""Autoregressive decoding with the decoder's key/value cache: greedy and beam search.
+"""Autoregressive decoding with the key/value cache: greedy and beam search.
 
-Both run the encoder once per example (beam search then repeats the encoded
-inputs per beam), start the decoder from token 0 (T5's BOS is the pad id) and
-advance one position per step through `decode_step`. Shapes are fixed: the
-loops are `lax.while_loop`s over `max_decode_length` that stop early once
-every sequence is finished; positions after a sequence's EOS hold 0.
+Every loop is written against two functions: `start` (what the model reads
+once per example: T5's encoder output and an empty decoder cache, or a
+decoder-only LM's cache prefilled with BOS, the prompt and the inputs; and the
+first token to feed) and `step` (feed one token per sequence, get the next
+log-probabilities). Beam search starts once per example and repeats the state
+per beam. A new decoder (sampling, ...) is another loop over the same two.
+Shapes are fixed: the loops are `lax.while_loop`s over `max_decode_length`
+that stop early once every sequence is finished; positions after a
+sequence's EOS hold 0.
 
 The model caches self-attention keys/values only: every step recomputes the
 cross-attention keys/values from the encoded inputs (one [L, emb] x
@@ -19,8 +23,8 @@ repeated calls with the same shapes reuse one compilation.
 
 `method_inputs` (`methods.MethodInputs`) are the per-example inputs of the model's
 method, e.g. every example's own prompt (mixed-prompt batches, prompt ensembles); they
-reach the encoder and every decoder step. `jit_decode` picks greedy decoding, beam
-search or sampling by name (the DECODER setting).
+reach the encoder and every decoder step of T5, a decoder-only LM's prefill. `jit_decode`
+picks greedy decoding, beam search or sampling by name (the DECODER setting).
 
 Sampling (temperature, top-k, top-p) is seeded per example: row i draws with
 its own key (`example_keys`: the seed folded with the example's position), folded
@@ -90,6 +94,65 @@ def decode_step(model: nn.Module, params: Params, cache: Any, encoded: Array,
   return jax.nn.log_softmax(logits[:, 0].astype(jnp.float32), axis=-1), mutated['cache']
 
 
+def decodes_from_prefix(model: nn.Module) -> bool:
+  """A decoder-only LM: it prefills its cache with the prefix and extends it."""
+  return hasattr(model, 'prefill')
+
+
+class DecodingState(NamedTuple):
+  """What decoding steps read (`context`) and update (`cache`); arrays batch-first."""
+  # T5: (encoded [batch, L, emb], encoder_valid [batch, L], method_inputs); decoder-only:
+  # None (the prefix, its prompt included, is in the cache).
+  context: Any
+  cache: Any  # the model's 'cache' collection
+
+
+def last_tokens(inputs: Array) -> Array:
+  """[b] each row's last non-padding token (0 for an all-padding row)."""
+  last = jnp.maximum(jnp.sum(inputs > 0, axis=1) - 1, 0)
+  return jnp.take_along_axis(inputs, last[:, None], axis=1)[:, 0].astype(jnp.int32)
+
+
+def start(model: nn.Module, params: Params, inputs: Array, *, max_decode_length: int,
+          method_inputs: MethodInputs = MethodInputs()) -> tuple[Any, Array]:
+  """What decoding starts from: (state, the first token to feed [b]).
+
+  T5: the encoder's output and an empty decoder cache; the first token is
+  BOS (0). A decoder-only LM: a cache holding BOS, the prompt and the inputs,
+  its index on the prefix's last position; the first token is the inputs'
+  last (EOS), fed again to predict the first target (`DecoderOnly.prefill`).
+  The state's arrays have the batch first; its scalars are shared.
+  """
+  if decodes_from_prefix(model):
+    _, variables = model.apply(_variables(params), inputs, max_decode_length=max_decode_length,
+                               method_inputs=method_inputs, method=model.prefill,
+                               mutable=['cache'])
+    return DecodingState(None, variables['cache']), last_tokens(inputs)
+  encoded, encoder_valid = encode(model, params, inputs, method_inputs=method_inputs)
+  cache = init_cache(model, params, encoded, encoder_valid, max_decode_length, method_inputs)
+  return (DecodingState((encoded, encoder_valid, method_inputs), cache),
+          jnp.zeros((inputs.shape[0],), jnp.int32))
+
+
+def step(model: nn.Module, params: Params, state: DecodingState, previous_tokens: Array,
+         max_decode_length: int) -> tuple[Array, DecodingState]:
+  """One cached step: previous_tokens [b] -> (log_probs [b, vocab] float32, state)."""
+  if decodes_from_prefix(model):
+    logits, mutated = model.apply(_variables(params, cache=state.cache), previous_tokens[:, None],
+                                  method=model.extend, mutable=['cache'])
+    log_probs, cache = jax.nn.log_softmax(logits[:, 0].astype(jnp.float32)), mutated['cache']
+  else:
+    encoded, encoder_valid, method_inputs = state.context
+    log_probs, cache = decode_step(model, params, state.cache, encoded, encoder_valid,
+                                   previous_tokens, max_decode_length, method_inputs)
+  return log_probs, state._replace(cache=cache)
+
+
+def repeat_rows(state: Any, times: int) -> Any:
+  """The state with each row repeated `times` times (beam-minor); scalars shared."""
+  return jax.tree.map(lambda x: x if x.ndim == 0 else jnp.repeat(x, times, axis=0), state)
+
+
 # ------------------------------------------------------------------ greedy and sampling
 
 
@@ -99,7 +162,7 @@ class _StepState(NamedTuple):
   scores: Array  # [batch] summed log-probabilities
   done: Array  # [batch] bool, EOS emitted
   previous: Array  # [batch] last token fed to the decoder
-  cache: Any
+  cache: Any  # the decoding state (`start`)
 
 
 def _token_by_token(model: nn.Module, params: Params, encoder_input_tokens: Array,
@@ -110,17 +173,16 @@ def _token_by_token(model: nn.Module, params: Params, encoder_input_tokens: Arra
   A row is finished once it emits EOS: its later tokens are 0 and its score (the
   summed model log-probability of its tokens, EOS included) stops growing.
   """
-  encoded, encoder_valid = encode(model, params, encoder_input_tokens,
-                                  method_inputs=method_inputs)
-  batch = encoded.shape[0]
+  decoding, first = start(model, params, encoder_input_tokens,
+                          max_decode_length=max_decode_length, method_inputs=method_inputs)
+  batch = first.shape[0]
 
   def not_finished(state: _StepState) -> Array:
     return (state.step < max_decode_length) & ~jnp.all(state.done)
 
-  def step(state: _StepState) -> _StepState:
-    log_probs, cache = decode_step(model, params, state.cache, encoded, encoder_valid,
-                                   state.previous, max_decode_length,
-                                   method_inputs)  # [batch, vocab]
+  def advance(state: _StepState) -> _StepState:
+    log_probs, cache = step(model, params, state.cache, state.previous,
+                            max_decode_length)  # [batch, vocab]
     chosen = choose(state.step, log_probs).astype(jnp.int32)  # [batch]
     chosen_log_prob = jnp.take_along_axis(log_probs, chosen[:, None], axis=-1)[:, 0]
     token = jnp.where(state.done, 0, chosen)
@@ -134,10 +196,9 @@ def _token_by_token(model: nn.Module, params: Params, encoder_input_tokens: Arra
       tokens=jnp.zeros((batch, max_decode_length), jnp.int32),
       scores=jnp.zeros((batch,), jnp.float32),
       done=jnp.zeros((batch,), bool),
-      previous=jnp.zeros((batch,), jnp.int32),
-      cache=init_cache(model, params, encoded, encoder_valid, max_decode_length,
-                       method_inputs))
-  final = jax.lax.while_loop(not_finished, step, initial)
+      previous=first,
+      cache=decoding)
+  final = jax.lax.while_loop(not_finished, advance, initial)
   return final.tokens, final.scores
 
 
@@ -253,7 +314,8 @@ class _BeamState(NamedTuple):
   live_log_probs: Array  # [batch, beams], sorted best first
   finished_tokens: Array
   finished_scores: Array  # [batch, beams] length-penalised, sorted best first
-  cache: Any  # batch * beams rows, beam-minor
+  cache: Any  # the decoding state (`start`): batch * beams rows, beam-minor
+  first: Array  # [batch * beams] the token the first step feeds
 
 
 def _gather_beams(x: Array, beam_index: Array) -> Array:
@@ -292,13 +354,11 @@ def beam_search(model: nn.Module, params: Params, encoder_input_tokens: Array, *
   """
   if beam_size < 1:
     raise ValueError(f'beam_size must be >= 1, got {beam_size}.')
-  encoded, encoder_valid = encode(model, params, encoder_input_tokens,
-                                  method_inputs=method_inputs)
-  batch, k, length = encoded.shape[0], beam_size, max_decode_length
-  # Encoded once per example; every beam reads its example's copy (and method inputs).
-  encoded = jnp.repeat(encoded, k, axis=0)  # [batch * beams, L, emb]
-  encoder_valid = jnp.repeat(encoder_valid, k, axis=0)
-  beam_inputs = jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), method_inputs)
+  decoding, first = start(model, params, encoder_input_tokens,
+                          max_decode_length=max_decode_length, method_inputs=method_inputs)
+  batch, k, length = first.shape[0], beam_size, max_decode_length
+  # Started once per example; every beam reads its example's copy (and method inputs).
+  decoding, first = repeat_rows(decoding, k), jnp.repeat(first, k)  # [batch * beams, ...]
   positions = jnp.arange(length + 1)
 
   def improvable(state: _BeamState) -> Array:
@@ -311,11 +371,12 @@ def beam_search(model: nn.Module, params: Params, encoder_input_tokens: Array, *
     can_improve = (best_live > NEG_INF / 2) & (bound > state.finished_scores[:, -1])
     return (state.step < length) & jnp.any(can_improve)
 
-  def step(state: _BeamState) -> _BeamState:
+  def body(state: _BeamState) -> _BeamState:
     previous = jax.lax.dynamic_index_in_dim(state.live_tokens, state.step, axis=2,
-                                            keepdims=False)  # [batch, beams]
-    log_probs, cache = decode_step(model, params, state.cache, encoded, encoder_valid,
-                                   previous.reshape(batch * k), length, beam_inputs)
+                                            keepdims=False).reshape(batch * k)
+    # The first step feeds `start`'s token (BOS, or a prefix's last token).
+    previous = jnp.where(state.step == 0, state.first, previous)
+    log_probs, cache = step(model, params, state.cache, previous, length)
     vocab = log_probs.shape[-1]
     candidates = state.live_log_probs[:, :, None] + log_probs.reshape(batch, k, vocab)
     num_top = min(2 * k, k * vocab)
@@ -329,7 +390,8 @@ def beam_search(model: nn.Module, params: Params, encoder_input_tokens: Array, *
     # Live: the best beams that go on.
     live_log_probs, live_pick = jax.lax.top_k(jnp.where(ends, NEG_INF, top_log_probs), k)
     live_tokens = _gather_beams(sequences, live_pick)
-    cache = _gather_cache(cache, _gather_beams(parent, live_pick))
+    # Every beam of an example shares the context; the caches follow their parents.
+    cache = cache._replace(cache=_gather_cache(cache.cache, _gather_beams(parent, live_pick)))
 
     # Finished: ending continuations good enough to be among the best k.
     rank = jnp.arange(num_top)[None, :]
@@ -340,7 +402,7 @@ def beam_search(model: nn.Module, params: Params, encoder_input_tokens: Array, *
     finished_scores, finished_pick = jax.lax.top_k(all_scores, k)
     finished_tokens = _gather_beams(all_tokens, finished_pick)
     return _BeamState(state.step + 1, live_tokens, live_log_probs, finished_tokens,
-                      finished_scores, cache)
+                      finished_scores, cache, state.first)
 
   tokens = jnp.zeros((batch, k, length + 1), jnp.int32)
   # One real beam per example to start with; the others are copies that never win.
@@ -348,8 +410,8 @@ def beam_search(model: nn.Module, params: Params, encoder_input_tokens: Array, *
   initial = _BeamState(
       step=jnp.array(0, jnp.int32), live_tokens=tokens, live_log_probs=live_log_probs,
       finished_tokens=tokens, finished_scores=jnp.full((batch, k), NEG_INF, jnp.float32),
-      cache=init_cache(model, params, encoded, encoder_valid, length, beam_inputs))
-  final = jax.lax.while_loop(improvable, step, initial)
+      cache=decoding, first=first)
+  final = jax.lax.while_loop(improvable, body, initial)
   return final.finished_tokens[:, 0, 1:], final.finished_scores[:, 0]
 
 

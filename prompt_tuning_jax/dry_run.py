@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
+from prompt_tuning_jax import models
 from prompt_tuning_jax import optim
 from prompt_tuning_jax import partitioning as pt
 from prompt_tuning_jax.methods import Method
@@ -103,10 +104,12 @@ class DryRunReport:
 
   def __str__(self) -> str:
     t = self.topology
+    lengths = (f'encoder length {self.encoder_length} (inputs + prompt), decoder length '
+               f'{self.decoder_length}' if self.encoder_length else
+               f'sequence length {self.decoder_length} (inputs + prompt + targets)')
     lines = [
         f'Dry run: {self.model}, batch {self.batch_size} in {self.accumulation_steps} '
-        f'micro-batch(es), encoder length {self.encoder_length} (inputs + prompt), '
-        f'decoder length {self.decoder_length}',
+        f'micro-batch(es), {lengths}',
         f'Parameters: {self.num_params:,} ({self.num_trainable_params:,} trainable)',
         f'Topology {t.name}: {t.num_devices} devices of {_gib(t.memory_per_device)} '
         f'({t.num_hosts} host(s)); mesh data={self.mesh_shape[pt.DATA]} '
@@ -175,8 +178,11 @@ def dry_run(model_config: Union[str, t5.T5Config], method: Method, batch_size: i
     frozen_dtype: dtype frozen weights are kept in (default: the model's, float32).
     usable_fraction: share of a device's memory the run may use.
   """
-  config = t5.get_config(model_config) if isinstance(model_config, str) else model_config
+  config = models.get_config(model_config) if isinstance(model_config, str) else model_config
+  decoder_only = isinstance(config, models.DecoderOnlyConfig)
   name = model_config if isinstance(model_config, str) else (
+      f'decoder-only LM (emb {config.emb_dim}, {config.num_decoder_layers} layers, vocab '
+      f'{config.vocab_size})' if decoder_only else
       f'T5 (emb {config.emb_dim}, {config.num_encoder_layers}+{config.num_decoder_layers} '
       f'layers, vocab {config.vocab_size})')
   if isinstance(topology, str):
@@ -220,14 +226,16 @@ def dry_run(model_config: Union[str, t5.T5Config], method: Method, batch_size: i
 
   kernels_trainable = any(optim.is_trainable(k, trainable_rules) for k in flat_params
                           if k.endswith('/kernel') or k.endswith('/embedding'))
-  activations = activation_bytes(
-      config, micro_batch, feature_lengths['inputs'] + prompt_length,
-      feature_lengths['targets'], mesh, rules, kernels_trainable=kernels_trainable)
+  # A decoder-only LM runs one sequence: inputs, prompt and targets.
+  encoder_length = 0 if decoder_only else feature_lengths['inputs'] + prompt_length
+  decoder_length = feature_lengths['targets'] + (
+      feature_lengths['inputs'] + prompt_length if decoder_only else 0)
+  activations = activation_bytes(config, micro_batch, encoder_length, decoder_length, mesh,
+                                 rules, kernels_trainable=kernels_trainable)
   return DryRunReport(
       topology=topology, mesh_shape=dict(mesh.shape), model=name, batch_size=batch_size,
-      accumulation_steps=accumulation_steps,
-      encoder_length=feature_lengths['inputs'] + prompt_length,
-      decoder_length=feature_lengths['targets'], params=_group(plans),
+      accumulation_steps=accumulation_steps, encoder_length=encoder_length,
+      decoder_length=decoder_length, params=_group(plans),
       frozen_bytes=frozen, trainable_bytes=trainable, gradient_bytes=trainable,
       optimizer_bytes=optimizer_bytes, activation_bytes=activations,
       usable_fraction=usable_fraction)
@@ -310,7 +318,8 @@ def activation_bytes(config: t5.T5Config, batch_size: int, encoder_length: int,
     return saved
 
   encoder_layer = attention(enc, enc) + mlp(enc)
-  decoder_layer = attention(dec, dec) + attention(dec, enc) + mlp(dec)
+  # No cross-attention without an encoder (a decoder-only LM: encoder_length 0).
+  decoder_layer = attention(dec, dec) + (attention(dec, enc) if enc else 0) + mlp(dec)
   return {
       'encoder layers': config.num_encoder_layers * encoder_layer,
       'decoder layers': config.num_decoder_layers * decoder_layer,
@@ -318,18 +327,18 @@ def activation_bytes(config: t5.T5Config, batch_size: int, encoder_length: int,
                                      + size('attention_weights', b, heads, dec, dec)),
       'encoder output': size('residual', b, enc, config.emb_dim) * a,
       'logits': 3 * FLOAT32 * size('logits', b, dec, config.vocab_size),
-      'working space': 2 * FLOAT32 * size('attention_weights', b, heads, enc, enc),
+      'working space': 2 * FLOAT32 * size('attention_weights', b, heads, enc or dec,
+                                          enc or dec),
   }
 
 
 @functools.lru_cache(maxsize=4)
 def _abstract_params(config: t5.T5Config, method: Method) -> dict[str, Any]:
   """The parameter tree as ShapeDtypeStructs (nothing allocated)."""
-  model = t5.T5(config, method=method)
-  tokens = jax.ShapeDtypeStruct((1, 1), jnp.int32)
+  model = models.build(config, method)
   variables = jax.eval_shape(
-      lambda rng, x: model.init(rng, x, x, x, enable_dropout=False),
-      jax.ShapeDtypeStruct((2,), jnp.uint32), tokens)
+      lambda rng: model.init(rng, **models.dummy_inputs(model), enable_dropout=False),
+      jax.ShapeDtypeStruct((2,), jnp.uint32))
   return variables['params']
 
 

@@ -8,9 +8,11 @@ Reads MODEL_DIR/config.gin and the checkpoint of CHECKPOINT_STEP ('latest',
   included) as a T5X checkpoint (`checkpoints.save_t5x`): an
   INITIAL_CHECKPOINT_PATH for another run.
 - `hf`: the T5 without the method's own parameters (e.g. the prompt) as a transformers
-  directory (`checkpoints.save_hf`).
+  directory (`checkpoints.save_hf`); a causal decoder-only LM as a `Pix2StructTextModel`
+  (`checkpoints/hf_causal_lm.py`).
 - `peft`: the method's parameters, folded (`Method.fold`), as a PEFT adapter of its
-  `peft_type` (`checkpoints.peft.save_peft_adapter`: prompt tuning, prefix tuning, IA3).
+  `peft_type` (`checkpoints.peft.save_peft_adapter`: prompt tuning, prefix tuning, IA3;
+  FEATURE_EXTRACTION for a causal decoder-only LM with its prompt at the very start).
 """
 from __future__ import annotations
 
@@ -25,10 +27,12 @@ import jax
 from prompt_tuning_jax import config
 from prompt_tuning_jax import run_setup
 from prompt_tuning_jax.checkpoints import hf as hf_lib
+from prompt_tuning_jax.checkpoints import hf_causal_lm as hf_causal_lm_lib
 from prompt_tuning_jax.checkpoints import peft as peft_lib
 from prompt_tuning_jax.checkpoints import t5x as t5x_lib
 from prompt_tuning_jax.checkpoints import tree as tree_lib
 from prompt_tuning_jax.errors import UsageError
+from prompt_tuning_jax import models
 from prompt_tuning_jax.settings import RunSettings
 
 logger = logging.getLogger('prompt_tuning_jax')
@@ -52,6 +56,15 @@ def export(run: RunSettings, output_dir: str, export_format: str, *,
   if export_format == 'peft' and method.peft_type is None:
     raise UsageError(f'{run.model_dir} trains {type(method).__name__}, which has no PEFT '
                      'adapter form: nothing to export as a PEFT adapter; use --format t5x or hf.')
+  decoder_only = isinstance(run.model.config, models.DecoderOnlyConfig)
+  if decoder_only and export_format in ('hf', 'peft'):
+    why = hf_causal_lm_lib.exportable(run.model.config)
+    if why is None and export_format == 'peft' and method.placement != 'prefix':
+      why = (f"its prompt is placed {method.placement!r}; PEFT puts it at the very "
+             "start (methods.DecoderOnlyPromptTuning.placement='prefix')")
+    if why is not None:
+      raise UsageError(f'--format {export_format}: no Hugging Face model computes this '
+                       f'decoder-only LM: {why}. Use --format t5x.')
   if export_format == 'peft':
     method.check_peft()
   params, step = run_setup.checkpoint_params(s)
@@ -59,8 +72,12 @@ def export(run: RunSettings, output_dir: str, export_format: str, *,
   if export_format == 't5x':
     t5x_lib.save_t5x(tree_lib.unflatten(flat), output_dir, step=step)
   elif export_format == 'hf':
-    frozen = {path: value for path, value in flat.items() if not method.owns(path)}
-    hf_lib.save_hf(tree_lib.unflatten(frozen), run.model.config, output_dir)
+    frozen = tree_lib.unflatten({path: value for path, value in flat.items()
+                                 if not method.owns(path)})
+    if decoder_only:
+      hf_causal_lm_lib.save_hf_causal_lm(frozen, run.model.config, output_dir)
+    else:
+      hf_lib.save_hf(frozen, run.model.config, output_dir)
   else:
     own = method.fold({path: value for path, value in flat.items() if method.owns(path)})[1]
     peft_lib.save_peft_adapter(method.peft_type, own, output_dir,

@@ -254,7 +254,13 @@ class BatchShape:
 
   @classmethod
   def of(cls, batch: Mapping[str, np.ndarray]) -> 'BatchShape':
-    inputs, targets = batch['encoder_input_tokens'], batch['decoder_target_tokens']
+    """A T5 batch, or a decoder-only one (inputs and targets in one sequence: inputs_length
+    is the sequence's, targets_length 0)."""
+    targets = batch['decoder_target_tokens']
+    if 'encoder_input_tokens' in batch:
+      inputs = batch['encoder_input_tokens']
+    else:
+      inputs, targets = targets, targets[:, :0]
     return cls(tokens=int((inputs > 0).sum() + (targets > 0).sum()),
                positions=inputs.size + targets.size,
                inputs_length=inputs.shape[1], targets_length=targets.shape[1])

@@ -98,3 +98,16 @@ def decoder_self_attention_mask(
           decoder_segment_ids, decoder_segment_ids, dtype),
       dtype=dtype)
   return mask
+
+
+def prefix_lm_mask(valid: Array, bidirectional: Optional[Array] = None,
+                   dtype=jnp.float32) -> Array:
+  """T5X's decoder-only mask [batch, 1, S, S]: causal, and within the prefix both ways.
+
+  `valid` [batch, S] is False at padding; `bidirectional` [batch, S] marks the
+  prefix of a prefix LM (None: causal everywhere).
+  """
+  visible = make_causal_mask(valid.shape[-1], dtype) > 0
+  if bidirectional is not None:
+    visible = visible | (make_attention_mask(bidirectional, bidirectional, dtype) > 0)
+  return (visible & (make_attention_mask(valid, valid, dtype) > 0)).astype(dtype)

@@ -33,7 +33,7 @@ PARAM_AXES: tuple[tuple[str, tuple[str, ...]], ...] = (
     (r'.*prompt/prompt', ('prompt', 'embed')),
     (r'.*/shared_prompt', ('prompt', 'embed')),  # multi-task prompts
     (r'.*/task_prompts/embedding', ('tasks', 'prompt+embed')),
-    (r'token_embedder/embedding', ('vocab', 'embed')),
+    (r'(.*/)?token_embedder/embedding', ('vocab', 'embed')),
     (r'.*/(query|key|value)/kernel', ('embed', 'joined_kv')),
     (r'.*/out/kernel', ('joined_kv', 'embed')),
     (r'.*/mlp/wi(_\d+)?/kernel', ('embed', 'mlp')),

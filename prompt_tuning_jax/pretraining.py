@@ -1,4 +1,4 @@
-"""Starting points of pre-training: a randomly initialised T5 written as a T5X checkpoint.
+"""Starting points of pre-training: a randomly initialised model written as a T5X checkpoint.
 
 `runs/pretrain.gin` trains from `INITIAL_CHECKPOINT_PATH`; this writes the
 checkpoint a from-scratch run starts from when part of the model does not start
@@ -10,18 +10,18 @@ from __future__ import annotations
 from typing import Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from prompt_tuning_jax import models
 from prompt_tuning_jax.checkpoints import t5x as t5x_lib
+from prompt_tuning_jax.checkpoints import tree as tree_lib
 from prompt_tuning_jax.errors import CheckpointError
 
 
 def initial_checkpoint(model: models.T5Config | str, output_path: str, *,
                        word_vectors: Optional[np.ndarray] = None, seed: int = 0) -> str:
-  """Writes the random initial parameters of `model` (a config or a preset's name) as a T5X
-  checkpoint; returns the path.
+  """Writes the random initial parameters of `model` (a config or a preset's name, T5 or
+  decoder-only) as a T5X checkpoint; returns the path.
 
   With `word_vectors` ([pieces, emb_dim], pieces <= the model's vocabulary),
   the embedding rows of the pieces are those vectors rescaled to the random
@@ -30,12 +30,13 @@ def initial_checkpoint(model: models.T5Config | str, output_path: str, *,
   random values. `output_path` must not exist.
   """
   config = models.get_config(model) if isinstance(model, str) else model
-  dummy = jnp.ones((1, 1), jnp.int32)
-  params = models.T5(config).init(jax.random.PRNGKey(seed), dummy, dummy, dummy,
-                                  enable_dropout=False)['params']
+  model = models.build(config)
+  params = model.init(jax.random.PRNGKey(seed), **models.dummy_inputs(model),
+                      enable_dropout=False)['params']
   params = jax.tree_util.tree_map(np.array, jax.device_get(params))
   if word_vectors is not None:
-    table = params['token_embedder']['embedding']
+    flat = tree_lib.flatten(params)
+    table = flat[models.embedding_path(flat)]
     vectors = np.asarray(word_vectors, np.float32)
     if vectors.ndim != 2 or vectors.shape[1] != table.shape[1] or len(vectors) > len(table):
       raise CheckpointError(

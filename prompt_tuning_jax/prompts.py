@@ -29,6 +29,9 @@ Array = jnp.ndarray
 Initializer = Callable[..., Array]
 
 PLACEMENTS = ('prefix', 'suffix')
+# In a decoder-only LM: right after BOS (the original's default for decoder-only
+# models), at the very start, or after the inputs (before their last token, EOS).
+DECODER_ONLY_PLACEMENTS = ('after_bos', 'prefix', 'suffix')
 
 
 # ------------------------------------------------------------ initialisers
@@ -174,6 +177,55 @@ def place_prompt(embedded: Array, valid: Array, prompt: Array, prompt_valid: Arr
           jnp.take_along_axis(both_valid, src, axis=1))
 
 
+def insert_prompt(embedded: Array, valid: Array, bidirectional: Optional[Array], prompt: Array,
+                  prompt_valid: Array, start: Array, *, right_align: bool = False
+                  ) -> tuple[Array, Array, Optional[Array], Array]:
+  """Inserts prompts into embedded decoder-only sequences, before token `start` of each row.
+
+  Args:
+    embedded: [batch, T, H] the embedded sequence (BOS first).
+    valid: [batch, T] bool, False at padding.
+    bidirectional: [batch, T] bool, the prefix of a prefix LM (None: causal).
+      Prompt rows join it.
+    prompt: [batch, P, H] prompts; P may be 0.
+    prompt_valid: [batch, P] bool; False at the padding of prompts shorter than P
+      (mixed batches). Padding rows go to the very start of the row, so every
+      real position keeps its distance to every other.
+    start: [batch] int, the index of the token the prompt goes before (0: the
+      very start, 1: after BOS).
+    right_align: move the token padding to the start too, so every row ends at
+      position P + T - 1 (a prefix written into a decoding cache).
+
+  Returns:
+    combined [batch, P + T, H], its validity and bidirectional prefix (or None),
+    and out_index [batch, T]: the combined position whose output predicts the
+    target of original position k, the one right before token k + 1 (the last
+    position for k = T - 1). Meaningless at padding.
+  """
+  b, t = valid.shape
+  p = prompt.shape[1]
+  token_key = jnp.broadcast_to(2 * jnp.arange(t)[None, :], (b, t))
+  if right_align:
+    token_key = jnp.where(valid, token_key, -2)
+  prompt_key = jnp.where(prompt_valid, 2 * start[:, None] - 1, -2)  # [batch, P]
+  order = jnp.argsort(jnp.concatenate([token_key, prompt_key], axis=1), axis=1,
+                      stable=True)  # [batch, T + P]: the source of each combined position
+
+  def gather(tokens_part, prompt_part):
+    both = jnp.concatenate([tokens_part, prompt_part], axis=1)
+    index = order if both.ndim == 2 else order[:, :, None]
+    return jnp.take_along_axis(both, index, axis=1)
+
+  combined = gather(embedded, prompt.astype(embedded.dtype))
+  combined_valid = gather(valid, prompt_valid)
+  combined_bidirectional = (None if bidirectional is None
+                            else gather(bidirectional, prompt_valid))
+  position = jnp.argsort(order, axis=1)[:, :t]  # [batch, T] where each token went
+  out_index = jnp.concatenate(
+      [position[:, 1:] - 1, jnp.full((b, 1), p + t - 1, position.dtype)], axis=1)
+  return combined, combined_valid, combined_bidirectional, out_index
+
+
 def prompt_positions(valid: Array, prompt_length: int, placement: str = 'prefix') -> Array:
   """Which positions of `place_prompt`'s output hold prompt rows: [batch, P + t] bool.
 
@@ -222,3 +274,43 @@ class PromptInput(nn.Module):
     if prompt_mask is None:
       prompt_mask = jnp.ones(prompts.shape[:2], bool)
     return place_prompt(embedded, valid, prompts, prompt_mask.astype(bool), self.placement)
+
+
+class PromptSequence(nn.Module):
+  """The decoder-only prompt hook: the learned prompt (or given ones) inserted into the sequence.
+
+  The decoder names it `prompt`, so the parameter path is
+  `decoder/prompt/prompt/prompt`, the original's for decoder-only models.
+  """
+  length: int
+  placement: str = 'after_bos'
+
+  @nn.compact
+  def __call__(self, embedded: Array, valid: Array, bidirectional: Optional[Array],
+               prefix_length: Optional[Array], *, prompts: Optional[Array] = None,
+               prompt_mask: Optional[Array] = None, right_align: bool = False
+               ) -> tuple[Array, Array, Optional[Array], Array]:
+    """embedded [b, T, H] -> `insert_prompt`'s (combined, valid, bidirectional, out_index).
+
+    `prefix_length` [b]: BOS and the inputs' tokens (needed by 'suffix' placement).
+    """
+    if self.placement not in DECODER_ONLY_PLACEMENTS:
+      raise ValueError(f'Unknown decoder-only prompt placement {self.placement!r}; expected '
+                       f'one of {DECODER_ONLY_PLACEMENTS}.')
+    b, _, h = embedded.shape
+    if prompts is None:
+      learned = Prompt(self.length, name='prompt')(h)  # [P, H]
+      prompts = jnp.broadcast_to(learned, (b,) + learned.shape)
+    elif prompts.ndim != 3 or prompts.shape[0] != b or prompts.shape[2] != h:
+      raise ValueError(f'prompts must be [batch={b}, P, emb={h}], got {prompts.shape}.')
+    if prompt_mask is None:
+      prompt_mask = jnp.ones(prompts.shape[:2], bool)
+    if self.placement == 'suffix':
+      if prefix_length is None:
+        raise ValueError("Prompt placement 'suffix' needs the inputs' extent "
+                         '(decoder_causal_attention): the task has no inputs?')
+      start = prefix_length - 1  # before the inputs' last token
+    else:
+      start = jnp.full((b,), 1 if self.placement == 'after_bos' else 0, jnp.int32)
+    return insert_prompt(embedded, valid, bidirectional, prompts, prompt_mask.astype(bool),
+                         start.astype(jnp.int32), right_align=right_align)

@@ -34,6 +34,7 @@ from prompt_tuning_jax.checkpoints import sharded as sharded_lib
 from prompt_tuning_jax.checkpoints import train_state as train_state_lib
 from prompt_tuning_jax.checkpoints import tree as tree_lib
 from prompt_tuning_jax.errors import CheckpointError, UsageError
+from prompt_tuning_jax import models
 from prompt_tuning_jax.methods import Method
 from prompt_tuning_jax.settings import BEST, LATEST, PromptSettings, RunSettings
 
@@ -75,8 +76,7 @@ class Setup:
 
 
 def _init_params(model, rng: jax.Array) -> dict:
-  dummy = jnp.ones((1, 1), jnp.int32)
-  return model.init(rng, dummy, dummy, dummy, enable_dropout=False)['params']
+  return model.init(rng, **models.dummy_inputs(model), enable_dropout=False)['params']
 
 
 def setup(run: RunSettings, *, batch_size: Optional[int] = None) -> Setup:
@@ -106,7 +106,8 @@ def setup(run: RunSettings, *, batch_size: Optional[int] = None) -> Setup:
     remote.check_reachable(
         getattr(vocab, 'sentencepiece_model_file', None), f'The {feature!r} vocabulary',
         local_copy='set PTJ_VOCAB (or --gin.get_vocabulary.path) to the local file')
-  rows = tree_lib.flatten(abstract)['token_embedder/embedding'].shape[0]
+  flat = tree_lib.flatten(abstract)
+  rows = flat[models.embedding_path(flat)].shape[0]
   for feature, vocab in vocabularies.items():
     if vocab.vocab_size > rows:
       raise UsageError(f'The {feature!r} vocabulary of {task_name!r} has {vocab.vocab_size} '
@@ -214,7 +215,8 @@ def initial_prompt(s: Setup, params: Mapping[str, Any], settings: PromptSettings
   if settings.file:
     logger.info('Prompt initialised from PROMPT_FILE %s.', settings.file)
     return read_prompt_file(settings.file, shape)
-  embedding = tree_lib.flatten(params)['token_embedder/embedding']
+  flat = tree_lib.flatten(params)
+  embedding = flat[models.embedding_path(flat)]
   vocab = s.vocabularies['inputs']
   task_name = s.run.data.mixture_or_task_name
   name = settings.init

@@ -5,7 +5,10 @@ positions. `rank_classify` scores every candidate label for every example and
 picks the best; it runs the encoder once per example and one decoder row per
 example holding all its labels (`pack_labels`), so its cost is one encoder pass
 plus one decoder pass. Training over the label set (objectives.py) scores the
-labels through the same rows.
+labels through the same rows. A decoder-only LM prefills its cache with each
+example's prefix (BOS, the prompt, the inputs) once, repeats it per label and feeds
+every label as one block after it (`decoding.start`): one prefix pass plus one pass
+over the labels' tokens.
 
 As in `decoding`, functions take the flax module and the params tree; the
 `jit_*` variants are jitted with the module static. `method_inputs` are the per-example
@@ -47,6 +50,11 @@ def score_targets(model: nn.Module, params, encoder_input_tokens: Array,
                   decoder_target_tokens: Array, *,
                   method_inputs: MethodInputs = MethodInputs()) -> Array:
   """Summed log-likelihood [b] of decoder_target_tokens [b, d] (0 = padding) given the inputs."""
+  if decoding.decodes_from_prefix(model):
+    state, first = decoding.start(model, params, encoder_input_tokens,
+                                  max_decode_length=decoder_target_tokens.shape[1],
+                                  method_inputs=method_inputs)
+    return _score_after_prefix(model, params, state, first, decoder_target_tokens)
   encoded, encoder_valid = decoding.encode(model, params, encoder_input_tokens,
                                            method_inputs=method_inputs)
   return _score_encoded(model, params, encoded, encoder_valid, decoder_target_tokens,
@@ -59,6 +67,15 @@ def _score_encoded(model: nn.Module, params, encoded: Array, encoder_valid: Arra
   logits = model.apply({'params': params}, encoded, encoder_valid, shift_right(targets),
                        targets, method=model.decode,
                        method_inputs=method_inputs)  # [b, d, vocab]
+  return jnp.sum(token_log_likelihoods(logits, targets), axis=-1)
+
+
+def _score_after_prefix(model: nn.Module, params, state: decoding.DecodingState, first: Array,
+                        targets: Array) -> Array:
+  """A decoder-only LM's prefilled cache, the targets fed as one block -> log-likelihood [b]."""
+  block = jnp.concatenate([first[:, None], targets[:, :-1]], axis=1)  # [b, d]
+  logits, _ = model.apply({'params': params, 'cache': state.cache}, block, method=model.extend,
+                          mutable=['cache'])  # [b, d, vocab]
   return jnp.sum(token_log_likelihoods(logits, targets), axis=-1)
 
 
@@ -79,6 +96,16 @@ def rank_classify(model: nn.Module, params, encoder_input_tokens: Array,
   """
   _check_labels(label_token_ids)
   label_token_ids = jnp.asarray(label_token_ids, jnp.int32)
+  num_labels, d = label_token_ids.shape
+  if decoding.decodes_from_prefix(model):
+    state, first = decoding.start(model, params, encoder_input_tokens, max_decode_length=d,
+                                  method_inputs=method_inputs)
+    batch = first.shape[0]
+    # One row per (example, label), label-minor: the prefix's cache copied per label.
+    scores = _score_after_prefix(
+        model, params, decoding.repeat_rows(state, num_labels), jnp.repeat(first, num_labels),
+        jnp.tile(label_token_ids, (batch, 1))).reshape(batch, num_labels)
+    return _pick(scores, label_token_ids, normalize)
   encoded, encoder_valid = decoding.encode(model, params, encoder_input_tokens,
                                            method_inputs=method_inputs)
   batch, num_labels = encoded.shape[0], label_token_ids.shape[0]

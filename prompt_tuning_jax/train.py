@@ -33,6 +33,7 @@ from prompt_tuning_jax import dry_run
 from prompt_tuning_jax import evaluation
 from prompt_tuning_jax import logging_utils
 from prompt_tuning_jax import objectives
+from prompt_tuning_jax import models
 from prompt_tuning_jax import optim
 from prompt_tuning_jax import partitioning
 from prompt_tuning_jax import preemption
@@ -68,6 +69,9 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
   opt = run.optimizer
   label_sets = None  # A loss over the label set: each task's labels (refused without).
   if opt.loss != TOKEN_CROSS_ENTROPY:
+    if isinstance(run.model.config, models.DecoderOnlyConfig):
+      raise UsageError(f"LOSS={opt.loss!r} is for encoder-decoder models (their labels share a "
+                       f"decoder row): a decoder-only LM trains with LOSS='{TOKEN_CROSS_ENTROPY}'.")
     if s.method.prefix_length(SELF_ATTENTION):  # Labels share a decoder row (pack_labels).
       raise UsageError(f"LOSS={opt.loss!r} scores the labels in one decoder row, which a prefix "
                        "in the decoder's self-attention cannot share: use LOSS="
@@ -97,7 +101,7 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
   regularizer = None
   if wayward_ids is not None:
     regularizer = wayward.regularizer(
-        wayward.text_embedding(tree_lib.flatten(params)['token_embedder/embedding'],
+        wayward.text_embedding(tree_lib.flatten(params)[models.embedding_path(tree_lib.flatten(params))],
                                wayward_ids, s.mesh), opt.wayward_weight, tuple(s.prompt_shapes))
     logger.info('Wayward prompt: %g x the squared distance of the first %d rows of %s from '
                 'the embedded WAYWARD_TEXT joins the loss.', opt.wayward_weight,
@@ -150,7 +154,8 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
           regularizer=regularizer),
       donate_argnums=(0,), out_shardings=(state_shardings, partitioning.replicated(s.mesh)))
   # Every process reads the same global batches and places its devices' rows.
-  batches = data_lib.train_batches(run.data, start_step=start, task_index=s.task_index)
+  batches = data_lib.train_batches(run.data, start_step=start, task_index=s.task_index,
+                                   feature_converter_cls=run.model.FEATURE_CONVERTER_CLS)
   counter = data_lib.TruncationCounter(s.lengths)
 
   def next_batch():
@@ -169,14 +174,13 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
   compiled_steps = {}  # One compiled step per batch shape (one per length-bucket pair).
 
   def compiled(state, frozen, batch):
-    key = (batch['encoder_input_tokens'].shape, batch['decoder_target_tokens'].shape)
+    key = tuple(sorted((name, value.shape) for name, value in batch.items()))
     if key not in compiled_steps:
       tick = time.time()
       compiled_steps[key] = step_fn.lower(state, frozen, batch).compile()
       window.exclude(time.time() - tick)  # Compiling is not training throughput.
-      logger.info('Compiled the train step for inputs %d / targets %d positions in %.1fs '
-                  '(%d shape(s) so far).', key[0][1], key[1][1], time.time() - tick,
-                  len(compiled_steps))
+      logger.info('Compiled the train step for %s positions in %.1fs (%d shape(s) so far).',
+                  _positions(batch), time.time() - tick, len(compiled_steps))
     return compiled_steps[key](state, frozen, batch)
 
   logger.info('Training steps %d..%d of %d.', start + 1, steps, steps)
@@ -245,6 +249,14 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
           'diverged_step': norms.diverged_step}
 
 
+def _positions(batch: dict) -> str:
+  """'inputs I / targets T' (T5), or 'sequence S' (a decoder-only batch)."""
+  if 'encoder_input_tokens' in batch:
+    return (f"inputs {batch['encoder_input_tokens'].shape[1]} / targets "
+            f"{batch['decoder_target_tokens'].shape[1]}")
+  return f"sequence {batch['decoder_target_tokens'].shape[1]}"
+
+
 @jax.jit
 def all_finite(tree) -> jax.Array:
   return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
@@ -303,7 +315,7 @@ class _PromptNorms:
     self.diverged_step = None
     self.embedding = None  # (longest row, mean row) norms; None without a prompt
     if any(method.is_prompt(path) for path in flat):
-      longest, total, count = (float(x) for x in _row_norms(flat['token_embedder/embedding']))
+      longest, total, count = (float(x) for x in _row_norms(flat[models.embedding_path(flat)]))
       self.embedding = (longest, total / count)
 
   def check(self, trainable, step: int, last_good: str) -> dict[str, float]:

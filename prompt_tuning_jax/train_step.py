@@ -20,6 +20,7 @@ import optax
 from flax import traverse_util
 
 from prompt_tuning_jax import objectives
+from prompt_tuning_jax import models
 from prompt_tuning_jax import optim
 from prompt_tuning_jax import scoring
 from prompt_tuning_jax.data import TASK_INDEX
@@ -56,8 +57,7 @@ def batch_logits(model, params: Params, batch: dict, rng: Optional[jax.Array] = 
   """
   segments = {k: batch[k] for k in ('decoder_segment_ids',) if k in batch}
   return model.apply(
-      {'params': params}, batch['encoder_input_tokens'], batch['decoder_input_tokens'],
-      batch['decoder_target_tokens'], enable_dropout=rng is not None,
+      {'params': params}, **models.model_inputs(model, batch), enable_dropout=rng is not None,
       method_inputs=MethodInputs.from_batch(batch),
       rngs=None if rng is None else {'dropout': rng}, **segments)
 
@@ -97,8 +97,9 @@ def make_train_step(model, tx: optax.GradientTransformation, *, z_loss: float = 
                     ) -> Callable[[TrainState, Params, dict], tuple[TrainState, dict]]:
   """Builds `train_step(state, frozen, batch) -> (state, metrics)` (not jitted).
 
-  `batch` holds T5X's feature-converter outputs: encoder_input_tokens,
-  decoder_input_tokens, decoder_target_tokens, decoder_loss_weights.
+  `batch` holds T5X's feature-converter outputs of the model (its
+  `FEATURE_CONVERTER_CLS`): the features `__call__` takes (`INPUT_FEATURES`),
+  decoder_target_tokens and decoder_loss_weights.
   `loss_normalization` is 'sum' (T5X: summed over target tokens) or 'mean'
   (per target token). With `accumulation_steps` > 1 the batch is split into
   that many micro-batches whose gradients are summed (then normalised once).

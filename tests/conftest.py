@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from prompt_tuning_jax import config
-from prompt_tuning_jax.models import T5Config
+from prompt_tuning_jax.models import DecoderOnlyConfig, T5Config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / 'shared'
@@ -53,6 +53,29 @@ def small_config(**overrides) -> T5Config:
                   relative_attention_num_buckets=8, relative_attention_max_distance=16,
                   dropout_rate=0.0, dtype=jnp.float32)
   return base.replace(**overrides)
+
+
+def decoder_only_config(**overrides) -> DecoderOnlyConfig:
+  """A tiny float32 decoder-only prefix LM (T5.1.1 blocks) with a small vocabulary, no dropout."""
+  base = DecoderOnlyConfig(vocab_size=64, emb_dim=16, num_heads=4, head_dim=4, mlp_dim=32,
+                           num_decoder_layers=2, relative_attention_num_buckets=8,
+                           relative_attention_max_distance=16, dropout_rate=0.0,
+                           dtype=jnp.float32)
+  return base.replace(**overrides)
+
+
+def prefix_lm_batch(examples, length: int) -> dict:
+  """seqio's unpacked PrefixLMFeatureConverter features of (inputs, targets) token lists."""
+  out = {k: np.zeros((len(examples), length), np.int32) for k in (
+      'decoder_target_tokens', 'decoder_input_tokens', 'decoder_loss_weights',
+      'decoder_causal_attention')}
+  for row, (inputs, targets) in enumerate(examples):
+    sequence = list(inputs) + list(targets)
+    out['decoder_target_tokens'][row, :len(sequence)] = sequence
+    out['decoder_input_tokens'][row, 1:] = out['decoder_target_tokens'][row, :-1]
+    out['decoder_loss_weights'][row, len(inputs):len(sequence)] = 1
+    out['decoder_causal_attention'][row, :len(inputs) + 1] = 1
+  return {k: jnp.asarray(v) for k, v in out.items()}
 
 
 def toy_batch(batch=2, inputs=7, targets=4, vocab=64, seed=0) -> dict:

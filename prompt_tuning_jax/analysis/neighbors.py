@@ -35,12 +35,12 @@ from flax import serialization
 
 from prompt_tuning_jax import checkpoints
 from prompt_tuning_jax import config
+from prompt_tuning_jax import models
 from prompt_tuning_jax import run_setup
 from prompt_tuning_jax.checkpoints import t5x, tree
 from prompt_tuning_jax.errors import CheckpointError, DataError, UsageError
 from prompt_tuning_jax.tasks import vocab as vocab_lib
 
-EMBEDDING_PATH = ('token_embedder', 'embedding')
 WORD_BOUNDARY = '\u2581'  # SentencePiece's "▁"
 _EPS = 1e-12
 
@@ -434,7 +434,8 @@ def write_report(report: NeighborReport, output_dir: str) -> dict[str, str]:
 
 
 def load_t5x_embedding(path: str) -> np.ndarray:
-  """Reads only `token_embedder/embedding` [V, H] from a T5X checkpoint (local or gs://).
+  """Reads only the token embedding [V, H] from a T5X checkpoint (local or gs://): T5's
+  `token_embedder/embedding` or a decoder-only LM's `decoder/token_embedder/embedding`.
 
   The released Base checkpoint is ~1 GB of weights; this reads ~100 MB of it.
   """
@@ -450,19 +451,21 @@ def load_t5x_embedding(path: str) -> np.ndarray:
   except Exception as e:  # msgpack raises several unrelated types.
     raise CheckpointError(f'{ckpt_file}: not a T5X msgpack checkpoint: {e}') from e
   state = contents.get('optimizer', contents) if isinstance(contents, dict) else None
-  node = state.get('target') if isinstance(state, dict) else None
-  for key in EMBEDDING_PATH:
-    node = node.get(key) if isinstance(node, dict) else None
-  if node is None:
-    raise CheckpointError(f'{ckpt_file}: no target/{"/".join(EMBEDDING_PATH)} in the checkpoint.')
+  target = state.get('target') if isinstance(state, dict) else None
+  found = tree.flatten(target, is_leaf=t5x.is_ts_spec) if isinstance(target, dict) else {}
+  path_found = next((p for p in models.EMBEDDING_PATHS if p in found), None)
+  if path_found is None:
+    raise CheckpointError(f'{ckpt_file}: no target/{" or target/".join(models.EMBEDDING_PATHS)} '
+                          'in the checkpoint.')
+  node = found[path_found]
   if isinstance(node, dict) and 'driver' in node:
     try:
       node = ts.open(t5x.resolve_spec(node, ckpt_dir), open=True).result().read().result()
     except ValueError as e:
-      raise CheckpointError(f'{ckpt_dir}: cannot read {"/".join(EMBEDDING_PATH)}: {e}') from e
+      raise CheckpointError(f'{ckpt_dir}: cannot read {path_found}: {e}') from e
   array = np.asarray(node, np.float32)
   if array.ndim != 2:
-    raise CheckpointError(f'{ckpt_dir}: {"/".join(EMBEDDING_PATH)} has shape {array.shape}, '
+    raise CheckpointError(f'{ckpt_dir}: {path_found} has shape {array.shape}, '
                           'expected [vocab, emb].')
   return array
 
@@ -479,7 +482,7 @@ def load_embedding(*, checkpoint: Optional[str] = None, embedding_npy: Optional[
     return load_t5x_embedding(checkpoint), checkpoint
   if hf_checkpoint:
     params, _ = checkpoints.load_hf(hf_checkpoint)
-    return np.asarray(params[EMBEDDING_PATH[0]][EMBEDDING_PATH[1]], np.float32), hf_checkpoint
+    return np.asarray(params['token_embedder']['embedding'], np.float32), hf_checkpoint
   array = np.load(io.BytesIO(tree.read_bytes(embedding_npy)), allow_pickle=False)
   if array.ndim != 2:
     raise CheckpointError(f'{embedding_npy}: an embedding table is [vocab, emb], got '
@@ -491,8 +494,8 @@ def run_embedding(model_dir: str) -> np.ndarray:
   """The frozen embedding table [V, H] of the run in MODEL_DIR, built as `ptj eval` builds it."""
   configuration = config.configure('neighbors', [], [f'MODEL_DIR = {model_dir!r}'])
   s = run_setup.setup(configuration.settings)
-  params = run_setup.frozen_params_without_prompt(s)
-  return np.asarray(params[EMBEDDING_PATH[0]][EMBEDDING_PATH[1]], np.float32)
+  flat = tree.flatten(run_setup.frozen_params_without_prompt(s))
+  return np.asarray(flat[models.embedding_path(flat)], np.float32)
 
 
 # ------------------------------------------------------------ command line

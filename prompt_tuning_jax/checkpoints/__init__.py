@@ -1,5 +1,6 @@
-"""Checkpoint I/O: T5X and Hugging Face T5 readers and writers, prompt files (.npy and
-PEFT prompt-tuning adapters), PEFT adapters of the methods, merging.
+"""Checkpoint I/O: T5X and Hugging Face T5 readers and writers (a causal decoder-only LM as
+Pix2Struct's text decoder), prompt files (.npy and PEFT prompt-tuning adapters), PEFT
+adapters of the methods, merging.
 
 Typical use: read the frozen model, then merge it into the model's initial
 parameters so that a prompt absent from the checkpoint keeps its initial
@@ -15,6 +16,7 @@ from prompt_tuning_jax.checkpoints.hf import load_hf
 from prompt_tuning_jax.checkpoints.hf import save_hf
 from prompt_tuning_jax.checkpoints.hf import t5_to_hf_config
 from prompt_tuning_jax.checkpoints.hf import t5x_to_hf
+from prompt_tuning_jax.checkpoints.hf_causal_lm import save_hf_causal_lm
 from prompt_tuning_jax.checkpoints.peft import load_peft_adapter
 from prompt_tuning_jax.checkpoints.peft import load_peft_prompt
 from prompt_tuning_jax.checkpoints.peft import save_peft_adapter
@@ -45,6 +47,7 @@ __all__ = [
     'merge_params',
     'save_hf',
     'save_peft_adapter',
+    'save_hf_causal_lm',
     'save_peft_prompt',
     'save_prompt',
     'save_t5x',

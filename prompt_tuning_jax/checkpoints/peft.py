@@ -76,7 +76,8 @@ from prompt_tuning_jax.checkpoints import hf as hf_lib
 from prompt_tuning_jax.checkpoints import tree as tree_lib
 from prompt_tuning_jax.checkpoints.tree import check_prompt_array
 from prompt_tuning_jax.checkpoints.tree import CheckpointError
-from prompt_tuning_jax.methods import IA3, PROMPT_PATH, Method, PrefixTuning, PromptTuning
+from prompt_tuning_jax.methods import (DECODER_ONLY_PROMPT_PATH, IA3, PROMPT_PATH, Method,
+                                       PrefixTuning, PromptTuning)
 from prompt_tuning_jax.methods import ia3 as ia3_lib
 from prompt_tuning_jax.methods import prefix_tuning as prefix_lib
 from prompt_tuning_jax.methods.hooks import SELF_ATTENTION
@@ -88,6 +89,12 @@ PROMPT_KEY = 'prompt_embeddings'
 PEFT_TYPE = 'PROMPT_TUNING'
 PREFIX_TUNING, IA3_TYPE = 'PREFIX_TUNING', 'IA3'
 TASK_TYPE = 'SEQ_2_SEQ_LM'
+# A causal decoder-only LM's prompt (checkpoints/hf_causal_lm.py): PEFT's
+# `PeftModelForFeatureExtraction` prepends it to the whole input and returns the
+# base model's logits. (`CAUSAL_LM` would do the same, but its wrapper needs a
+# generating model, which Pix2StructTextModel is not in transformers 5.)
+DECODER_ONLY_TASK_TYPE = 'FEATURE_EXTRACTION'
+TASK_TYPES = (TASK_TYPE, DECODER_ONLY_TASK_TYPE)
 PROMPT_TUNING_INITS = ('RANDOM', 'SAMPLE_VOCAB', 'TEXT')
 # PEFT's IA3 on a T5: the HF projection it scales -> ours (the sibling kernel's module name,
 # our scaling module) and whether PEFT scales its input (a "feedforward module").
@@ -109,6 +116,10 @@ def save_peft_adapter(peft_type: str, params: Mapping[str, Any], directory: str,
   `peft_type` is the method's (`Method.peft_type`); `base_model_name_or_path` and
   `config` as in `save_peft_prompt`. Returns `directory`.
   """
+  if peft_type == PEFT_TYPE and DECODER_ONLY_PROMPT_PATH in params:  # `hf_causal_lm`
+    return save_peft_prompt(params[DECODER_ONLY_PROMPT_PATH], directory,
+                            base_model_name_or_path=base_model_name_or_path, config=config,
+                            task_type=DECODER_ONLY_TASK_TYPE)
   if peft_type == PEFT_TYPE:
     return save_peft_prompt(params[PROMPT_PATH], directory,
                             base_model_name_or_path=base_model_name_or_path, config=config)
@@ -159,8 +170,10 @@ def save_peft_prompt(prompt: Any, directory: str, *,
                      prompt_tuning_init: str = 'RANDOM',
                      prompt_tuning_init_text: str | None = None,
                      tokenizer_name_or_path: str | None = None,
-                     revision: str | None = None) -> str:
-  """Writes a [P, H] prompt as a PEFT prompt-tuning adapter for a T5 (SEQ_2_SEQ_LM).
+                     revision: str | None = None,
+                     task_type: str = TASK_TYPE) -> str:
+  """Writes a [P, H] prompt as a PEFT prompt-tuning adapter for a T5 (SEQ_2_SEQ_LM), or with
+  `task_type=DECODER_ONLY_TASK_TYPE` for a causal decoder-only LM (`hf_causal_lm`).
 
   `peft.PeftModel.from_pretrained(t5, directory)` then prepends it to the encoder
   input as `PromptedT5` does (see the module docstring), e.g. on the
@@ -174,8 +187,9 @@ def save_peft_prompt(prompt: Any, directory: str, *,
       `save_hf` directory); None is allowed, as PEFT allows.
     config: the frozen model's `T5Config`: the prompt's width must be its
       `emb_dim`; fills `num_layers` (encoder layers, what PEFT takes from
-      `num_hidden_layers`) and `num_attention_heads`. Without it these two
-      are null and PEFT fills them from the base model when it loads.
+      `num_hidden_layers`; a decoder-only LM's layers) and
+      `num_attention_heads`. Without it these two are null and PEFT fills them
+      from the base model when it loads.
     num_transformer_submodules: 1 (default: a [P, H] table) or 2 (PEFT's
       default for seq2seq: [2P, H], rows [P, 2P) unused by prompt tuning and
       holding a copy of the prompt).
@@ -200,6 +214,8 @@ def save_peft_prompt(prompt: Any, directory: str, *,
     raise CheckpointError(
         f'{directory}: the prompt is {tree_lib.shape_str(array.shape)} but the model '
         f'width (T5Config.emb_dim) is {config.emb_dim}')
+  if task_type not in TASK_TYPES:
+    raise CheckpointError(f'task_type={task_type!r}: one of {TASK_TYPES}')
   if num_transformer_submodules not in (1, 2):
     raise CheckpointError(
         f'num_transformer_submodules={num_transformer_submodules!r}: 1 or 2')
@@ -218,14 +234,15 @@ def save_peft_prompt(prompt: Any, directory: str, *,
       'inference_mode': True,
       'modules_to_save': None,
       'num_attention_heads': None if config is None else config.num_heads,
-      'num_layers': None if config is None else config.num_encoder_layers,
+      'num_layers': (None if config is None
+                     else config.num_encoder_layers or config.num_decoder_layers),
       'num_transformer_submodules': num_transformer_submodules,
       'num_virtual_tokens': length,
       'peft_type': PEFT_TYPE,
       'prompt_tuning_init': prompt_tuning_init,
       'prompt_tuning_init_text': prompt_tuning_init_text,
       'revision': revision,
-      'task_type': TASK_TYPE,
+      'task_type': task_type,
       'token_dim': width,
       'tokenizer_kwargs': None,
       'tokenizer_name_or_path': tokenizer_name_or_path,
@@ -274,7 +291,7 @@ def load_peft_prompt(directory: str, *,
   """
   directory = directory.rstrip('/')
   config = _read_config(directory, PEFT_TYPE, 'a prompt-tuning one: only PEFT peft_type '
-                        f'{PEFT_TYPE} holds a soft prompt')
+                        f'{PEFT_TYPE} holds a soft prompt', task_types=TASK_TYPES)
   config_path = f'{directory}/{ADAPTER_CONFIG_FILE}'
   length = config.get('num_virtual_tokens')
   width = config.get('token_dim')
@@ -304,10 +321,10 @@ def load_peft_prompt(directory: str, *,
   return prompt.astype(np.float32)
 
 
-def _read_config(directory: str, peft_type: str | None = None,
-                 wanted: str = '') -> dict[str, Any]:
-  """The adapter's config, of a SEQ_2_SEQ_LM adapter of `peft_type` (None: any) or
-  CheckpointError ('a X adapter, not `wanted`')."""
+def _read_config(directory: str, peft_type: str | None = None, wanted: str = '',
+                 task_types: Sequence[str] = (TASK_TYPE,)) -> dict[str, Any]:
+  """The adapter's config, of an adapter of `peft_type` (None: any) for one of `task_types`,
+  or CheckpointError ('a X adapter, not `wanted`')."""
   directory = directory.rstrip('/')
   config_path = f'{directory}/{ADAPTER_CONFIG_FILE}'
   if not tree_lib.is_gcs(directory) and not os.path.isdir(directory):
@@ -326,10 +343,10 @@ def _read_config(directory: str, peft_type: str | None = None,
   if peft_type is not None and found != peft_type:
     raise CheckpointError(f'{directory}: a {found} adapter, not {wanted}')
   task_type = config.get('task_type')
-  if task_type != TASK_TYPE:
+  if task_type not in task_types:
     raise CheckpointError(
         f'{directory}: task_type {task_type!r}: an adapter for another kind of model; '
-        f"this project's T5 takes {TASK_TYPE} adapters")
+        f"this project's models take {' or '.join(task_types)} adapters here")
   return config
 
 

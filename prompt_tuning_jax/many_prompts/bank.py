@@ -10,7 +10,8 @@ distance to the input unchanged, so it follows the model's placement:
 - prefix placement ([prompt, input]): LEFT padding, [pad, prompt, input];
 - suffix placement ([input, prompt, input padding]): RIGHT padding,
   [input, prompt, pad, input padding].
-`padding_side_for(placement)` gives the side.
+`padding_side_for(placement)` gives the side. A decoder-only LM moves a prompt's
+padding to the start of its sequence whatever the side (`prompts.insert_prompt`).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from prompt_tuning_jax import checkpoints
 from prompt_tuning_jax.errors import CheckpointError, UsageError
 
 PADDING_SIDES = ('left', 'right')
-_PADDING_FOR_PLACEMENT = {'prefix': 'left', 'suffix': 'right'}
+_PADDING_FOR_PLACEMENT = {'prefix': 'left', 'suffix': 'right', 'after_bos': 'left'}
 
 
 def padding_side_for(placement: str) -> str:

@@ -2,11 +2,13 @@
 extensions plug into.
 
 A method is a frozen dataclass of its settings, a subclass of `Method` (`base.py`). The T5
-holds one (`T5(config, method=...)`, default `ModelTuning()`) and asks it for its `hooks()`:
-functions called at fixed points of the T5, each None when unused (`hooks.py`: the encoder's
-input embedding step, its attention mask, each layer's input, each attention's keys and
-values, each MLP's intermediate activations). A hook creates the method's flax modules in
-the T5 module that calls it, so their `name=`s give the method's parameter paths.
+holds one (`T5(config, method=...)`, default `ModelTuning()`; a decoder-only LM too,
+`DecoderOnly(config, method=...)`, through its own hook point, `decoder_prompt`) and asks it
+for its `hooks()`: functions called at fixed points of the T5, each None when unused
+(`hooks.py`: the encoder's input embedding step, its attention mask, each layer's input,
+each attention's keys and values, each MLP's intermediate activations). A hook creates the
+method's flax modules in the T5 module that calls it, so their `name=`s give the method's
+parameter paths.
 Per-example inputs a method reads (prompts of a mixed batch, the task index of a mixture)
 reach the model one way: `method_inputs=MethodInputs(...)` of `T5.__call__` / `encode` /
 `decode` (`MethodInputs.from_batch` for a training batch).
@@ -35,13 +37,16 @@ from prompt_tuning_jax.methods.multitask_prompts import (AddTaskPrompt, ConcatTa
                                                          ProjectSharedPrompt)
 from prompt_tuning_jax.methods.per_layer_prompts import PerLayerPrompts
 from prompt_tuning_jax.methods.prefix_tuning import PrefixTuning
-from prompt_tuning_jax.methods.prompt_tuning import PROMPT_PATH, PromptTuning
+from prompt_tuning_jax.methods.prompt_tuning import (DECODER_ONLY_PROMPT_PATH, PROMPT_PATH,
+                                                     DecoderOnlyPromptTuning, PromptTuning)
 from prompt_tuning_jax.methods.visibility import Visibility
 
-METHODS = (ModelTuning, PromptTuning, MultiTaskPrompts, PerLayerPrompts, PrefixTuning, IA3)
+METHODS = (ModelTuning, PromptTuning, MultiTaskPrompts, PerLayerPrompts, PrefixTuning, IA3,
+           DecoderOnlyPromptTuning)
 # Settings objects the methods take, gin configurables `methods.<ClassName>` as well.
 PARTS = (Visibility, AddTaskPrompt, ConcatTaskPrompt, ConcatTaskFeatures, ProjectSharedPrompt)
 
-__all__ = ['IA3', 'METHODS', 'PARTS', 'PROMPT_PATH', 'AddTaskPrompt', 'ConcatTaskFeatures',
-           'ConcatTaskPrompt', 'Hooks', 'Method', 'MethodInputs', 'ModelTuning',
-           'MultiTaskPrompts', 'PerLayerPrompts', 'PrefixTuning', 'PromptTuning', 'Visibility']
+__all__ = ['DECODER_ONLY_PROMPT_PATH', 'IA3', 'METHODS', 'PARTS', 'PROMPT_PATH', 'AddTaskPrompt',
+           'ConcatTaskFeatures', 'ConcatTaskPrompt', 'DecoderOnlyPromptTuning', 'Hooks',
+           'Method', 'MethodInputs', 'ModelTuning', 'MultiTaskPrompts', 'PerLayerPrompts',
+           'PrefixTuning', 'ProjectSharedPrompt', 'PromptTuning', 'Visibility']

@@ -22,6 +22,13 @@ child, and its `name=` extends that module's path. `Hooks.keys_values` creating
   mlp_hidden      each layer's mlp                  hidden [b, L, mlp] (the product of the
                                                     activations, before dropout and `wo`) -> hidden
 
+A decoder-only LM (`models/decoder_only.py`) has one point of its own, `decoder_prompt`: an
+unbound module (parent=None) its decoder adopts as `prompt` when it is set up (so its
+parameters are `decoder/prompt/...`), mapping (embedded [b, T, H], valid [b, T],
+bidirectional [b, T] or None, the prefix's length [b], prompts, prompt_mask, right_align)
+to (combined [b, S, H], valid, bidirectional, out_index [b, T]): `prompts.PromptSequence`.
+The decoder calls it on every sequence it embeds, a cache prefill included.
+
 `keys_values` sees the keys and values attended: in cached decoding, the whole cache (which
 holds the sequence's own positions only), so a prefix is added on every step and never cached.
 The bias it gets already spans the `Method.prefix_length(site.block)` key positions a prefix
@@ -84,6 +91,10 @@ class Site(NamedTuple):
   block: str
 
 
+# The T5's hook points, in the order a forward pass meets them.
+T5_POINTS = ('encoder_input', 'encoder_mask', 'layer_input', 'keys_values', 'mlp_hidden')
+
+
 @dataclasses.dataclass(frozen=True)
 class Hooks:
   """The functions a method adds to the T5; None: that point is plain T5 (see the module doc)."""
@@ -100,13 +111,18 @@ class Hooks:
   # (T5 config) -> flax module, created once as the T5's child `shared_name`; None: none.
   shared: Optional[Callable[[Any], Any]] = None
   shared_name: Optional[str] = None
+  # () -> an unbound module inserted into a decoder-only LM's sequence (see the module doc)
+  decoder_prompt: Optional[Callable[[], Any]] = None
+
+  def t5_points(self) -> tuple[str, ...]:
+    """The names of the T5 points this method uses (a decoder-only LM has none of them)."""
+    return tuple(name for name in T5_POINTS if getattr(self, name) is not None)
 
   def bind(self, shared) -> 'Hooks':
     """These hooks, each called with `shared=shared` (the T5's instance of `self.shared`)."""
-    points = ('encoder_input', 'encoder_mask', 'layer_input', 'keys_values', 'mlp_hidden')
     return dataclasses.replace(self, **{
         point: functools.partial(getattr(self, point), shared=shared)
-        for point in points if getattr(self, point) is not None})
+        for point in self.t5_points()})
 
 
 NO_HOOKS = Hooks()

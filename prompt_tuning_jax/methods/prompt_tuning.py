@@ -22,6 +22,8 @@ from prompt_tuning_jax.methods.hooks import EncoderInput, Hooks, MethodInputs
 from prompt_tuning_jax.methods.visibility import Visibility
 
 PROMPT_PATH = 'encoder/prompt/prompt/prompt'
+# A decoder-only LM's prompt (the original's path for its decoder-only models).
+DECODER_ONLY_PROMPT_PATH = 'decoder/prompt/prompt/prompt'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,3 +68,39 @@ class PromptTuning(Method):
   @property
   def added_positions(self) -> int:
     return self.length
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderOnlyPromptTuning(PromptTuning):
+  """Prompt tuning of a decoder-only LM: a [length, emb] prompt at `DECODER_ONLY_PROMPT_PATH`.
+
+  The decoder inserts it into the embedded sequence (`Hooks.decoder_prompt`): after BOS
+  (the original's default for decoder-only models), at the very start ('prefix') or
+  before the inputs' EOS ('suffix'). Its positions count in the relative positions and
+  are visible to every later position (in a prefix LM they join the bidirectional
+  prefix); the logits drop them. Attention visibility is T5's encoder setting only.
+  """
+  placement: str = 'after_bos'
+
+  def __post_init__(self):
+    if not isinstance(self.length, int) or self.length < 1:
+      raise UsageError(f'PROMPT_LENGTH must be a positive number of prompt vectors, got '
+                       f'{self.length!r}.')
+    if self.placement not in prompts_lib.DECODER_ONLY_PLACEMENTS:
+      raise UsageError(f'Unknown decoder-only prompt placement {self.placement!r}; expected '
+                       f'one of {prompts_lib.DECODER_ONLY_PLACEMENTS}.')
+    if self.visibility is not None:
+      raise UsageError("PROMPT_VISIBILITY is a setting of the T5 encoder's prompt; a "
+                       'decoder-only prompt is visible to every later position (None).')
+
+  def hooks(self) -> Hooks:
+    return Hooks(decoder_prompt=lambda: prompts_lib.PromptSequence(
+        self.length, self.placement, parent=None))
+
+  @property
+  def prompt_rules(self) -> tuple[str, ...]:
+    return (re.escape(DECODER_ONLY_PROMPT_PATH),)
+
+  @property
+  def prompt_file(self) -> str:
+    return DECODER_ONLY_PROMPT_PATH.replace('/', '.')

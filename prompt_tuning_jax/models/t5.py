@@ -21,11 +21,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, ClassVar, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import seqio
 from flax import linen as nn
 
 from prompt_tuning_jax import masks as masks_lib
@@ -493,6 +494,11 @@ class T5(nn.Module):
   """
   config: T5Config
   method: Method = ModelTuning()
+
+  # T5X's data contract: the converter of the tasks, the features `__call__` takes.
+  FEATURE_CONVERTER_CLS: ClassVar[type] = seqio.EncDecFeatureConverter
+  INPUT_FEATURES: ClassVar[tuple[str, ...]] = (
+      'encoder_input_tokens', 'decoder_input_tokens', 'decoder_target_tokens')
 
   def setup(self):
     cfg, method = self.config, self.method

@@ -6,6 +6,11 @@ two T5X checkpoints, `lm_adapted/` (span corruption, then LM adaptation: the
 frozen model prompt tuning uses) and `span_corruption/` (before LM
 adaptation), stored in bfloat16. `launch/pretrain_mini.sh` made them; its log
 and configuration are in `t5_mini/pretraining/`.
+
+`decoder_mini/` holds the decoder-only mini LM that `models/decoder_mini.gin`
+configures (t5_mini's vocabulary): `prefix_lm/`, bfloat16, the prefix-LM
+pre-training of `launch/pretrain_decoder_mini.sh` cut at step 451 of 1800 for time
+(no LM adaptation yet); its log and configuration are in `decoder_mini/pretraining/`.
 """
 from __future__ import annotations
 
