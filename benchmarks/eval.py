@@ -153,7 +153,7 @@ def _measure_mixed(payload: dict, model, params, inputs, labels, result: dict) -
   import numpy as np  # pylint: disable=g-import-not-at-top
   from prompt_tuning_jax import scoring  # pylint: disable=g-import-not-at-top
   from prompt_tuning_jax.methods import MethodInputs  # pylint: disable=g-import-not-at-top
-  b, tasks, prompt_len = inputs.shape[0], payload['tasks'], model.prompt_length
+  b, tasks, prompt_len = inputs.shape[0], payload['tasks'], model.method.length
   # Mixed-task serving: `tasks` prompts; example i uses prompt i % tasks.
   bank = jax.random.uniform(jax.random.PRNGKey(7), (tasks, prompt_len, model.config.emb_dim),
                             minval=-0.5, maxval=0.5)  # [tasks, P, emb]

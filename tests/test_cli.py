@@ -78,7 +78,10 @@ def test_every_run_file_parses_with_every_model_file():
     for model in models:
       _, bindings = config.split_bindings(['--gin.MODEL_DIR=/tmp/m',
                                            '--gin.MIXTURE_OR_TASK_NAME=t'])
-      config.configure('train', [f'models/{model}', f'runs/{run}'], bindings, [])
+      # A decoder-only LM takes its prompt through its own method file (README).
+      method = (['methods/decoder_only_prompt_tuning.gin']
+                if model.startswith('decoder') and run != 'model_finetune.gin' else [])
+      config.configure('train', [f'models/{model}', f'runs/{run}', *method], bindings, [])
   for prompt in sorted(os.listdir(os.path.join(gin_dir, 'prompts'))):
     config.configure('train', ['models/t5_1_1_base.gin', 'runs/prompt_finetune.gin',
                                f'prompts/{prompt}'],
