@@ -74,6 +74,10 @@ class DataSettings:
   # {'inputs': (64, 128, 512), ...}; normalised to {feature: sorted lengths}. The
   # default keeps the fixed shapes of runs saved before buckets existed.
   length_buckets: Union[None, str, Mapping[str, Sequence[int]]] = None
+  # PACK_LENGTHS: None (one example a row), or {'inputs': R, 'targets': D}: each batch's
+  # examples packed into rows of R encoder positions (each example's prompt included) and D
+  # decoder positions (`data.pack_batch`).
+  pack_lengths: Optional[Mapping[str, int]] = None
   # TARGET_SENTINEL: every target starts with the vocabulary's first sentinel,
   # <extra_id_0> (`sentinel.py`). Off in runs saved before it existed.
   target_sentinel: bool = False
@@ -93,6 +97,17 @@ class DataSettings:
     _positive(self.batch_size, 'BATCH_SIZE')
     _require(isinstance(self.target_sentinel, bool),
              f'TARGET_SENTINEL must be True or False, got {self.target_sentinel!r}.')
+    if self.pack_lengths is not None:
+      _require(isinstance(self.pack_lengths, Mapping)
+               and set(self.pack_lengths) == {'inputs', 'targets'},
+               f"PACK_LENGTHS must be None or {{'inputs': R, 'targets': D}}, got "
+               f'{self.pack_lengths!r}.')
+      for key, value in self.pack_lengths.items():
+        _positive(value, f'PACK_LENGTHS[{key!r}]')
+      _require(self.pack_lengths['targets'] >= lengths['targets'],
+               f"PACK_LENGTHS['targets']={self.pack_lengths['targets']} must hold the longest "
+               f"target, TASK_FEATURE_LENGTHS['targets']={lengths['targets']}.")
+      _freeze(self, pack_lengths=dict(self.pack_lengths))
     _freeze(self, task_feature_lengths=lengths,
             module=self.module if self.module is None or isinstance(self.module, str)
             else tuple(self.module),
