@@ -261,7 +261,9 @@ class BatchShape:
       inputs = batch['encoder_input_tokens']
     else:
       inputs, targets = targets, targets[:, :0]
-    return cls(tokens=int((inputs > 0).sum() + (targets > 0).sum()),
+    # Packed rows' prompt positions hold a placeholder token (`data.PROMPT_SLOTS`): not text.
+    slots = int((batch['prompt_slots'] >= 0).sum()) if 'prompt_slots' in batch else 0
+    return cls(tokens=int((inputs > 0).sum() + (targets > 0).sum()) - slots,
                positions=inputs.size + targets.size,
                inputs_length=inputs.shape[1], targets_length=targets.shape[1])
 
