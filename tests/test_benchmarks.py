@@ -131,10 +131,11 @@ def test_workload_tiny_every_side_same_examples(in_process_workers, monkeypatch,
   real = {side: row['real_input_tokens_per_example'] for side, row in sides.items()}
   assert len(set(real.values())) == 1, real
   assert sides['ours_fixed']['input_positions_per_example'] == 512
-  for side in ('ours_bucketed', 'peft', 'peft_grouped'):
+  for side in ('ours_bucketed', 'ours_packed', 'peft', 'peft_grouped'):
     assert real['peft'] <= sides[side]['input_positions_per_example'] < 512, side
   assert set(report['tasks']['rte']['ratios']) == {
-      'bucketed_over_ours_fixed', 'bucketed_over_peft', 'bucketed_over_peft_grouped'}
+      'bucketed_over_ours_fixed', 'bucketed_over_peft', 'bucketed_over_peft_grouped',
+      'packed_over_ours_bucketed', 'packed_over_peft', 'packed_over_peft_grouped'}
   eval_rows = report['eval_sst2_dev']
   assert eval_rows['fixed']['examples'] == eval_rows['bucketed']['examples'] == 8
   assert eval_rows['bucketed']['shapes'] >= 1 and eval_rows['bucketed_over_fixed'] > 0
