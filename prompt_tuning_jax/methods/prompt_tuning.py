@@ -6,9 +6,9 @@ one ('suffix'); it is visible to encoder self-attention and decoder cross-attent
 counts in the encoder's relative positions. Per-example `prompts` / `prompt_mask` in the
 method inputs replace it (mixed-task batches, prompt ensembles). In packed rows
 (`MethodInputs.prompt_slots`, `data.pack_batch`) every example has its own copy of the
-prompt, in the positions the data left for it (placed as `placement` says). `visibility` (None: every
-position sees every other, as T5X) restricts what the prompt positions attend; the
-methods built on this one (multi-task, per-layer prompts) take it too.
+prompt, in the positions the data left for it (placed as `placement` says). `visibility`
+(None: every position sees every other, as T5X) restricts what the prompt positions attend;
+the methods built on this one (multi-task, per-layer prompts) take it too.
 """
 from __future__ import annotations
 
