@@ -34,6 +34,10 @@ LOSSES = (TOKEN_CROSS_ENTROPY, *LABEL_SET_LOSSES)
 # (targets start lower: class labels are 1-3 tokens).
 POW2 = 'pow2'
 MIN_BUCKET = {'inputs': 16, 'targets': 4}
+# LENGTH_BUCKETS = 'step<N>' (e.g. 'step32'): the inputs' buckets are the multiples of N up
+# to the inputs length, and that length itself; the targets' those of POW2. Finer than POW2:
+# less padding, more shapes to compile (the compilation cache keeps them across runs).
+STEP = re.compile(r'step([1-9][0-9]*)')
 # RunSettings fields that may change when a run in MODEL_DIR is resumed.
 RESUMABLE_FIELDS = ('model_dir', 'train_steps', 'log_period', 'eval_period', 'checkpoints',
                     'evaluation', 'inference', 'num_partitions', 'stop_on_divergence')
@@ -119,15 +123,19 @@ def _length_buckets(buckets: Any, lengths: Mapping[str, int]
   """LENGTH_BUCKETS as {feature: ascending lengths ending at the feature length}, or None."""
   if buckets is None:
     return None
-  if buckets == POW2:
+  step = STEP.fullmatch(buckets) if isinstance(buckets, str) else None
+  if buckets == POW2 or step:
     out = {}
     for key, length in lengths.items():
       powers = [2 ** k for k in range(MIN_BUCKET[key].bit_length() - 1, length.bit_length())]
       out[key] = tuple(p for p in powers if p < length) + (length,)
+    if step:
+      n = int(step.group(1))
+      out['inputs'] = tuple(range(n, lengths['inputs'], n)) + (lengths['inputs'],)
     return out
   _require(isinstance(buckets, Mapping) and set(buckets) <= set(lengths),
-           f"LENGTH_BUCKETS must be None, {POW2!r} or a mapping of 'inputs'/'targets' to "
-           f'lengths, got {buckets!r}.')
+           f"LENGTH_BUCKETS must be None, {POW2!r}, 'step<N>' (e.g. 'step32') or a mapping of "
+           f"'inputs'/'targets' to lengths, got {buckets!r}.")
   out = {key: (length,) for key, length in lengths.items()}  # A feature not named: fixed.
   for key, values in buckets.items():
     name = f'LENGTH_BUCKETS[{key!r}]'
