@@ -254,3 +254,14 @@ def test_a_packed_example_too_long_for_its_row_is_a_data_error():
   from prompt_tuning_jax.errors import DataError  # pylint: disable=g-import-not-at-top
   with pytest.raises(DataError, match='does not fit a packed row'):
     data.pack_rows(np.array([10]), np.array([2]), data.Packing({'inputs': 12, 'targets': 4}, 3))
+
+
+def test_a_packed_run_is_configured_by_gin_and_planned_at_its_row_lengths(
+    restore_ptj_global_state):
+  from prompt_tuning_jax import config  # pylint: disable=g-import-not-at-top
+  from prompt_tuning_jax import dry_run  # pylint: disable=g-import-not-at-top
+  run = config.configure('train', ['runs/smoke.gin'], [
+      "MODEL_DIR = '/tmp/unused'", "PACK_LENGTHS = {'inputs': 148, 'targets': 12}"]).settings
+  assert run.data.pack_lengths == {'inputs': 148, 'targets': 12}
+  report = dry_run.plan(run)  # the worst case: a row per example
+  assert (report.encoder_length, report.decoder_length) == (148, 12)
