@@ -265,3 +265,23 @@ def test_a_packed_run_is_configured_by_gin_and_planned_at_its_row_lengths(
   assert run.data.pack_lengths == {'inputs': 148, 'targets': 12}
   report = dry_run.plan(run)  # the worst case: a row per example
   assert (report.encoder_length, report.decoder_length) == (148, 12)
+
+
+@pytest.mark.slow
+def test_a_packed_run_resumed_inside_its_stream_ends_as_an_uninterrupted_one(
+    tmp_path, capsys, restore_ptj_global_state):
+  """`ptj train` on packed, bucketed rows with accumulation: 3 steps, then resumed to 6, gives
+  the prompt of 6 steps straight, bit for bit."""
+  from prompt_tuning_jax import cli  # pylint: disable=g-import-not-at-top
+  from prompt_tuning_jax.checkpoints import prompt_io  # pylint: disable=g-import-not-at-top
+  from prompt_tuning_jax.checkpoints import train_state  # pylint: disable=g-import-not-at-top
+  args = ['train', '--gin_file=runs/smoke.gin', "--gin.PACK_LENGTHS={'inputs': 148, "
+          "'targets': 12}", "--gin.LENGTH_BUCKETS='pow2'", '--gin.EVAL_PERIOD=None',
+          '--gin.CHECKPOINT_PERIOD=3', '--gin.LOG_PERIOD=3', '--gin.ACCUMULATION_STEPS=2']
+  resumed, straight = tmp_path / 'resumed', tmp_path / 'straight'
+  for model_dir, steps in ((resumed, 3), (resumed, 6), (straight, 6)):
+    assert cli.main([*args, f'--gin.MODEL_DIR={model_dir}', f'--gin.TRAIN_STEPS={steps}']) == 0
+  assert 'Resuming from step 3.' in capsys.readouterr().err
+  prompts = [prompt_io.load_prompt(train_state.prompt_file(str(d), 6))
+             for d in (resumed, straight)]
+  np.testing.assert_array_equal(*prompts)
