@@ -38,7 +38,8 @@ shape), and there is at most one compilation per bucket pair.
 Packing (PACK_LENGTHS = {'inputs': R, 'targets': D}; `pack_batch`): the BATCH_SIZE
 examples of each batch (fixed or bucketed, as above) are packed, longest first, each into
 the first row with room, into rows of R encoder and D decoder positions; the number of rows
-is rounded up to a short menu (`row_count`), so there is one compilation per row count. An
+is rounded up to a multiple of the data-parallel devices x micro-batches (`row_count`), one
+compilation per row count. An
 example takes its prompt's length (the method's `added_positions`) plus its input tokens
 in its row: the data leaves its prompt positions (`PROMPT_SLOTS`: j at the j-th, -1
 elsewhere; the model fills them, so a row of k examples holds k prompts), before its
@@ -244,13 +245,10 @@ class Packing:
   row_multiple: int = 1  # rows divisible by it (data-parallel devices x micro-batches)
 
 
-def row_count(needed: int, batch_size: int, multiple: int = 1) -> int:
-  """The rows a packed batch gets: the smallest of `multiple` x 2^k (below `batch_size`)
-  and `batch_size` itself that holds `needed` rows."""
-  rows = multiple
-  while rows < needed:
-    rows *= 2
-  return min(rows, batch_size)
+def row_count(needed: int, multiple: int = 1) -> int:
+  """The rows a packed batch gets: `needed` rounded up to a multiple of `multiple`. Packed
+  batches of one task need nearly the same number of rows, so few counts ever compile."""
+  return -(-needed // multiple) * multiple
 
 
 def pack_rows(inputs: np.ndarray, targets: np.ndarray, packing: Packing) -> list[list[int]]:
@@ -289,7 +287,7 @@ def pack_batch(batch: Mapping[str, np.ndarray], packing: Packing) -> dict[str, n
   inputs = example_lengths(batch['encoder_input_tokens'])
   targets = example_lengths(batch['decoder_target_tokens'])
   rows = pack_rows(inputs, targets, packing)
-  n = row_count(len(rows), len(inputs), packing.row_multiple)
+  n = row_count(len(rows), packing.row_multiple)
   enc = {key: np.zeros((n, width), np.int32) for key in (
       'encoder_input_tokens', 'encoder_segment_ids', 'encoder_positions', TASK_INDEX)}
   slots = np.full((n, width), -1, np.int32)

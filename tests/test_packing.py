@@ -55,12 +55,13 @@ def test_pack_batch_gives_every_example_its_prompt_slots_segment_and_positions()
     batch['decoder_input_tokens'][i, 1:u] = batch['decoder_target_tokens'][i, :u - 1]
     batch['decoder_loss_weights'][i, :u] = 1
   for placement in ('prefix', 'suffix'):
-    packing = data.Packing({'inputs': 12, 'targets': 6}, prompt_length=2, placement=placement)
+    packing = data.Packing({'inputs': 12, 'targets': 6}, prompt_length=2, placement=placement,
+                           row_multiple=2)
     rows = data.pack_rows(np.array(inputs), np.array(targets), packing)
     # Longest first, each into the first row with room for its tokens and prompt.
     assert rows == [[2, 3], [0, 4], [1]]
     packed = data.pack_batch(batch, packing)
-    assert packed['encoder_input_tokens'].shape == (4, 12)  # 3 rows, rounded up to 4
+    assert packed['encoder_input_tokens'].shape == (4, 12)  # 3 rows, rounded up to 2 x 2
     assert packed['decoder_target_tokens'].shape == (4, 6)
     np.testing.assert_array_equal(packed[data.TRUNCATED], batch[data.TRUNCATED])
     for r, members in enumerate(rows):
@@ -90,9 +91,9 @@ def test_pack_batch_gives_every_example_its_prompt_slots_segment_and_positions()
                                                                         'targets': 6}))
 
 
-def test_row_count_menu():
-  assert [data.row_count(n, 32) for n in (1, 2, 3, 5, 9, 17, 32)] == [1, 2, 4, 8, 16, 32, 32]
-  assert [data.row_count(n, 24, multiple=3) for n in (1, 4, 7, 13, 24)] == [3, 6, 12, 24, 24]
+def test_row_count_is_rounded_up_to_the_multiple():
+  assert [data.row_count(n) for n in (1, 2, 3, 7)] == [1, 2, 3, 7]
+  assert [data.row_count(n, multiple=4) for n in (1, 4, 5, 8, 9)] == [4, 4, 8, 8, 12]
 
 
 def _segment_losses(token_loss, segment_ids, rows):
