@@ -15,6 +15,7 @@ SIGTERM/SIGINT: the step in flight finishes and is saved (`preemption.py`).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import os
@@ -53,6 +54,15 @@ logger = logging.getLogger('prompt_tuning_jax')
 # embedding has diverged: no input the frozen model was trained on looks like it. Tuned
 # prompts of the mini model stay within 1.1x; LEARNING_RATE=1e9 gave ~1e8x (eval 0%).
 DIVERGENCE_FACTOR = 1000.0
+
+
+def data_changes(saved: dict[str, Any], now: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+  """The data-position entries that differ between a checkpoint's record and this run.
+
+  The record comes back from JSON, so tuples are compared as the lists they were saved as.
+  """
+  as_saved = json.loads(json.dumps(now))
+  return {k: (saved.get(k), now[k]) for k in now if saved.get(k) != as_saved[k]}
 
 
 def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = None,
@@ -124,8 +134,7 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
                           abstract_state, state_shardings)
     state, meta = ckpt.restore(target)
     logger.info('Resuming from step %d.', int(state.step))
-    saved = meta.get('data_position', {})
-    changed = {k: (saved.get(k), v) for k, v in data_position.items() if saved.get(k) != v}
+    changed = data_changes(meta.get('data_position', {}), data_position)
     if changed:
       logger.warning("The data differ from the checkpoint's (saved, now): %s; the resumed run "
                      'will not see the batches an uninterrupted one would.', changed)

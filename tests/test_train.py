@@ -293,3 +293,12 @@ def test_model_tuning_trains_every_weight_and_reloads(tmp_path):
   before = initial['encoder']['layers_0']['mlp']['wo']['kernel']
   after = np.asarray(trained['encoder']['layers_0']['mlp']['wo']['kernel'])
   assert before.shape == after.shape and not np.array_equal(before, after)
+
+
+def test_data_changes_compares_with_the_record_as_json_returns_it():
+  now = {'split': 'train', 'seed': 0, 'length_buckets': (16, 32)}
+  saved = json.loads(json.dumps(now))  # What the checkpoint's record reads back as.
+  assert train.data_changes(saved, now) == {}
+  assert train.data_changes({**saved, 'seed': 1}, now) == {'seed': (1, 0)}
+  assert train.data_changes({**saved, 'length_buckets': [16, 64]}, now) == {
+      'length_buckets': ([16, 64], (16, 32))}
