@@ -40,12 +40,12 @@ examples of each batch (fixed or bucketed, as above) are packed, longest first, 
 the first row with room, into rows of R encoder and D decoder positions; the number of rows
 is rounded up to a multiple of the data-parallel devices x micro-batches (`row_count`), one
 compilation per row count. An example takes its prompt's length (the method's
-`added_positions`) plus its input tokens in its row: the data leaves its prompt positions (`PROMPT_SLOTS`: j at the j-th, -1
-elsewhere; the model fills them, so a row of k examples holds k prompts), before its
-tokens ('prefix') or after them ('suffix'). Segment ids keep examples apart, positions
-restart at each (T5X's packed features), TASK_INDEX is given per encoder position. A step
-sees the same examples, and sums the same token losses, as without packing; only the
-padding differs.
+`added_positions`) plus its input tokens in its row: the data leaves its prompt positions
+(`PROMPT_SLOTS`: j at the j-th, -1 elsewhere; the model fills them, so a row of k examples
+holds k prompts), before its tokens ('prefix') or after them ('suffix'). Segment ids keep
+examples apart, positions restart at each (T5X's packed features), TASK_INDEX is given per
+encoder position. A step sees the same examples, and sums the same token losses, as without
+packing; only the padding differs.
 
 Data position on resume: a run resumed at step `s` skips the first `s`
 batches (`start_step`) and sees exactly the batches an uninterrupted run would

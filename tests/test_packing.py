@@ -289,3 +289,15 @@ def test_a_packed_run_resumed_inside_its_stream_ends_as_an_uninterrupted_one(
   prompts = [prompt_io.load_prompt(train_state.prompt_file(str(d), 6))
              for d in (resumed, straight)]
   np.testing.assert_array_equal(*prompts)
+
+
+def test_the_padding_metric_counts_no_prompt_slot_as_text_or_padding():
+  from prompt_tuning_jax import logging_utils  # pylint: disable=g-import-not-at-top
+  batch = unpacked_batch()
+  packed = data.pack_batch(batch, data.Packing({'inputs': 2 * (3 + 64), 'targets': 12}, 3))
+  one_a_row, rows = logging_utils.BatchShape.of(batch), logging_utils.BatchShape.of(packed)
+  assert rows.tokens == one_a_row.tokens
+  slots = (packed[data.PROMPT_SLOTS] >= 0).sum()
+  assert slots == 3 * BATCH
+  assert rows.positions == (packed['encoder_input_tokens'].size
+                            + packed['decoder_target_tokens'].size - slots)
