@@ -33,13 +33,10 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-import safetensors.numpy
 from safetensors import SafetensorError, safe_open
 
 from prompt_tuning_jax.checkpoints import tree as tree_lib
@@ -89,7 +86,6 @@ _LM_HEAD_KEY = 'lm_head.weight'
 _EMBEDDING_PATH = 'token_embedder/embedding'
 _LOGITS_PATH = 'decoder/logits_dense/kernel'
 # Written into a saved model's safetensors header; transformers expects it.
-_SAFETENSORS_METADATA = {'format': 'pt'}
 
 
 def load_hf(path: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -453,18 +449,5 @@ def save_hf(params: Mapping[str, Any], config, directory: str, *,
            for name, value in t5x_to_hf(tree_lib.unflatten(flat)).items()}
   hf_config['dtype'] = np.dtype(dtype).name
 
-  parent = os.path.dirname(os.path.abspath(directory))
-  os.makedirs(parent, exist_ok=True)
-  staging = tempfile.mkdtemp(dir=parent, prefix=f'.{os.path.basename(directory)}.tmp')
-  try:
-    safetensors.numpy.save_file(state, os.path.join(staging, SAFETENSORS_FILE),
-                                metadata=_SAFETENSORS_METADATA)
-    with open(os.path.join(staging, CONFIG_FILE), 'w') as f:
-      json.dump(hf_config, f, indent=2, sort_keys=True)
-      f.write('\n')
-    os.chmod(staging, 0o755)
-    os.rename(staging, directory)  # fails if `directory` appeared meanwhile, non-empty
-  except BaseException:
-    shutil.rmtree(staging, ignore_errors=True)
-    raise
-  return directory
+  return tree_lib.write_weights_directory(directory, SAFETENSORS_FILE, state, CONFIG_FILE,
+                                          hf_config)

@@ -28,14 +28,9 @@ PEFT loads as `PeftModelForFeatureExtraction` (its output is the LM's logits).
 """
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
 from typing import Any, Mapping
 
 import numpy as np
-import safetensors.numpy
 
 from prompt_tuning_jax.checkpoints import tree as tree_lib
 from prompt_tuning_jax.checkpoints.tree import CheckpointError
@@ -129,18 +124,5 @@ def save_hf_causal_lm(params: Mapping[str, Any], config, directory: str) -> str:
     raise CheckpointError(f'{directory}: no Hugging Face causal LM computes this model: {why}')
   weights = hf_weights(params, config)
   directory = tree_lib.new_local_directory(directory, 'save_hf_causal_lm')
-  parent = os.path.dirname(os.path.abspath(directory))
-  os.makedirs(parent, exist_ok=True)
-  staging = tempfile.mkdtemp(dir=parent, prefix=f'.{os.path.basename(directory)}.tmp')
-  try:
-    safetensors.numpy.save_file(weights, os.path.join(staging, WEIGHTS_FILE),
-                                metadata={'format': 'pt'})
-    with open(os.path.join(staging, CONFIG_FILE), 'w') as f:
-      json.dump(hf_config(config), f, indent=2, sort_keys=True)
-      f.write('\n')
-    os.chmod(staging, 0o755)
-    os.rename(staging, directory)
-  except BaseException:
-    shutil.rmtree(staging, ignore_errors=True)
-    raise
-  return directory
+  return tree_lib.write_weights_directory(directory, WEIGHTS_FILE, weights, CONFIG_FILE,
+                                          hf_config(config))

@@ -64,8 +64,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -254,22 +252,10 @@ def save_peft_prompt(prompt: Any, directory: str, *,
 def _write_adapter(directory: str, adapter_config: Mapping[str, Any],
                    tensors: Mapping[str, np.ndarray]) -> str:
   """Writes the two files of an adapter through a temporary sibling renamed at the end."""
-  parent = os.path.dirname(os.path.abspath(directory))
-  os.makedirs(parent, exist_ok=True)
-  staging = tempfile.mkdtemp(dir=parent, prefix=f'.{os.path.basename(directory)}.tmp')
-  try:
-    safetensors.numpy.save_file(
-        {name: np.ascontiguousarray(value, np.float32) for name, value in tensors.items()},
-        os.path.join(staging, ADAPTER_WEIGHTS_FILE), metadata={'format': 'pt'})
-    with open(os.path.join(staging, ADAPTER_CONFIG_FILE), 'w') as f:
-      json.dump(adapter_config, f, indent=2, sort_keys=True)
-      f.write('\n')
-    os.chmod(staging, 0o755)
-    os.rename(staging, directory)
-  except BaseException:
-    shutil.rmtree(staging, ignore_errors=True)
-    raise
-  return directory
+  return tree_lib.write_weights_directory(
+      directory, ADAPTER_WEIGHTS_FILE,
+      {name: np.ascontiguousarray(value, np.float32) for name, value in tensors.items()},
+      ADAPTER_CONFIG_FILE, adapter_config)
 
 
 def load_peft_prompt(directory: str, *,

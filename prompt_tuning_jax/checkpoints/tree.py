@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import ml_dtypes
 import numpy as np
+import safetensors.numpy
 
 from prompt_tuning_jax import storage
 from prompt_tuning_jax.errors import CheckpointError
@@ -120,6 +124,30 @@ def new_local_directory(directory: str, writer: str) -> str:
     raise CheckpointError(
         f'{directory} already exists and is not an empty directory; {writer} '
         'overwrites nothing: choose a new directory')
+  return directory
+
+
+def write_weights_directory(directory: str, weights_file: str, weights: Mapping[str, np.ndarray],
+                            config_file: str, config: Mapping[str, Any]) -> str:
+  """Writes `weights` (safetensors, PyTorch metadata) and `config` (JSON) into `directory`.
+
+  Both files go into a temporary sibling renamed at the end, so an interrupted write leaves
+  no partial directory; the rename fails if `directory` appeared meanwhile, non-empty.
+  """
+  parent = os.path.dirname(os.path.abspath(directory))
+  os.makedirs(parent, exist_ok=True)
+  staging = tempfile.mkdtemp(dir=parent, prefix=f'.{os.path.basename(directory)}.tmp')
+  try:
+    safetensors.numpy.save_file(dict(weights), os.path.join(staging, weights_file),
+                                metadata={'format': 'pt'})
+    with open(os.path.join(staging, config_file), 'w') as f:
+      json.dump(config, f, indent=2, sort_keys=True)
+      f.write('\n')
+    os.chmod(staging, 0o755)
+    os.rename(staging, directory)
+  except BaseException:
+    shutil.rmtree(staging, ignore_errors=True)
+    raise
   return directory
 
 
