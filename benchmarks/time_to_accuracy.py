@@ -1,13 +1,22 @@
-"""Time to accuracy on SST-2: our prompt tuning vs PEFT's, same pretrained frozen model.
+"""Time to accuracy: our prompt tuning vs PEFT's, same pretrained frozen model, same task.
 
   python -m benchmarks.time_to_accuracy --steps 600 --eval_every 100 --json tta.json --png tta.png
+  python -m benchmarks.time_to_accuracy --task smoke_transfer --steps 300 --eval_every 50 \
+    --json tta_smoke.json
+
+`--task sst2` (default; GLUE SST-2 from `../shared`; the mini model stays near chance there)
+or `--task smoke_transfer` (`smoke_sentiment_transfer`, the README's main run, generated
+offline: its dev reviews use adjectives no training review has, so the mini model learns it
+only through what it knows about words: where time to accuracy is measured).
+`--pack_inputs R --pack_targets D` trains our side with PACK_LENGTHS (packed rows, a
+prompt per example) instead of one example a row.
 
 Both sides prompt-tune the shipped pretrained mini T5 (`t5_mini`, LM-adapted;
-`--checkpoint` for another T5X checkpoint of that shape) on SST-2 train from
-`../shared`, with the same prompt length, the same initial prompt (our
+`--checkpoint` for another T5X checkpoint of that shape) on the task's train split, with
+the same prompt length, the same initial prompt (our
 class-label init, copied into PEFT's prompt embedding), batch size and
 examples, and evaluate by rank classification over the label words on the
-same SST-2 dev examples every `eval_every` steps. Each side uses its own
+same dev examples every `eval_every` steps. Each side uses its own
 standard recipe:
 
 - ours: `runs/prompt_finetune.gin`'s Adafactor, lr 0.3 constant, length-bucketed
@@ -39,7 +48,7 @@ from benchmarks import common
 from benchmarks import workload
 
 MODULE = 'benchmarks.time_to_accuracy'
-TASK = 'glue_sst2_v002'
+TASKS = {'sst2': 'glue_sst2_v002', 'smoke_transfer': 'smoke_sentiment_transfer'}
 LENGTHS = {'inputs': 128, 'targets': 8}
 PEFT_LEARNING_RATE = 3e-2
 
@@ -59,12 +68,14 @@ def _env(payload: dict) -> None:
 def _configure(payload: dict, model_dir: str):
   """The run as `ptj train` would build it from the gin files and flags."""
   from prompt_tuning_jax import config  # pylint: disable=g-import-not-at-top
-  bindings = [f"MIXTURE_OR_TASK_NAME = '{TASK}'", f"MODEL_DIR = '{model_dir}'",
+  bindings = [f"MIXTURE_OR_TASK_NAME = '{payload['task']}'", f"MODEL_DIR = '{model_dir}'",
               f"INITIAL_CHECKPOINT_PATH = '{payload['checkpoint']}'",
               f"get_vocabulary.path = '{payload['vocab']}'",
               f'TASK_FEATURE_LENGTHS = {LENGTHS}', f"BATCH_SIZE = {payload['batch']}",
               f"PROMPT_LENGTH = {payload['prompt_len']}", "PROMPT_INIT = 'class_labels'",
               'DROPOUT_RATE = 0.0', f"SEED = {payload['seed']}", "LENGTH_BUCKETS = 'pow2'"]
+  if payload.get('pack_lengths'):
+    bindings.append(f"PACK_LENGTHS = {payload['pack_lengths']}")
   if payload.get('decay'):  # linearly to 0 over the run, as PEFT's recipe decays
     bindings += ['LEARNING_RATE = @optax.linear_schedule()',
                  f"optax.linear_schedule.init_value = {payload['learning_rate']}",
@@ -99,9 +110,9 @@ def _prepare(payload: dict) -> dict:
   return {'prompt_shape': list(prompt.shape)}
 
 
-def _dev_examples(count: Optional[int]):
+def _dev_examples(task: str, count: Optional[int]):
   from prompt_tuning_jax import inference  # pylint: disable=g-import-not-at-top
-  examples, _ = inference.examples_from_task(TASK, 'validation', LENGTHS, count)
+  examples, _ = inference.examples_from_task(task, 'validation', LENGTHS, count)
   return examples
 
 
@@ -113,11 +124,13 @@ def _ours(payload: dict) -> dict:
   from prompt_tuning_jax import data  # pylint: disable=g-import-not-at-top
   from prompt_tuning_jax import inference  # pylint: disable=g-import-not-at-top
   from prompt_tuning_jax import optim  # pylint: disable=g-import-not-at-top
+  from prompt_tuning_jax import run_setup  # pylint: disable=g-import-not-at-top
   from prompt_tuning_jax import scoring  # pylint: disable=g-import-not-at-top
   from prompt_tuning_jax import train_step as train_step_lib  # pylint: disable=g-import-not-at-top
   from prompt_tuning_jax.checkpoints import tree as tree_lib  # pylint: disable=g-import-not-at-top
   from prompt_tuning_jax.models.prompted import PROMPT_PATH  # pylint: disable=g-import-not-at-top
 
+  task = payload['task']
   flat[PROMPT_PATH] = np.load(payload['prompt_file'])  # the prompt PEFT starts from too
   params = tree_lib.unflatten(flat)
   opt = run.optimizer
@@ -126,9 +139,9 @@ def _ours(payload: dict) -> dict:
                                    run.trainable_rules)
   state = train_step_lib.init_train_state(trainable, frozen, tx)
   step_fn = jax.jit(train_step_lib.make_train_step(run.model, tx), donate_argnums=(0,))
-  examples = _dev_examples(payload['eval_examples'])
+  examples = _dev_examples(task, payload['eval_examples'])
   targets = [ex.extra['target'] for ex in examples]
-  words = data.label_words(TASK)
+  words = data.label_words(task)
   label_ids = jnp.asarray(scoring.encode_labels(s.vocabularies['targets'], words))
   buckets = run.data.length_buckets['inputs']
 
@@ -143,11 +156,12 @@ def _ours(payload: dict) -> dict:
     return 100.0 * float(np.mean([p == t for p, t in zip(predictions, targets)]))
 
   curve = [{'step': 0, 'train_seconds': 0.0, 'accuracy': accuracy(state)}]
-  batches = data.train_batches(run.data)
+  batches = data.train_batches(run.data, task_index=s.task_index,
+                               packing=run_setup.packing(s))
   compiled, seconds = {}, 0.0
   for step in range(1, payload['steps'] + 1):
     start = time.perf_counter()
-    batch = {k: v for k, v in next(batches).items() if k in data.MODEL_FEATURES}
+    batch = {k: v for k, v in next(batches).items() if k != data.TRUNCATED}
     key = (batch['encoder_input_tokens'].shape, batch['decoder_target_tokens'].shape)
     if key not in compiled:
       compiled[key] = step_fn.lower(state, frozen, batch).compile()
@@ -272,8 +286,8 @@ def plot(curves: dict[str, list], summary: dict, path: str) -> None:
             label=side)
   ax.axhline(summary['target_accuracy'], color='grey', linestyle='--', label='target')
   ax.set_xlabel('training seconds (evaluation excluded)')
-  ax.set_ylabel('SST-2 dev accuracy (%)')
-  ax.set_title('Prompt tuning t5_mini on SST-2: time to accuracy')
+  ax.set_ylabel(f"{summary['task']} dev accuracy (%)")
+  ax.set_title(f"Prompt tuning t5_mini on {summary['task']}: time to accuracy")
   ax.legend()
   fig.tight_layout()
   fig.savefig(path, dpi=100)
@@ -282,18 +296,21 @@ def plot(curves: dict[str, list], summary: dict, path: str) -> None:
 
 def run(args: argparse.Namespace, worker=common.run_worker) -> dict:
   with tempfile.TemporaryDirectory(prefix='ptj_tta_') as tmp:
-    base = {'checkpoint': args.checkpoint, 'vocab': args.vocab, 'shared': args.shared,
+    task = TASKS[args.task]
+    base = {'task': task, 'checkpoint': args.checkpoint, 'vocab': args.vocab, 'shared': args.shared,
             'batch': args.batch, 'prompt_len': args.prompt_len, 'seed': args.seed,
             'learning_rate': args.learning_rate, 'decay': args.decay, 'steps': args.steps,
             'eval_every': args.eval_every, 'eval_examples': args.eval_examples,
-            'prompt_file': os.path.join(tmp, 'prompt.npy'), 'hf_dir': os.path.join(tmp, 'hf')}
+            'prompt_file': os.path.join(tmp, 'prompt.npy'), 'hf_dir': os.path.join(tmp, 'hf'),
+            'pack_lengths': args.pack_inputs and {'inputs': args.pack_inputs,
+                                                  'targets': args.pack_targets}}
     prepared = worker(MODULE, {**base, 'kind': 'prepare'})
     os.environ['PTJ_VOCAB'] = args.vocab  # the example texts (any vocabulary gives them)
-    texts = workload.example_texts(TASK, args.steps * args.batch, args.seed, args.shared)
+    texts = workload.example_texts(task, args.steps * args.batch, args.seed, args.shared)
     from prompt_tuning_jax import data  # pylint: disable=g-import-not-at-top
-    dev = [(ex.input, ex.extra['target']) for ex in _dev_examples(args.eval_examples)]
+    dev = [(ex.input, ex.extra['target']) for ex in _dev_examples(task, args.eval_examples)]
     peft_payload = {**base, 'kind': 'peft', 'texts': texts, 'dev_texts': dev,
-                    'label_words': data.label_words(TASK)}
+                    'label_words': data.label_words(task)}
     curves: dict[str, list] = {}
     order = ['ours', 'peft'] if args.first == 'ours' else ['peft', 'ours']
     for side in order:
@@ -305,6 +322,7 @@ def run(args: argparse.Namespace, worker=common.run_worker) -> dict:
             f'({time.time() - tick:.0f}s wall)', file=sys.stderr, flush=True)
   summary = summarise(curves, args.target_fraction)
   return {'machine': common.machine_info(), 'load_average_end': list(os.getloadavg()),
+          'task': TASKS[args.task],
           'settings': {k: v for k, v in vars(args).items() if k not in ('json', 'png')},
           'prompt_shape': prepared['prompt_shape'], 'curves': curves, **summary}
 
@@ -325,6 +343,12 @@ def format_report(report: dict) -> str:
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(prog=f'python -m {MODULE}', description=__doc__.split('\n')[0])
+  parser.add_argument('--task', choices=tuple(TASKS), default='sst2')
+  parser.add_argument('--pack_inputs', type=int, default=None,
+                      help='ours: PACK_LENGTHS inputs row length (prompts included); None: '
+                           'one example a row')
+  parser.add_argument('--pack_targets', type=int, default=16,
+                      help='ours: PACK_LENGTHS targets row length')
   parser.add_argument('--checkpoint', default=os.path.join(pretrained_dir(), 'lm_adapted'))
   parser.add_argument('--vocab', default=os.path.join(pretrained_dir(), 'spiece.model'))
   parser.add_argument('--steps', type=int, default=600)
@@ -348,7 +372,7 @@ def main(argv: Sequence[str]) -> None:
   if common.worker_main(argv, _measure):
     return
   args = parse_args(argv)
-  if not os.path.isdir(args.shared):
+  if args.task == 'sst2' and not os.path.isdir(args.shared):
     raise SystemExit(f'{args.shared} not found: the benchmark reads SST-2 from ../shared '
                      '(or --shared).')
   report = run(args)

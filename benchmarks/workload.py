@@ -5,12 +5,15 @@
 Real data, not random tokens: the first `steps` x `batch` training examples
 of SST-2 and RTE (`../shared`, in our seeded order) and the real T5
 vocabulary (`../shared/vocab/t5/spiece.model`), T5.1.1-small shape with random
-weights, prompt 100, batch 32, AdamW over the prompt on both sides. Four sides,
+weights, prompt 100, batch 32, AdamW over the prompt on every side. Five sides,
 each in its own fresh process, alternated round by round:
 
 - `ours_fixed`: `data.train_batches` with LENGTH_BUCKETS=None: every batch
   padded to TASK_FEATURE_LENGTHS (512 + 16), as T5X and the original do;
 - `ours_bucketed`: LENGTH_BUCKETS='pow2' (inputs 16, 32, .., 512; targets 4, 8, 16);
+- `ours_packed`: PACK_LENGTHS={'inputs': --pack_inputs, 'targets': --pack_targets}: each
+  batch's examples (bucketed as above) packed into rows, every example with its own copy of
+  the prompt (`data.pack_batch`); the rows must hold the prompt plus 512 input tokens;
 - `peft`: PEFT's standard recipe: the same example texts tokenised by
   `transformers.T5Tokenizer` from the same spiece.model, `DataCollatorForSeq2Seq`
   padding each batch to its longest example, batches in the same random order;
@@ -22,7 +25,8 @@ The bucketed side groups within a window of `steps` batches (the library's
 default is `data.WINDOW_BATCHES`), so every side trains on exactly the same
 examples. Reported per side: examples/s over the timed steps (data loading
 included, compilation excluded and reported as `compile_s`), padded input
-positions per example (the prompt's 100 not counted), real input tokens per
+positions per example (the prompt's 100 not counted, nor a packed row's prompt slots),
+real input tokens per
 example, peak RSS. `--eval` adds rank classification over SST-2 dev, fixed vs
 bucketed (examples/s, compile seconds). Our sides run with the XLA flags `ptj`
 sets on this CPU kind when XLA_FLAGS is unset (`cpu_flags.py`; reported as
@@ -44,7 +48,9 @@ from benchmarks import common
 MODULE = 'benchmarks.workload'
 TASKS = {'sst2': 'glue_sst2_v002', 'rte': 'super_glue_rte_v102'}
 LENGTHS = {'inputs': 512, 'targets': 16}
-SIDES = ('ours_fixed', 'ours_bucketed', 'peft', 'peft_grouped')
+# Packed batches' features besides MODEL_FEATURES that the train step reads.
+PACKED_FEATURES = ('encoder_segment_ids', 'decoder_segment_ids', 'prompt_slots', 'task_index')
+SIDES = ('ours_fixed', 'ours_bucketed', 'ours_packed', 'peft', 'peft_grouped')
 
 
 def shared_dir() -> str:
@@ -81,10 +87,13 @@ def _ours_train(payload: dict) -> dict:
 
   data.import_task_modules()
   steps, batch_size = payload['steps'], payload['batch']
+  pack_lengths = payload.get('pack_lengths')
   settings = DataSettings(payload['task'], LENGTHS, batch_size, seed=payload['seed'],
-                          module=None, length_buckets=payload['buckets'])
+                          module=None, length_buckets=payload['buckets'],
+                          pack_lengths=pack_lengths)
+  packing = pack_lengths and data.Packing(pack_lengths, payload['prompt_len'])
   tick = time.perf_counter()
-  batches = data.train_batches(settings, window_batches=steps)
+  batches = data.train_batches(settings, window_batches=steps, packing=packing)
   first = next(batches)
   first_batch_s = time.perf_counter() - tick
   model = PromptedT5(T5Config(**payload['shape'], dropout_rate=0.0),
@@ -106,7 +115,7 @@ def _ours_train(payload: dict) -> dict:
     start = time.perf_counter()
     if i:
       batch = next(batches)
-    feed = {k: batch[k] for k in data.MODEL_FEATURES}
+    feed = {k: batch[k] for k in data.MODEL_FEATURES + PACKED_FEATURES if k in batch}
     key = (feed['encoder_input_tokens'].shape, feed['decoder_target_tokens'].shape)
     if key not in compiled:
       tock = time.perf_counter()
@@ -116,8 +125,9 @@ def _ours_train(payload: dict) -> dict:
     state, metrics = compiled[key](state, frozen, feed)
     jax.block_until_ready(metrics)
     seconds.append(time.perf_counter() - start)
-    real_inputs += int((feed['encoder_input_tokens'] > 0).sum())
-    positions += feed['encoder_input_tokens'].size
+    slots = int((feed[data.PROMPT_SLOTS] >= 0).sum()) if packing else 0
+    real_inputs += int((feed['encoder_input_tokens'] > 0).sum()) - slots
+    positions += feed['encoder_input_tokens'].size - slots
   examples = steps * batch_size
   return {'examples_per_s': examples / sum(seconds), 'median_step_s': statistics.median(seconds),
           'compile_s': compile_s, 'shapes': len(compiled), 'first_batch_s': first_batch_s,
@@ -270,6 +280,9 @@ def payloads(args: argparse.Namespace, task: str, shape: dict, texts) -> dict[st
   return {
       'ours_fixed': {**common_fields, 'kind': 'ours_train', 'buckets': None},
       'ours_bucketed': {**common_fields, 'kind': 'ours_train', 'buckets': 'pow2'},
+      'ours_packed': {**common_fields, 'kind': 'ours_train', 'buckets': 'pow2',
+                      'pack_lengths': {'inputs': args.pack_inputs,
+                                       'targets': args.pack_targets}},
       'peft': {**common_fields, 'kind': 'peft_train', 'grouped': False, 'texts': texts,
                'vocab': vocab},
       'peft_grouped': {**common_fields, 'kind': 'peft_train', 'grouped': True, 'texts': texts,
@@ -327,6 +340,11 @@ def ratios(rows: dict[str, dict]) -> dict[str, float]:
   for side in ('ours_fixed', 'peft', 'peft_grouped'):
     if side in rows:
       out[f'bucketed_over_{side}'] = ours / rows[side]['examples_per_s']
+  if 'ours_packed' in rows:
+    packed = rows['ours_packed']['examples_per_s']
+    for side in ('ours_bucketed', 'peft', 'peft_grouped'):
+      if side in rows:
+        out[f'packed_over_{side}'] = packed / rows[side]['examples_per_s']
   return out
 
 
@@ -358,6 +376,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   parser.add_argument('--size', default='small', choices=tuple(common.SIZES))
   parser.add_argument('--batch', type=int, default=32)
   parser.add_argument('--prompt_len', type=int, default=100)
+  parser.add_argument('--pack_inputs', type=int, default=None,
+                      help='ours_packed: encoder row length, prompts included (default: '
+                           'prompt_len + 512, the least that holds every example)')
+  parser.add_argument('--pack_targets', type=int, default=32,
+                      help='ours_packed: decoder row length (at least 16)')
   parser.add_argument('--steps', type=int, default=8,
                       help='timed steps per side (also the bucketing window)')
   parser.add_argument('--rounds', type=int, default=2)
@@ -368,6 +391,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   parser.add_argument('--shared', default=shared_dir())
   parser.add_argument('--json', default=None, help="write the report here ('-': stdout)")
   args = parser.parse_args(argv)
+  if args.pack_inputs is None:
+    args.pack_inputs = args.prompt_len + LENGTHS['inputs']
   for key in args.tasks:
     if key not in TASKS:
       parser.error(f'--tasks: unknown {key!r}; known: {", ".join(TASKS)}')

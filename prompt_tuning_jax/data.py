@@ -10,7 +10,7 @@ lengths -> batches of BATCH_SIZE, each fixed at the feature lengths or cut to
 length buckets (below). With TARGET_SENTINEL every target starts with the
 vocabulary's `<extra_id_0>` (`sentinel.py`), put before the targets are trimmed, so
 it counts towards their length.
-Packing is never used: a packed row would share one prompt between examples.
+With PACK_LENGTHS each batch's examples are then packed into rows (below).
 
 The batches are GLOBAL batches, the same on every process: the sequence is a
 pure function of (task, split, feature lengths, buckets, batch size, seed)
@@ -35,6 +35,18 @@ example still comes exactly once per epoch, the batches are still a pure
 function of the settings and the step (so every host agrees on each step's
 shape), and there is at most one compilation per bucket pair.
 
+Packing (PACK_LENGTHS = {'inputs': R, 'targets': D}; `pack_batch`): the BATCH_SIZE
+examples of each batch (fixed or bucketed, as above) are packed, longest first, each into
+the first row with room, into rows of R encoder and D decoder positions; the number of rows
+is rounded up to a multiple of the data-parallel devices x micro-batches (`row_count`), one
+compilation per row count. An example takes its prompt's length (the method's
+`added_positions`) plus its input tokens in its row: the data leaves its prompt positions
+(`PROMPT_SLOTS`: j at the j-th, -1 elsewhere; the model fills them, so a row of k examples
+holds k prompts), before its tokens ('prefix') or after them ('suffix'). Segment ids keep
+examples apart, positions restart at each (T5X's packed features), TASK_INDEX is given per
+encoder position. A step sees the same examples, and sums the same token losses, as without
+packing; only the padding differs.
+
 Data position on resume: a run resumed at step `s` skips the first `s`
 batches (`start_step`) and sees exactly the batches an uninterrupted run would
 have seen, on any number of hosts. Skipping re-reads and re-preprocesses the
@@ -42,6 +54,7 @@ skipped examples, which costs seconds for the SuperGLUE-sized tasks.
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
 import inspect
@@ -65,6 +78,11 @@ TRUNCATED = 'truncated'
 # Per-example index of the example's task in `sub_tasks(name)` (0 for a single task), in
 # every training batch: what selects an example's task-specific parameters or label set.
 TASK_INDEX = 'task_index'
+# Packed rows (`pack_batch`): j at the j-th position of an example's prompt, -1 elsewhere
+# (`MethodInputs.prompt_slots`), and the token a prompt position holds (any real id: the
+# model replaces its embedding; not 0, which is padding).
+PROMPT_SLOTS = 'prompt_slots'
+PROMPT_SLOT_TOKEN = 1
 MODEL_FEATURES = ('encoder_input_tokens', 'decoder_input_tokens', 'decoder_target_tokens',
                   'decoder_loss_weights')
 DECODER_FEATURES = MODEL_FEATURES[1:]
@@ -217,10 +235,98 @@ def _flag_and_trim(lengths: Mapping[str, int], features: Mapping[str, seqio.Feat
   return fn
 
 
+@dataclasses.dataclass(frozen=True)
+class Packing:
+  """How `pack_batch` packs a batch: PACK_LENGTHS and what the model needs of the rows."""
+  lengths: Mapping[str, int]  # {'inputs': R (prompts included), 'targets': D}
+  prompt_length: int = 0  # positions left for each example's prompt (`added_positions`)
+  placement: str = 'prefix'  # the prompt before ('prefix') or after ('suffix') the tokens
+  row_multiple: int = 1  # rows divisible by it (data-parallel devices x micro-batches)
+
+
+def row_count(needed: int, multiple: int = 1) -> int:
+  """The rows a packed batch gets: `needed` rounded up to a multiple of `multiple`. Packed
+  batches of one task need nearly the same number of rows, so few counts ever compile."""
+  return -(-needed // multiple) * multiple
+
+
+def pack_rows(inputs: np.ndarray, targets: np.ndarray, packing: Packing) -> list[list[int]]:
+  """The examples of each packed row, in the row's order, from each example's input and
+  target token counts [n]: longest first, each into the first row with room."""
+  p = packing.prompt_length
+  width, depth = packing.lengths['inputs'], packing.lengths['targets']
+  too_long = np.flatnonzero((inputs + p > width) | (targets > depth))
+  if too_long.size:
+    raise DataError(f'An example of {int(inputs[too_long[0]])} input and '
+                    f'{int(targets[too_long[0]])} target tokens (with a prompt of {p}) does '
+                    f'not fit a packed row, PACK_LENGTHS={dict(packing.lengths)}.')
+  rows: list[list[int]] = []
+  fill: list[list[int]] = []  # each row's [encoder, decoder] positions taken
+  for i in np.argsort(-(inputs + p), kind='stable'):
+    need = (int(inputs[i]) + p, int(targets[i]))
+    row = next((r for r, (e, d) in enumerate(fill)
+                if e + need[0] <= width and d + need[1] <= depth), None)
+    if row is None:
+      rows.append([])
+      fill.append([0, 0])
+      row = len(rows) - 1
+    rows[row].append(int(i))
+    fill[row][0] += need[0]
+    fill[row][1] += need[1]
+  return rows
+
+
+def pack_batch(batch: Mapping[str, np.ndarray], packing: Packing) -> dict[str, np.ndarray]:
+  """A batch of end-padded examples packed into rows (see the module docstring).
+
+  Features not per position (TRUNCATED) pass through per example.
+  """
+  p, placement = packing.prompt_length, packing.placement
+  width, depth = packing.lengths['inputs'], packing.lengths['targets']
+  inputs = example_lengths(batch['encoder_input_tokens'])
+  targets = example_lengths(batch['decoder_target_tokens'])
+  rows = pack_rows(inputs, targets, packing)
+  n = row_count(len(rows), packing.row_multiple)
+  enc = {key: np.zeros((n, width), np.int32) for key in (
+      'encoder_input_tokens', 'encoder_segment_ids', 'encoder_positions', TASK_INDEX)}
+  slots = np.full((n, width), -1, np.int32)
+  dec = {key: np.zeros((n, depth), np.int32) for key in (
+      'decoder_input_tokens', 'decoder_target_tokens', 'decoder_loss_weights',
+      'decoder_segment_ids', 'decoder_positions')}
+  for r, members in enumerate(rows):
+    e = d = 0
+    for segment, i in enumerate(members, 1):
+      t, u = int(inputs[i]), int(targets[i])
+      tokens_at = e + p if placement == 'prefix' else e
+      slots_at = e if placement == 'prefix' else e + t
+      enc['encoder_input_tokens'][r, tokens_at:tokens_at + t] = (
+          batch['encoder_input_tokens'][i, :t])
+      enc['encoder_input_tokens'][r, slots_at:slots_at + p] = PROMPT_SLOT_TOKEN
+      slots[r, slots_at:slots_at + p] = np.arange(p)
+      enc['encoder_segment_ids'][r, e:e + p + t] = segment
+      enc['encoder_positions'][r, e:e + p + t] = np.arange(p + t)
+      enc[TASK_INDEX][r, e:e + p + t] = batch[TASK_INDEX][i]
+      for key in ('decoder_input_tokens', 'decoder_target_tokens', 'decoder_loss_weights'):
+        if key in batch:
+          dec[key][r, d:d + u] = batch[key][i, :u]
+      dec['decoder_segment_ids'][r, d:d + u] = segment
+      dec['decoder_positions'][r, d:d + u] = np.arange(u)
+      e, d = e + p + t, d + u
+  if 'decoder_loss_weights' not in batch:
+    del dec['decoder_loss_weights']
+  packed = {key: value for key, value in batch.items() if key not in MODEL_FEATURES + (
+      TASK_INDEX,)}
+  packed.update(enc, **dec)
+  if p:
+    packed[PROMPT_SLOTS] = slots
+  return packed
+
+
 def train_batches(settings: DataSettings, *, start_step: int = 0,
                   window_batches: int = WINDOW_BATCHES,
                   task_index: Optional[Mapping[str, int]] = None,
-                  feature_converter_cls: type = seqio.EncDecFeatureConverter
+                  feature_converter_cls: type = seqio.EncDecFeatureConverter,
+                  packing: Optional[Packing] = None
                   ) -> Iterator[dict[str, np.ndarray]]:
   """Global training batches of model features (+ `truncated` [batch, 2]), from `start_step` on.
 
@@ -232,8 +338,19 @@ def train_batches(settings: DataSettings, *, start_step: int = 0,
   `window_batches` batches. `feature_converter_cls` is the model's
   (`FEATURE_CONVERTER_CLS`). Truncation is counted when no preprocessor of the task
   needs the sequence length (true of text-to-text classification tasks);
-  otherwise seqio trims as usual and the counts stay 0 (logged once).
+  otherwise seqio trims as usual and the counts stay 0 (logged once). With `packing`
+  (PACK_LENGTHS) each batch is packed (`pack_batch`).
   """
+  batches = _unpacked_train_batches(settings, start_step, window_batches, task_index,
+                                    feature_converter_cls)
+  if packing is None:
+    return batches
+  return (pack_batch(batch, packing) for batch in batches)
+
+
+def _unpacked_train_batches(settings: DataSettings, start_step: int, window_batches: int,
+                            task_index: Optional[Mapping[str, int]],
+                            feature_converter_cls: type) -> Iterator[dict[str, np.ndarray]]:
   options = tf.data.Options()
   options.deterministic = True
   if settings.length_buckets is None:

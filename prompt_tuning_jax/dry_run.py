@@ -244,8 +244,13 @@ def dry_run(model_config: Union[str, t5.T5Config], method: Method, batch_size: i
 def plan(run: RunSettings, topology: Union[None, str, pt.Topology] = None) -> DryRunReport:
   """`ptj train --dry_run`: the plan of the model, batch and optimiser `run` configures."""
   opt = run.optimizer
+  lengths = run.data.task_feature_lengths
+  if run.data.pack_lengths:  # The worst case: one packed row per example, prompts inside R.
+    packed = run.data.pack_lengths
+    lengths = {'inputs': packed['inputs'] - run.model.method.added_positions,
+               'targets': packed['targets']}
   return dry_run(run.model.config, run.model.method, run.data.batch_size,
-                 run.data.task_feature_lengths, run.num_partitions, topology,
+                 lengths, run.num_partitions, topology,
                  optimizer=opt.optimizer(learning_rate=opt.learning_rate),
                  trainable_rules=run.trainable_rules, accumulation_steps=opt.accumulation_steps)
 

@@ -261,8 +261,11 @@ class BatchShape:
       inputs = batch['encoder_input_tokens']
     else:
       inputs, targets = targets, targets[:, :0]
-    return cls(tokens=int((inputs > 0).sum() + (targets > 0).sum()),
-               positions=inputs.size + targets.size,
+    # Packed rows' prompt positions (`data.PROMPT_SLOTS`) count neither as text nor as
+    # padding, as the prompt of unpacked rows, which the batch does not hold.
+    slots = int((batch['prompt_slots'] >= 0).sum()) if 'prompt_slots' in batch else 0
+    return cls(tokens=int((inputs > 0).sum() + (targets > 0).sum()) - slots,
+               positions=inputs.size + targets.size - slots,
                inputs_length=inputs.shape[1], targets_length=targets.shape[1])
 
 

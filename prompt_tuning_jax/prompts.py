@@ -9,6 +9,8 @@ Three small pieces, one job each:
   parameter path is `encoder/prompt/prompt/prompt`, as in the original
   implementation): it broadcasts the learned prompt, or takes per-example
   prompts from the caller, and places them.
+- `fill_prompt_slots` writes prompts into packed rows, where the data already left
+  each example's prompt positions (`data.pack_batch`: a row of k examples holds k prompts).
 
 Initialisers are closures with flax's initializer signature
 `init(rng, shape, dtype=float32) -> [P, H]`, so they run under `jax.jit`. The
@@ -239,6 +241,24 @@ def prompt_positions(valid: Array, prompt_length: int, placement: str = 'prefix'
   return (j >= lengths) & (j < lengths + prompt_length)
 
 
+def fill_prompt_slots(embedded: Array, prompts: Array, slots: Array,
+                      which: Optional[Array] = None) -> Array:
+  """Packed rows with each example's prompt written into the positions left for it.
+
+  Args:
+    embedded: [batch, L, H] embedded packed rows (`data.pack_batch`).
+    prompts: [n, P, H] the prompts to choose from (one: prompt tuning's learned prompt).
+    slots: [batch, L] int, j at the j-th position of an example's prompt, -1 elsewhere.
+    which: [batch, L] int, which of the n prompts each position takes (None: the first).
+
+  Returns:
+    [batch, L, H]: prompt row `slots` of prompt `which` at the slots, `embedded` elsewhere.
+  """
+  which = jnp.zeros_like(slots) if which is None else which
+  rows = prompts[which, jnp.clip(slots, 0, prompts.shape[1] - 1)]  # [batch, L, H]
+  return jnp.where((slots >= 0)[:, :, None], rows.astype(embedded.dtype), embedded)
+
+
 # ------------------------------------------------------------ modules
 
 
@@ -259,13 +279,21 @@ class PromptInput(nn.Module):
 
   @nn.compact
   def __call__(self, embedded: Array, valid: Array, *, prompts: Optional[Array] = None,
-               prompt_mask: Optional[Array] = None) -> tuple[Array, Array]:
+               prompt_mask: Optional[Array] = None, prompt_slots: Optional[Array] = None
+               ) -> tuple[Array, Array]:
     """embedded [b, t, H], valid [b, t] -> combined [b, P + t, H], valid [b, P + t].
 
     `prompts` [b, P', H] with `prompt_mask` [b, P'] replace the learned prompt
-    (mixed-task batches); the learned one is still created at init.
+    (mixed-task batches); the learned one is still created at init. Packed rows
+    (`prompt_slots` [b, t], `fill_prompt_slots`) keep their length: the learned prompt
+    goes into the slots.
     """
     b, _, h = embedded.shape
+    if prompt_slots is not None:
+      if prompts is not None:
+        raise ValueError('Per-example prompts cannot fill packed rows (prompt_slots).')
+      learned = Prompt(self.length, name='prompt')(h)  # [P, H]
+      return fill_prompt_slots(embedded, learned[None], prompt_slots), valid
     if prompts is None:
       learned = Prompt(self.length, name='prompt')(h)  # [P, H]
       prompts = jnp.broadcast_to(learned, (b,) + learned.shape)

@@ -35,7 +35,9 @@ from prompt_tuning_jax.checkpoints import train_state as train_state_lib
 from prompt_tuning_jax.checkpoints import tree as tree_lib
 from prompt_tuning_jax.errors import CheckpointError, UsageError
 from prompt_tuning_jax import models
+from prompt_tuning_jax import settings as settings_lib
 from prompt_tuning_jax.methods import Method
+from prompt_tuning_jax.methods.hooks import ATTENTION, SELF_ATTENTION
 from prompt_tuning_jax.settings import BEST, LATEST, PromptSettings, RunSettings
 
 logger = logging.getLogger('prompt_tuning_jax')
@@ -115,6 +117,38 @@ def setup(run: RunSettings, *, batch_size: Optional[int] = None) -> Setup:
                        'wrong model size file or vocabulary?')
   sentinel = data_lib.target_sentinel(task_name) if run.data.target_sentinel else None
   return Setup(run, mesh, abstract, vocabularies, task_index, sentinel)
+
+
+def packing(s: Setup) -> Optional[data_lib.Packing]:
+  """How a run packs its training batches (PACK_LENGTHS), or None; refuses, with one line,
+  a run whose model, method or loss cannot keep packed examples apart."""
+  run = s.run
+  lengths = run.data.pack_lengths
+  if lengths is None:
+    return None
+  method = run.model.method
+  if isinstance(run.model.config, models.DecoderOnlyConfig):
+    raise UsageError('PACK_LENGTHS packs the rows of an encoder-decoder T5; a decoder-only LM '
+                     'trains with PACK_LENGTHS=None.')
+  if run.optimizer.loss != settings_lib.TOKEN_CROSS_ENTROPY:
+    raise UsageError(f'LOSS={run.optimizer.loss!r} scores the labels of one example in one '
+                     "decoder row (a packing of its own): use PACK_LENGTHS=None, or LOSS="
+                     f"'{settings_lib.TOKEN_CROSS_ENTROPY}'.")
+  blocks = [b for b in (ATTENTION, SELF_ATTENTION) if method.prefix_length(b)]
+  if blocks:
+    raise UsageError(f'PACK_LENGTHS: {type(method).__name__} puts one key/value prefix before '
+                     f'each row of {", ".join(blocks)}, which packed examples would share: use '
+                     "PACK_LENGTHS=None, or PREFIX_BLOCKS=('encoder_decoder_attention',).")
+  prompt = method.added_positions
+  need = prompt + run.data.task_feature_lengths['inputs']
+  if lengths['inputs'] < need:
+    raise UsageError(f"PACK_LENGTHS['inputs']={lengths['inputs']} must hold the longest "
+                     f"example with its prompt: {prompt} (the method's) + "
+                     f"TASK_FEATURE_LENGTHS['inputs']={run.data.task_feature_lengths['inputs']}"
+                     f' = {need}.')
+  data_parallel = s.mesh.shape[partitioning.DATA]
+  return data_lib.Packing(lengths, prompt, getattr(method, 'placement', 'prefix'),
+                          data_parallel * run.optimizer.accumulation_steps)
 
 
 def on_devices(tree, mesh: jax.sharding.Mesh):

@@ -34,6 +34,10 @@ LOSSES = (TOKEN_CROSS_ENTROPY, *LABEL_SET_LOSSES)
 # (targets start lower: class labels are 1-3 tokens).
 POW2 = 'pow2'
 MIN_BUCKET = {'inputs': 16, 'targets': 4}
+# LENGTH_BUCKETS = 'step<N>' (e.g. 'step32'): the inputs' buckets are the multiples of N up
+# to the inputs length, and that length itself; the targets' those of POW2. Finer than POW2:
+# less padding, more shapes to compile (the compilation cache keeps them across runs).
+STEP = re.compile(r'step([1-9][0-9]*)')
 # RunSettings fields that may change when a run in MODEL_DIR is resumed.
 RESUMABLE_FIELDS = ('model_dir', 'train_steps', 'log_period', 'eval_period', 'checkpoints',
                     'evaluation', 'inference', 'num_partitions', 'stop_on_divergence')
@@ -74,6 +78,10 @@ class DataSettings:
   # {'inputs': (64, 128, 512), ...}; normalised to {feature: sorted lengths}. The
   # default keeps the fixed shapes of runs saved before buckets existed.
   length_buckets: Union[None, str, Mapping[str, Sequence[int]]] = None
+  # PACK_LENGTHS: None (one example a row), or {'inputs': R, 'targets': D}: each batch's
+  # examples packed into rows of R encoder positions (each example's prompt included) and D
+  # decoder positions (`data.pack_batch`).
+  pack_lengths: Optional[Mapping[str, int]] = None
   # TARGET_SENTINEL: every target starts with the vocabulary's first sentinel,
   # <extra_id_0> (`sentinel.py`). Off in runs saved before it existed.
   target_sentinel: bool = False
@@ -93,6 +101,17 @@ class DataSettings:
     _positive(self.batch_size, 'BATCH_SIZE')
     _require(isinstance(self.target_sentinel, bool),
              f'TARGET_SENTINEL must be True or False, got {self.target_sentinel!r}.')
+    if self.pack_lengths is not None:
+      _require(isinstance(self.pack_lengths, Mapping)
+               and set(self.pack_lengths) == {'inputs', 'targets'},
+               f"PACK_LENGTHS must be None or {{'inputs': R, 'targets': D}}, got "
+               f'{self.pack_lengths!r}.')
+      for key, value in self.pack_lengths.items():
+        _positive(value, f'PACK_LENGTHS[{key!r}]')
+      _require(self.pack_lengths['targets'] >= lengths['targets'],
+               f"PACK_LENGTHS['targets']={self.pack_lengths['targets']} must hold the longest "
+               f"target, TASK_FEATURE_LENGTHS['targets']={lengths['targets']}.")
+      _freeze(self, pack_lengths=dict(self.pack_lengths))
     _freeze(self, task_feature_lengths=lengths,
             module=self.module if self.module is None or isinstance(self.module, str)
             else tuple(self.module),
@@ -104,15 +123,19 @@ def _length_buckets(buckets: Any, lengths: Mapping[str, int]
   """LENGTH_BUCKETS as {feature: ascending lengths ending at the feature length}, or None."""
   if buckets is None:
     return None
-  if buckets == POW2:
+  step = STEP.fullmatch(buckets) if isinstance(buckets, str) else None
+  if buckets == POW2 or step:
     out = {}
     for key, length in lengths.items():
       powers = [2 ** k for k in range(MIN_BUCKET[key].bit_length() - 1, length.bit_length())]
       out[key] = tuple(p for p in powers if p < length) + (length,)
+    if step:
+      n = int(step.group(1))
+      out['inputs'] = tuple(range(n, lengths['inputs'], n)) + (lengths['inputs'],)
     return out
   _require(isinstance(buckets, Mapping) and set(buckets) <= set(lengths),
-           f"LENGTH_BUCKETS must be None, {POW2!r} or a mapping of 'inputs'/'targets' to "
-           f'lengths, got {buckets!r}.')
+           f"LENGTH_BUCKETS must be None, {POW2!r}, 'step<N>' (e.g. 'step32') or a mapping of "
+           f"'inputs'/'targets' to lengths, got {buckets!r}.")
   out = {key: (length,) for key, length in lengths.items()}  # A feature not named: fixed.
   for key, values in buckets.items():
     name = f'LENGTH_BUCKETS[{key!r}]'

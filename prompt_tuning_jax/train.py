@@ -88,6 +88,7 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
                        f"'{TOKEN_CROSS_ENTROPY}', or PREFIX_BLOCKS without 'self_attention'.")
     label_sets = objectives.label_sets(run.data.mixture_or_task_name, opt.loss,
                                        run.prompt.class_labels, s.task_index)
+  packing = run_setup.packing(s)
   model_dir, steps = run.model_dir, run.train_steps
   primary = jax.process_index() == 0
   evaluator = None
@@ -106,7 +107,8 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
   # Batches are a function of these and the step (see data.py): the data position.
   data_position = {'mixture_or_task_name': run.data.mixture_or_task_name, 'split': 'train',
                    'seed': run.data.seed, 'batch_size': run.data.batch_size,
-                   'length_buckets': run.data.length_buckets}
+                   'length_buckets': run.data.length_buckets,
+                   'pack_lengths': run.data.pack_lengths}
   topology = distributed.topology(s.mesh)  # Recorded; may change on resume.
   regularizer = None
   if wayward_ids is not None:
@@ -164,7 +166,8 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
       donate_argnums=(0,), out_shardings=(state_shardings, partitioning.replicated(s.mesh)))
   # Every process reads the same global batches and places its devices' rows.
   batches = data_lib.train_batches(run.data, start_step=start, task_index=s.task_index,
-                                   feature_converter_cls=run.model.FEATURE_CONVERTER_CLS)
+                                   feature_converter_cls=run.model.FEATURE_CONVERTER_CLS,
+                                   packing=packing)
   counter = data_lib.TruncationCounter(s.lengths)
 
   def next_batch():

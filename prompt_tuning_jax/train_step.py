@@ -28,6 +28,7 @@ from prompt_tuning_jax.methods import MethodInputs
 
 Array = jnp.ndarray
 Params = dict
+SEGMENT_IDS = ('encoder_segment_ids', 'decoder_segment_ids')
 
 
 def _flat(tree: Params) -> dict:
@@ -53,9 +54,9 @@ def batch_logits(model, params: Params, batch: dict, rng: Optional[jax.Array] = 
 
   The batch's method inputs (`MethodInputs.from_batch`: its task index) go to the model
   with it; a loss that calls `model.encode` / `model.decode` itself passes the same.
-  `decoder_segment_ids`, when the batch has them, keep packed decoder segments apart.
+  Segment ids, when the batch has them, keep packed examples apart (`data.pack_batch`).
   """
-  segments = {k: batch[k] for k in ('decoder_segment_ids',) if k in batch}
+  segments = {k: batch[k] for k in SEGMENT_IDS if k in batch}
   return model.apply(
       {'params': params}, **models.model_inputs(model, batch), enable_dropout=rng is not None,
       method_inputs=MethodInputs.from_batch(batch),

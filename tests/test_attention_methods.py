@@ -270,7 +270,7 @@ def test_impossible_settings_stop_with_one_line():
     PrefixTuning(2, placement='suffix')  # pylint: disable=unexpected-keyword-arg
   batch = dict(toy_batch(), encoder_segment_ids=jnp.ones((2, 7), jnp.int32))
   model, params, _ = _with(PrefixTuning(2, mlp_dim=None), toy_batch())
-  with pytest.raises(ValueError, match='Packed inputs .* not supported with prompts or prefixes'):
+  with pytest.raises(ValueError, match='Packed rows .* not supported with a key/value prefix'):
     model.apply({'params': params}, *_args(batch), enable_dropout=False,
                 encoder_segment_ids=batch['encoder_segment_ids'])
 

@@ -131,10 +131,11 @@ def test_workload_tiny_every_side_same_examples(in_process_workers, monkeypatch,
   real = {side: row['real_input_tokens_per_example'] for side, row in sides.items()}
   assert len(set(real.values())) == 1, real
   assert sides['ours_fixed']['input_positions_per_example'] == 512
-  for side in ('ours_bucketed', 'peft', 'peft_grouped'):
+  for side in ('ours_bucketed', 'ours_packed', 'peft', 'peft_grouped'):
     assert real['peft'] <= sides[side]['input_positions_per_example'] < 512, side
   assert set(report['tasks']['rte']['ratios']) == {
-      'bucketed_over_ours_fixed', 'bucketed_over_peft', 'bucketed_over_peft_grouped'}
+      'bucketed_over_ours_fixed', 'bucketed_over_peft', 'bucketed_over_peft_grouped',
+      'packed_over_ours_bucketed', 'packed_over_peft', 'packed_over_peft_grouped'}
   eval_rows = report['eval_sst2_dev']
   assert eval_rows['fixed']['examples'] == eval_rows['bucketed']['examples'] == 8
   assert eval_rows['bucketed']['shapes'] >= 1 and eval_rows['bucketed_over_fixed'] > 0
@@ -165,10 +166,31 @@ def test_time_to_accuracy_tiny(in_process_workers, monkeypatch, tmp_path):
   assert report['speedup_per_step'] > 0 and png.stat().st_size > 0
 
 
+@pytest.mark.slow
+def test_time_to_accuracy_tiny_on_the_smoke_transfer_task_packed(in_process_workers,
+                                                                 monkeypatch, tmp_path):
+  """The README's main task (generated: no ../shared), our side on packed rows."""
+  del in_process_workers
+  pytest.importorskip('peft', reason='the PEFT side needs the bench extra (torch, peft)')
+  from benchmarks import time_to_accuracy as tta  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv('PTJ_VOCAB', '')  # restored after the test; the benchmark sets it
+  out = tmp_path / 'tta.json'
+  tta.main(['--task', 'smoke_transfer', '--steps', '2', '--eval_every', '2',
+            '--eval_examples', '8', '--batch', '4', '--prompt_len', '3',
+            '--pack_inputs', str(2 * (3 + tta.LENGTHS['inputs'])), '--json', str(out)])
+  report = json.loads(out.read_text())
+  assert report['task'] == 'smoke_sentiment_transfer'
+  assert report['settings']['pack_inputs'] == 262
+  for side in ('ours', 'peft'):
+    assert [p['step'] for p in report['curves'][side]] == [0, 2]
+  assert report['curves']['ours'][0]['accuracy'] == report['curves']['peft'][0]['accuracy']
+
+
 @pytest.mark.parametrize('decay', [False, True])
 def test_time_to_accuracy_our_rate_constant_or_decaying(decay, tmp_path, restore_ptj_global_state):
   from benchmarks import time_to_accuracy as tta  # pylint: disable=g-import-not-at-top
-  payload = {'checkpoint': 'None', 'vocab': os.path.join(tta.pretrained_dir(), 'spiece.model'),
+  payload = {'task': tta.TASKS['sst2'], 'checkpoint': 'None',
+             'vocab': os.path.join(tta.pretrained_dir(), 'spiece.model'),
              'batch': 4, 'prompt_len': 3, 'seed': 0, 'learning_rate': 0.03, 'steps': 10,
              'decay': decay}
   rate = tta._configure(payload, str(tmp_path)).optimizer.learning_rate
@@ -176,3 +198,14 @@ def test_time_to_accuracy_our_rate_constant_or_decaying(decay, tmp_path, restore
     assert [float(rate(step)) for step in (0, 5, 10)] == pytest.approx([0.03, 0.015, 0.0])
   else:
     assert rate == 0.03
+
+
+def test_compile_cache_reads_the_compile_seconds_of_a_train_log():
+  from benchmarks import compile_cache  # pylint: disable=g-import-not-at-top
+  log = ('00:22:42 Compiled the train step for inputs 148 / targets 12 positions in 4.1s '
+         '(1 shape(s) so far).\n00:22:43 step 10/30 | loss 3.843\n'
+         '00:22:44 Compiled the train step for inputs 64 / targets 4 positions in 0.7s '
+         '(2 shape(s) so far).\n')
+  assert compile_cache.compile_seconds(log) == [4.1, 0.7]
+  args = compile_cache.parse_args(['--gin', "LENGTH_BUCKETS = 'pow2'"])
+  assert args.gin_file == ['runs/smoke.gin'] and args.gin == ["LENGTH_BUCKETS = 'pow2'"]

@@ -46,6 +46,8 @@ def test_pow2_buckets_end_at_the_feature_lengths():
   big = settings(lengths={'inputs': 512, 'targets': 16}).length_buckets
   assert big == {'inputs': (16, 32, 64, 128, 256, 512), 'targets': (4, 8, 16)}
   assert settings(None).length_buckets is None
+  assert settings('step16').length_buckets == {'inputs': (16, 32, 48, 64), 'targets': (4, 8, 12)}
+  assert settings('step24').length_buckets['inputs'] == (24, 48, 64)
   # A feature not named keeps its one fixed length.
   assert settings({'inputs': [24, 64]}).length_buckets == {'inputs': (24, 64), 'targets': (12,)}
 
@@ -57,8 +59,9 @@ def test_pow2_buckets_end_at_the_feature_lengths():
     ({'inputs': (32, 16, 64)}, r"LENGTH_BUCKETS\['inputs'\] must be in ascending order"),
     ({'inputs': (0, 64)}, r"LENGTH_BUCKETS\['inputs'\] must be positive integers"),
     ({'inputs': (-8, 64)}, r"LENGTH_BUCKETS\['inputs'\] must be positive integers"),
-    ({'lengths': (64,)}, "LENGTH_BUCKETS must be None, 'pow2' or a mapping"),
-    ('powers', "LENGTH_BUCKETS must be None, 'pow2' or a mapping"),
+    ({'lengths': (64,)}, "LENGTH_BUCKETS must be None, 'pow2', 'step<N>'"),
+    ('step0', "LENGTH_BUCKETS must be None, 'pow2', 'step<N>'"),
+    ('powers', "LENGTH_BUCKETS must be None, 'pow2', 'step<N>'"),
 ])
 def test_bad_bucket_lists_are_clear_errors(buckets, message):
   with pytest.raises(UsageError, match=message):

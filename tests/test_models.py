@@ -186,12 +186,12 @@ def test_suffix_placement_puts_prompt_after_last_real_token():
   assert logits.shape == (2, 4, cfg.vocab_size)
 
 
-def test_packing_is_refused_with_prompts():
+def test_packed_rows_without_prompt_slots_are_refused_with_prompts():
   cfg = small_config()
   model = PromptedT5(cfg, prompt_length=2)
   batch = toy_batch()
   params = _init(model, batch)
-  with pytest.raises(ValueError, match='not supported with prompts'):
+  with pytest.raises(ValueError, match='need a prompt slot per example'):
     model.apply({'params': params}, batch['encoder_input_tokens'],
                 batch['decoder_input_tokens'], batch['decoder_target_tokens'],
                 encoder_segment_ids=jnp.ones_like(batch['encoder_input_tokens']),

@@ -86,6 +86,17 @@ def _check_float64_train_step(results: dict) -> None:
       np.asarray(new_state1.trainable['encoder']['prompt']['prompt']['prompt'])
       - np.asarray(trainable['encoder']['prompt']['prompt']['prompt']))))
   results['grad_norm'] = [float(metrics1['grad_norm']), float(metrics['grad_norm'])]
+  # The same examples packed two a row (`data.pack_batch`, rows divisible by the 2 data shards).
+  from prompt_tuning_jax import data  # pylint: disable=g-import-not-at-top
+  packed = data.pack_batch({**batch, data.TASK_INDEX: np.zeros(8, np.int32)},
+                           data.Packing({'inputs': 22, 'targets': 10}, 4, 'prefix', 2))
+  packed_state, packed_metrics = _sharded_step(
+      step, train_step.init_train_state(trainable, frozen, tx), frozen, packed, params, mesh)
+  results['packed_rows'] = int(packed['encoder_input_tokens'].shape[0])
+  results['packed_loss'] = float(packed_metrics['loss'])
+  results['packed_prompt_max_abs_diff'] = float(np.max(np.abs(
+      np.asarray(new_state1.trainable['encoder']['prompt']['prompt']['prompt'])
+      - np.asarray(packed_state.trainable['encoder']['prompt']['prompt']['prompt']))))
   results['prompt_changed'] = bool(np.any(
       np.asarray(new_state.trainable['encoder']['prompt']['prompt']['prompt'])
       != np.asarray(trainable['encoder']['prompt']['prompt']['prompt'])))
@@ -221,6 +232,16 @@ def test_sharded_step_matches_single_device(eight_devices):
   assert eight_devices['prompt_max_abs_diff'] <= 1e-10 * eight_devices['prompt_update_max_abs']
   grad_norm_one, grad_norm_mesh = eight_devices['grad_norm']
   assert abs(grad_norm_one - grad_norm_mesh) <= 1e-10 * grad_norm_one
+
+
+def test_packed_rows_on_the_mesh_match_one_example_a_row_on_one_device(eight_devices):
+  """8 examples packed into 4 rows (a prompt each) on the 2x4 mesh vs one a row on one
+  device, in float64: the bound of `test_sharded_step_matches_single_device`."""
+  assert eight_devices['packed_rows'] == 4
+  loss_one = eight_devices['loss'][0]
+  assert abs(eight_devices['packed_loss'] - loss_one) <= 1e-10 * max(1.0, abs(loss_one))
+  assert (eight_devices['packed_prompt_max_abs_diff']
+          <= 1e-10 * eight_devices['prompt_update_max_abs'])
 
 
 def test_parameters_are_sharded_over_model(eight_devices):

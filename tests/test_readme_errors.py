@@ -278,6 +278,14 @@ def label_loss_without_labels(x, monkeypatch):
   return [error(objectives.label_sets, 'super_glue_record_v102', 'hinge')]
 
 
+def packing_that_cannot_work(x, monkeypatch):
+  def packing(*bindings):
+    run = smoke(*bindings).settings
+    return run_setup.packing(types.SimpleNamespace(run=run, mesh=None))
+  return [error(packing, "PACK_LENGTHS = {'inputs': 64, 'targets': 12}"),
+          error(packing, "PACK_LENGTHS = {'inputs': 148, 'targets': 12}", "LOSS = 'hinge'")]
+
+
 def target_not_a_label(x, monkeypatch):
   sets = objectives.label_sets(smoke_task.TASK_NAME, 'hinge')
   target = np.array([smoke_task.VOCABULARY.encode('good') + [1]], np.int32)
@@ -372,6 +380,8 @@ CASES = {
     '`TARGET_SENTINEL` with a vocabulary without extra ids': sentinel_without_extra_ids,
     'a loss over the label set on a task without label words': label_loss_without_labels,
     'a target that is none of the label words (with such a loss)': target_not_a_label,
+    '`PACK_LENGTHS` rows too short, or a method or loss packing cannot serve':
+        packing_that_cannot_work,
     'a TSV without its header row': tsv_without_header,
     'divergence': divergence,
     ("a prompt whose rows grow far beyond the embedding's (with `STOP_ON_DIVERGENCE = True`; "

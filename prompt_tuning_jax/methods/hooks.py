@@ -68,8 +68,12 @@ class MethodInputs(NamedTuple):
   prompts: Optional[Array] = None
   # [b, P] bool, False at the padding of prompts shorter than P.
   prompt_mask: Optional[Array] = None
-  # [b] int32: each example's task in its mixture (`data.task_index_of`).
+  # [b] int32: each example's task in its mixture (`data.task_index_of`); in packed rows
+  # [b, L], the task of the example at each encoder position.
   task_index: Optional[Array] = None
+  # [b, L] int32, packed rows only (`data.pack_batch`): j at the j-th position of an example's
+  # prompt, -1 elsewhere. The encoder keeps the row's length and fills these positions.
+  prompt_slots: Optional[Array] = None
 
   @classmethod
   def from_batch(cls, batch: Mapping[str, Array]) -> 'MethodInputs':

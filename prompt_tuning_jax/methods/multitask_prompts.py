@@ -22,7 +22,8 @@ AddTaskPrompt, the identity map for ProjectSharedPrompt with H_s = H), else unif
 Each task's prompt is exported beside every checkpoint as a plain [P', H] prompt file,
 `encoder.prompt.prompt.prompt.<task>`: a PROMPT_FILE of prompt tuning (PROMPT_LENGTH = P')
 for `ptj eval|infer`, or a prompt of a bank (`ptj infer --prompt`). Per-example `prompts`
-in the method inputs replace the combined prompt, as they replace prompt tuning's.
+in the method inputs replace the combined prompt, as they replace prompt tuning's. Packed rows
+(`MethodInputs.prompt_slots`) may mix tasks: each example's slots get its task's prompt.
 """
 from __future__ import annotations
 
@@ -227,6 +228,14 @@ class MultiTaskPromptInput(nn.Module):
                ) -> tuple[Array, Array]:
     """embedded [b, t, H], valid [b, t] -> combined [b, P' + t, H], valid [b, P' + t]."""
     prompts, prompt_mask = inputs.prompts, inputs.prompt_mask
+    if inputs.prompt_slots is not None:  # Packed rows: every task's prompt, by position.
+      if prompts is not None or inputs.task_index is None:
+        raise ValueError('Packed rows (prompt_slots) take the task of each position '
+                         '(task_index [b, L]) and no per-example prompts.')
+      every_task = MultiTaskPrompt(self.length, self.num_tasks, self.combination, name='prompt')(
+          jnp.arange(self.num_tasks), embedded.shape[-1])  # [tasks, P', H]
+      return (prompts_lib.fill_prompt_slots(embedded, every_task, inputs.prompt_slots,
+                                            inputs.task_index), valid)
     if prompts is None:
       task_index = inputs.task_index
       if task_index is None:
@@ -274,6 +283,8 @@ class MultiTaskPrompts(PromptTuning):
     x, combined_valid = MultiTaskPromptInput(self.length, len(self.tasks), self.combination,
                                              self.placement, name='prompt')(
                                                  embedded, valid, inputs)
+    if inputs.prompt_slots is not None:
+      return EncoderInput(x, combined_valid, inputs.prompt_slots >= 0)
     prompt = prompts_lib.prompt_positions(valid, x.shape[1] - embedded.shape[1], self.placement)
     return EncoderInput(x, combined_valid, prompt)
 

@@ -60,10 +60,15 @@ class LayerPrompt(nn.Module):
   init: prompts_lib.Initializer
 
   @nn.compact
-  def __call__(self, x: Array, prompt: Array) -> Array:
-    """x [b, L, H], prompt [b, L] bool (exactly `length` True per row) -> x [b, L, H]."""
+  def __call__(self, x: Array, prompt: Array, slots: Optional[Array] = None) -> Array:
+    """x [b, L, H], prompt [b, L] bool (exactly `length` True per row) -> x [b, L, H].
+
+    Packed rows give `slots` [b, L] (`MethodInputs.prompt_slots`): each example's prompt
+    positions take the prompt's rows by their slot.
+    """
     learned = prompts_lib.Prompt(self.length, self.init, name='prompt')(x.shape[-1])  # [P, H]
-    row = jnp.clip(jnp.cumsum(prompt, axis=1) - 1, 0, self.length - 1)  # [b, L]
+    row = jnp.cumsum(prompt, axis=1) - 1 if slots is None else slots
+    row = jnp.clip(row, 0, self.length - 1)  # [b, L]
     rows = jnp.take(learned, row, axis=0).astype(x.dtype)  # [b, L, H]
     return self.combine(x, rows, prompt[:, :, None])
 
@@ -93,7 +98,6 @@ class PerLayerPrompts(Method):
     return dataclasses.replace(self.input_prompt.hooks(), layer_input=self._layer_input)
 
   def _layer_input(self, x, *, site, prompt, inputs, decode):
-    del inputs
     if site.stack == DECODER and not self.decoder:
       return x
     if prompt is None:
@@ -103,7 +107,7 @@ class PerLayerPrompts(Method):
     if decode:  # One new position per step: the prompt positions are in the cache.
       return x
     combine, init = MODES[self.mode]
-    return LayerPrompt(self.length, combine, init, name='prompt')(x, prompt)
+    return LayerPrompt(self.length, combine, init, name='prompt')(x, prompt, inputs.prompt_slots)
 
   @property
   def parameter_rules(self) -> tuple[str, ...]:

@@ -4,9 +4,11 @@ The prompt is `encoder/prompt/prompt/prompt` (the original implementation's path
 encoder's input hook places it before the input tokens ('prefix') or right after the last
 one ('suffix'); it is visible to encoder self-attention and decoder cross-attention and
 counts in the encoder's relative positions. Per-example `prompts` / `prompt_mask` in the
-method inputs replace it (mixed-task batches, prompt ensembles). `visibility` (None: every
-position sees every other, as T5X) restricts what the prompt positions attend; the
-methods built on this one (multi-task, per-layer prompts) take it too.
+method inputs replace it (mixed-task batches, prompt ensembles). In packed rows
+(`MethodInputs.prompt_slots`, `data.pack_batch`) every example has its own copy of the
+prompt, in the positions the data left for it (placed as `placement` says). `visibility`
+(None: every position sees every other, as T5X) restricts what the prompt positions attend;
+the methods built on this one (multi-task, per-layer prompts) take it too.
 """
 from __future__ import annotations
 
@@ -49,7 +51,10 @@ class PromptTuning(Method):
   def _encoder_input(self, embedded, valid, *, inputs: MethodInputs) -> EncoderInput:
     # Called in the encoder: `name='prompt'` makes the path encoder/prompt/prompt/prompt.
     x, combined_valid = prompts_lib.PromptInput(self.length, self.placement, name='prompt')(
-        embedded, valid, prompts=inputs.prompts, prompt_mask=inputs.prompt_mask)
+        embedded, valid, prompts=inputs.prompts, prompt_mask=inputs.prompt_mask,
+        prompt_slots=inputs.prompt_slots)
+    if inputs.prompt_slots is not None:  # Packed rows: the data placed the prompts.
+      return EncoderInput(x, combined_valid, inputs.prompt_slots >= 0)
     prompt = prompts_lib.prompt_positions(valid, x.shape[1] - embedded.shape[1], self.placement)
     return EncoderInput(x, combined_valid, prompt)
 

@@ -513,24 +513,31 @@ class T5(nn.Module):
                            method.prefix_length(hooks_lib.SELF_ATTENTION),
                            method.prefix_length(hooks_lib.CROSS_ATTENTION))
 
-  def _check_unpacked(self, segment_ids: Optional[Array], stack: str) -> None:
-    """Refuses packed rows where the method adds positions before a row's own: encoder
-    prompts and encoder self-attention prefixes (`stack` 'encoder'), decoder
-    self-attention prefixes ('decoder')."""
+  def _check_packing(self, segment_ids: Optional[Array], stack: str,
+                     inputs: MethodInputs) -> None:
+    """Refuses packed rows (segment ids) the method cannot keep apart: a key/value prefix of
+    the encoder's or the decoder's self-attention (one per row, its relative positions
+    counted from the row's start), or an encoder prompt without a slot per example
+    (`MethodInputs.prompt_slots`, `data.pack_batch`)."""
+    if segment_ids is None:
+      return
     method = self.method
-    adds = (method.hooks().encoder_input is not None
-            or method.prefix_length(hooks_lib.ATTENTION) if stack == hooks_lib.ENCODER
-            else method.prefix_length(hooks_lib.SELF_ATTENTION))
-    if segment_ids is not None and adds:
-      raise ValueError(f'Packed inputs (segment ids) are not supported with prompts or '
-                       f'prefixes ({type(method).__name__} adds positions that a packed row '
-                       'would share between examples): use a feature converter with pack=False.')
+    block = hooks_lib.ATTENTION if stack == hooks_lib.ENCODER else hooks_lib.SELF_ATTENTION
+    if method.prefix_length(block):
+      raise ValueError(f'Packed rows (segment ids) are not supported with a key/value prefix in '
+                       f'the {stack} {block} ({type(method).__name__}): a packed row would '
+                       'share one prefix between examples.')
+    if (stack == hooks_lib.ENCODER and method.hooks().encoder_input is not None
+        and inputs.prompt_slots is None):
+      raise ValueError(f'Packed rows (segment ids) need a prompt slot per example for '
+                       f'{type(method).__name__} (MethodInputs.prompt_slots, as '
+                       'data.pack_batch makes them).')
 
   def encode(self, encoder_input_tokens: Array, *, enable_dropout: bool = False,
              encoder_segment_ids: Optional[Array] = None,
              method_inputs: MethodInputs = MethodInputs()) -> tuple[Array, Array]:
     """-> (encoded [b, L, emb], encoder_valid [b, L] bool)."""
-    self._check_unpacked(encoder_segment_ids, hooks_lib.ENCODER)
+    self._check_packing(encoder_segment_ids, hooks_lib.ENCODER, method_inputs)
     return self.encoder(encoder_input_tokens, deterministic=not enable_dropout,
                         segment_ids=encoder_segment_ids,
                         inputs=method_inputs)
@@ -542,7 +549,7 @@ class T5(nn.Module):
              encoder_segment_ids: Optional[Array] = None,
              method_inputs: MethodInputs = MethodInputs()) -> Array:
     """-> float32 logits [b, d, vocab]; `decode=True` runs one cached step."""
-    self._check_unpacked(decoder_segment_ids, hooks_lib.DECODER)
+    self._check_packing(decoder_segment_ids, hooks_lib.DECODER, method_inputs)
     return self.decoder(encoded, encoder_valid, decoder_input_tokens, decoder_target_tokens,
                         deterministic=not enable_dropout, decode=decode,
                         max_decode_length=max_decode_length, segment_ids=decoder_segment_ids,
@@ -557,8 +564,12 @@ class T5(nn.Module):
                decode: bool = False, method_inputs: MethodInputs = MethodInputs()) -> Array:
     """Teacher-forced logits [b, d, vocab] (float32).
 
-    Positions are accepted for T5X compatibility; T5 uses relative positions
-    only, so they are ignored.
+    Positions are accepted for T5X compatibility; T5 uses relative positions only, so they
+    are ignored. In packed rows (`*_segment_ids`; `data.pack_batch`) every example is
+    contiguous, so the distance between two of its positions counted in the row equals the
+    distance counted from the example's start (`*_positions`): the relative-position
+    buckets are the same either way, and positions of two examples never attend each other
+    (segment masks), as in T5X, whose T5 also reads positions only through relative attention.
     """
     del encoder_positions, decoder_positions
     encoded, encoder_valid = self.encode(
