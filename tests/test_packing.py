@@ -16,6 +16,7 @@ from prompt_tuning_jax import models
 from prompt_tuning_jax import optim
 from prompt_tuning_jax import partitioning
 from prompt_tuning_jax import run_setup
+from prompt_tuning_jax import scoring
 from prompt_tuning_jax import train_step
 from prompt_tuning_jax.errors import UsageError
 from prompt_tuning_jax.methods import (IA3, MethodInputs, ModelTuning, MultiTaskPrompts,
@@ -301,3 +302,46 @@ def test_the_padding_metric_counts_no_prompt_slot_as_text_or_padding():
   assert slots == 3 * BATCH
   assert rows.positions == (packed['encoder_input_tokens'].size
                             + packed['decoder_target_tokens'].size - slots)
+
+
+@pytest.mark.parametrize('name', ['prompt_tuning', 'suffix_causal_visibility', 'multi_task',
+                                  'ia3', 'cross_attention_prefix'])
+def test_packed_rank_classification_scores_what_one_example_a_row_scores(name):
+  """Rank classification of packed rows (a prompt per example, tasks mixed in a row) scores
+  every example's labels as one example a row does: in float64 (1e-9 as above), with labels
+  of unequal lengths, so a label reading another example or another label shows."""
+  method, _ = METHODS[name]
+  model = models.T5(small_config(vocab_size=smoke.VOCABULARY.vocab_size, dtype=jnp.float64),
+                    method=method)
+  batch = unpacked_batch([0, 1, 1, 0, 1, 0, 0, 1] if name == 'multi_task' else None)
+  p = method.added_positions
+  packing = data.Packing({'inputs': 3 * (p + 40), 'targets': 24}, p,
+                         getattr(method, 'placement', 'prefix'))
+  packed = data.pack_batch(batch, packing)
+  rows = data.pack_rows(data.example_lengths(batch['encoder_input_tokens']),
+                        data.example_lengths(batch['decoder_target_tokens']), packing)
+  members = max(len(r) for r in rows)
+  assert members >= 2 and len(rows) < BATCH
+  labels = np.array([[7, 9, 1], [12, 1, 0], [5, 30, 1]], np.int32)
+  with jax.enable_x64(True):
+    params = model.init(jax.random.PRNGKey(0), batch['encoder_input_tokens'][:1],
+                        batch['decoder_input_tokens'][:1], batch['decoder_target_tokens'][:1],
+                        method_inputs=MethodInputs(task_index=batch[data.TASK_INDEX][:1]),
+                        enable_dropout=False)['params']
+    scale = 1.0 if name in ('ia3', 'cross_attention_prefix') else 4.0
+    params = jax.tree.map(lambda x: x.astype(jnp.float64) * scale, params)
+    _, one_a_row = scoring.rank_classify(
+        model, params, batch['encoder_input_tokens'], labels,
+        method_inputs=MethodInputs(task_index=batch[data.TASK_INDEX]))
+    best, by_row = scoring.jit_rank_classify_packed(
+        model, params, {k: packed[k] for k in (
+            'encoder_input_tokens', 'encoder_segment_ids', data.TASK_INDEX, data.PROMPT_SLOTS)
+            if k in packed}, labels, members=members)
+  one_a_row = np.asarray(one_a_row)
+  assert np.ptp(one_a_row, axis=0).min() > 0.1  # the examples' scores differ
+  by_example = np.zeros_like(one_a_row)
+  for r, row in enumerate(rows):
+    for j, i in enumerate(row):
+      by_example[i] = by_row[r, j]
+      assert best[r, j] == np.argmax(by_row[r, j])
+  np.testing.assert_allclose(by_example, one_a_row, rtol=1e-9)
