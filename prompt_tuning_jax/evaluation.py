@@ -203,17 +203,12 @@ class Evaluator:
   def _ranked_packed(self, params, task_name: str, tokens: np.ndarray,
                      label_ids: np.ndarray) -> np.ndarray:
     """The best label [n] of each of the examples `tokens` [n, L], ranked in packed rows."""
-    n = len(tokens)
-    batch = {'encoder_input_tokens': tokens, 'decoder_target_tokens': np.zeros((n, 0), np.int32),
-             data_lib.TASK_INDEX: np.full(n, self.task_index[task_name], np.int32)}
-    packed = data_lib.pack_batch(batch, self.packing)
-    rows = data_lib.pack_rows(data_lib.example_lengths(tokens), np.zeros(n, int), self.packing)
-    features = ('encoder_input_tokens', 'encoder_segment_ids', data_lib.TASK_INDEX,
-                data_lib.PROMPT_SLOTS)
+    packed, rows = data_lib.pack_encoder_rows(
+        tokens, np.full(len(tokens), self.task_index[task_name], np.int32), self.packing)
     best, _ = self._gather(scoring.jit_rank_classify_packed(
-        self.model, params, {k: self._place(packed[k]) for k in features if k in packed},
+        self.model, params, {k: self._place(v) for k, v in packed.items()},
         jnp.asarray(label_ids), members=max(len(row) for row in rows)))
-    out = np.zeros(n, np.int32)
+    out = np.zeros(len(tokens), np.int32)
     for r, row in enumerate(rows):
       out[row] = best[r, :len(row)]
     return out

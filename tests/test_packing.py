@@ -227,6 +227,9 @@ def test_packing_of_a_run():
   assert run_setup.packing(_setup(ModelTuning(), {'inputs': 64, 'targets': 12})).prompt_length == 0
   cross_only = PrefixTuning(2, blocks=('encoder_decoder_attention',))
   assert run_setup.packing(_setup(cross_only, {'inputs': 64, 'targets': 12})) is not None
+  # Eval packs its rank classification whatever the training loss.
+  hinge = _setup(PromptTuning(3), {'inputs': 134, 'targets': 12}, loss='hinge')
+  assert run_setup.packing(hinge, training=False).lengths == {'inputs': 134, 'targets': 12}
 
 
 @pytest.mark.parametrize('kwargs, message', [
@@ -304,7 +307,7 @@ def test_the_padding_metric_counts_no_prompt_slot_as_text_or_padding():
                             + packed['decoder_target_tokens'].size - slots)
 
 
-@pytest.mark.parametrize('name', ['prompt_tuning', 'suffix_causal_visibility', 'multi_task',
+@pytest.mark.parametrize('name', ['prompt_tuning', 'multi_task',
                                   'ia3', 'cross_attention_prefix'])
 def test_packed_rank_classification_scores_what_one_example_a_row_scores(name):
   """Rank classification of packed rows (a prompt per example, tasks mixed in a row) scores
