@@ -348,3 +348,33 @@ def test_packed_rank_classification_scores_what_one_example_a_row_scores(name):
       by_example[i] = by_row[r, j]
       assert best[r, j] == np.argmax(by_row[r, j])
   np.testing.assert_allclose(by_example, one_a_row, rtol=1e-9)
+
+
+def test_ptj_eval_with_pack_lengths_reports_the_metrics_of_one_example_a_row(
+    tmp_path, monkeypatch, restore_ptj_global_state):
+  """`ptj eval` of a prompt file, rank classification with and without PACK_LENGTHS (rows of
+  two or more examples): the same metrics, from packed rows in the packed run only."""
+  from prompt_tuning_jax import cli  # pylint: disable=g-import-not-at-top
+  from prompt_tuning_jax.checkpoints import prompt_io  # pylint: disable=g-import-not-at-top
+  prompt = tmp_path / 'prompt.npy'
+  prompt_io.save_prompt(str(prompt), np.random.default_rng(0).normal(size=(10, 64)) * 4)
+  members = []
+  jit_packed = scoring.jit_rank_classify_packed
+
+  def recording(*args, **kwargs):
+    members.append(kwargs['members'])
+    return jit_packed(*args, **kwargs)
+
+  monkeypatch.setattr(scoring, 'jit_rank_classify_packed', recording)
+  summaries = []
+  for name, packed in (('one_a_row', []), ('packed', ["--gin.PACK_LENGTHS={'inputs': 148, "
+                                                      "'targets': 12}"])):
+    model_dir = tmp_path / name
+    assert cli.main(['eval', '--gin_file=runs/smoke.gin', f'--gin.MODEL_DIR={model_dir}',
+                     f'--gin.PROMPT_FILE={prompt}', "--gin.EVAL_METHODS=('rank_classification',)",
+                     '--gin.NUM_EVAL_EXAMPLES=100', *packed]) == 0
+    summaries.append((model_dir / 'eval' / 'summary.txt').read_text())
+    assert bool(members) == bool(packed)
+  assert min(members) >= 2
+  assert 'rank_classification/accuracy' in summaries[0]
+  assert summaries[1] == summaries[0]
