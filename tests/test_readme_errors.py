@@ -38,6 +38,7 @@ from prompt_tuning_jax.checkpoints import hf
 from prompt_tuning_jax.checkpoints import train_state as train_state_lib
 from prompt_tuning_jax.methods.prefix_tuning import PrefixTuning
 from prompt_tuning_jax.methods.prompt_tuning import PromptTuning
+from prompt_tuning_jax.methods.visibility import Visibility
 from prompt_tuning_jax.tasks import smoke as smoke_task
 from prompt_tuning_jax.tasks import sources
 
@@ -123,6 +124,11 @@ def task_outside_multi_task_prompt(x, monkeypatch):
 
 def prefix_peft_cannot_hold(x, monkeypatch):
   return [error(PrefixTuning(10).check_peft)]
+
+
+def prompt_peft_cannot_hold(x, monkeypatch):
+  return [error(PromptTuning(5, placement='suffix').check_peft),
+          error(PromptTuning(5, visibility=Visibility(prompt_to_input=False)).check_peft)]
 
 
 def model_dir_is_a_file(x, monkeypatch):
@@ -358,6 +364,7 @@ CASES = {
     'a GLUE/SuperGLUE task without network or local files': tfds_without_network,
     'a task without a multi-task prompt': task_outside_multi_task_prompt,
     '`ptj export --format peft` of prefixes PEFT cannot hold': prefix_peft_cannot_hold,
+    '`ptj export --format peft` of a prompt placed or masked as PEFT cannot': prompt_peft_cannot_hold,
     'MODEL_DIR is a file': model_dir_is_a_file,
     'MODEL_DIR holds another run': model_dir_holds_another_run,
     'MODEL_DIR in use by another `ptj train`': model_dir_in_use,

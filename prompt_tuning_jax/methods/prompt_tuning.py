@@ -44,6 +44,19 @@ class PromptTuning(Method):
       raise UsageError(f'Unknown prompt placement {self.placement!r}; expected one of '
                        f'{prompts_lib.PLACEMENTS}.')
 
+  def check_peft(self) -> None:
+    if self.placement != 'prefix':
+      raise UsageError(
+          f"PEFT prompt tuning puts the prompt before the input; this run places it "
+          f"{self.placement!r}: train with methods.PromptTuning.placement = 'prefix' to export "
+          'to PEFT, or use --format t5x.')
+    if self.visibility is not None and self.visibility != Visibility():
+      raise UsageError(
+          'PEFT prompt tuning lets the prompt attend every position; this run restricts it '
+          f'(PROMPT_TO_INPUT = {self.visibility.prompt_to_input}, PROMPT_TO_PROMPT = '
+          f'{self.visibility.prompt_to_prompt!r}): PEFT would compute other outputs; use '
+          '--format t5x.')
+
   def hooks(self) -> Hooks:
     return Hooks(encoder_input=self._encoder_input,
                  encoder_mask=None if self.visibility is None else self.visibility.mask)
