@@ -403,7 +403,8 @@ def format_report(report: dict) -> str:
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(prog=f'python -m {MODULE}', description=__doc__.split('\n')[0])
-  parser.add_argument('--tasks', default='sst2,rte', type=lambda s: s.split(','))
+  parser.add_argument('--tasks', default='sst2,rte', type=lambda s: [t for t in s.split(',') if t],
+                      help="training tasks ('': none, e.g. with --eval alone)")
   parser.add_argument('--sides', default=','.join(SIDES), type=lambda s: s.split(','))
   parser.add_argument('--size', default='small', choices=tuple(common.SIZES))
   parser.add_argument('--batch', type=int, default=32)
