@@ -27,9 +27,11 @@ examples. Reported per side: examples/s over the timed steps (data loading
 included, compilation excluded and reported as `compile_s`), padded input
 positions per example (the prompt's 100 not counted, nor a packed row's prompt slots),
 real input tokens per
-example, peak RSS. `--eval` adds rank classification over SST-2 dev, fixed vs
-bucketed (examples/s, compile seconds). Our sides run with the XLA flags `ptj`
-sets on this CPU kind when XLA_FLAGS is unset (`cpu_flags.py`; reported as
+example, peak RSS. `--eval` adds rank classification over SST-2 dev, fixed vs bucketed vs
+packed (PACK_LENGTHS from --pack_inputs/--pack_targets, as `ptj eval` packs it:
+`scoring.rank_classify_packed`) in batches of --eval_batch (examples/s, compile seconds,
+encoder positions per example, prompts included). Our sides run with the XLA flags
+`ptj` sets on this CPU kind when XLA_FLAGS is unset (`cpu_flags.py`; reported as
 `xla_flags`). Nothing here asserts a timing.
 """
 from __future__ import annotations
@@ -200,7 +202,8 @@ def t5_tokenizer(spiece_model: str):
 
 
 def _ours_eval(payload: dict) -> dict:
-  """Rank classification over a split, batches fixed or cut to buckets."""
+  """Rank classification over a split, batches fixed or cut to buckets, or (`pack_lengths`)
+  each bucketed batch packed into rows as `ptj eval` packs them (host packing timed too)."""
   xla_flags = _ours_env(payload)
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -223,21 +226,40 @@ def _ours_eval(payload: dict) -> dict:
                      prompt_length=payload['prompt_len'])
   one = jnp.ones((1, 1), jnp.int32)
   params = common.random_params(model, one, one, one)
-  compile_s, seconds, shapes = 0.0, 0.0, set()
-  for _, tokens in inference.padded_batches(examples, payload['batch'], LENGTHS['inputs'],
-                                            buckets):
-    if tokens.shape not in shapes:  # jit compiles on the first call of a shape
-      shapes.add(tokens.shape)
-      tick = time.perf_counter()
-      jax.block_until_ready(scoring.jit_rank_classify(model, params, jnp.asarray(tokens),
-                                                      label_ids))
-      compile_s += time.perf_counter() - tick
+  packing = payload.get('pack_lengths') and data.Packing(payload['pack_lengths'],
+                                                        payload['prompt_len'])
+
+  def rank(rows, tokens):
+    """-> (the compiled shape's key, the scores); packs the batch's real rows first."""
+    if packing is None:
+      return tokens.shape, scoring.jit_rank_classify(model, params, jnp.asarray(tokens),
+                                                     label_ids)
+    real = tokens[:len(rows)]
+    packed, members = data.pack_encoder_rows(real, np.zeros(len(real), np.int32), packing)
+    members = max(len(m) for m in members)
+    key = (packed['encoder_input_tokens'].shape, members)
+    return key, scoring.jit_rank_classify_packed(
+        model, params, {k: jnp.asarray(v) for k, v in packed.items()}, label_ids,
+        members=members)
+
+  compile_s, seconds, shapes, positions = 0.0, 0.0, set(), 0
+  for rows, tokens in inference.padded_batches(examples, payload['batch'], LENGTHS['inputs'],
+                                               buckets):
     tick = time.perf_counter()
-    jax.block_until_ready(scoring.jit_rank_classify(model, params, jnp.asarray(tokens),
-                                                    label_ids))
+    key, scores = rank(rows, tokens)
+    jax.block_until_ready(scores)
+    if key not in shapes:  # jit compiled on the first call of a shape: timed again
+      shapes.add(key)
+      compile_s += time.perf_counter() - tick
+      tick = time.perf_counter()
+      key, scores = rank(rows, tokens)
+      jax.block_until_ready(scores)
     seconds += time.perf_counter() - tick
+    rows_by_length = key[0] if packing else (key[0], key[1] + payload['prompt_len'])
+    positions += int(np.prod(rows_by_length))
   return {'examples_per_s': len(examples) / seconds, 'seconds': seconds,
           'compile_s_incl_first_call': compile_s, 'shapes': len(shapes),
+          'encoder_positions_per_example': positions / len(examples),
           'examples': len(examples), 'peak_rss_mib': common.process_peak_rss_mib(),
           'xla_flags': xla_flags}
 
@@ -321,13 +343,19 @@ def run(args: argparse.Namespace, worker=common.run_worker) -> dict:
     report['tasks'][key] = {'task': task, 'sides': rows, 'ratios': ratios(rows)}
   if args.eval:
     rows = {}
-    for buckets, name in ((None, 'fixed'), ('pow2', 'bucketed')):
+    pack_lengths = {'inputs': args.pack_inputs, 'targets': args.pack_targets}
+    for buckets, name, packed in ((None, 'fixed', None), ('pow2', 'bucketed', None),
+                                  ('pow2', 'packed', pack_lengths)):
       rows[name] = worker(MODULE, {'kind': 'ours_eval', 'task': TASKS['sst2'], 'shape': shape,
-                                   'batch': args.batch, 'prompt_len': args.prompt_len,
+                                   'batch': args.eval_batch, 'prompt_len': args.prompt_len,
                                    'buckets': buckets, 'shared': args.shared,
-                                   'num_examples': args.eval_examples})
-    report['eval_sst2_dev'] = {**rows, 'bucketed_over_fixed':
-                               rows['bucketed']['examples_per_s'] / rows['fixed']['examples_per_s']}
+                                   'num_examples': args.eval_examples, 'pack_lengths': packed})
+    fixed = rows['fixed']['examples_per_s']
+    report['eval_sst2_dev'] = {
+        **rows, 'bucketed_over_fixed': rows['bucketed']['examples_per_s'] / fixed,
+        'packed_over_fixed': rows['packed']['examples_per_s'] / fixed,
+        'packed_over_bucketed': (rows['packed']['examples_per_s']
+                                 / rows['bucketed']['examples_per_s'])}
   return report
 
 
@@ -365,13 +393,18 @@ def format_report(report: dict) -> str:
     entry = report['eval_sst2_dev']
     lines.append(f'SST-2 dev rank classification: fixed {entry["fixed"]["examples_per_s"]:.1f} '
                  f'ex/s, bucketed {entry["bucketed"]["examples_per_s"]:.1f} ex/s '
-                 f'({entry["bucketed_over_fixed"]:.2f}x)')
+                 f'({entry["bucketed_over_fixed"]:.2f}x), packed '
+                 f'{entry["packed"]["examples_per_s"]:.1f} ex/s ({entry["packed_over_fixed"]:.2f}x'
+                 f' fixed, {entry["packed_over_bucketed"]:.2f}x bucketed); encoder positions/ex '
+                 + ', '.join(f'{name} {entry[name]["encoder_positions_per_example"]:.0f}'
+                             for name in ('fixed', 'bucketed', 'packed')))
   return '\n'.join(lines)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(prog=f'python -m {MODULE}', description=__doc__.split('\n')[0])
-  parser.add_argument('--tasks', default='sst2,rte', type=lambda s: s.split(','))
+  parser.add_argument('--tasks', default='sst2,rte', type=lambda s: [t for t in s.split(',') if t],
+                      help="training tasks ('': none, e.g. with --eval alone)")
   parser.add_argument('--sides', default=','.join(SIDES), type=lambda s: s.split(','))
   parser.add_argument('--size', default='small', choices=tuple(common.SIZES))
   parser.add_argument('--batch', type=int, default=32)
@@ -388,6 +421,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--eval', action='store_true', help='also SST-2 dev rank classification')
   parser.add_argument('--eval_examples', type=int, default=None)
+  parser.add_argument('--eval_batch', type=int, default=32,
+                      help='--eval: examples a batch (packed: packed into rows of '
+                           '--pack_inputs)')
   parser.add_argument('--shared', default=shared_dir())
   parser.add_argument('--json', default=None, help="write the report here ('-': stdout)")
   args = parser.parse_args(argv)

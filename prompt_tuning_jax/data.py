@@ -322,6 +322,23 @@ def pack_batch(batch: Mapping[str, np.ndarray], packing: Packing) -> dict[str, n
   return packed
 
 
+# What `scoring.rank_classify_packed` reads of packed rows.
+ENCODER_ROW_FEATURES = ('encoder_input_tokens', 'encoder_segment_ids', TASK_INDEX, PROMPT_SLOTS)
+
+
+def pack_encoder_rows(tokens: np.ndarray, task_index: np.ndarray, packing: Packing
+                      ) -> tuple[dict[str, np.ndarray], list[list[int]]]:
+  """Examples' end-padded inputs [n, L] and TASK_INDEX [n] packed into encoder rows as
+  `pack_batch` packs them (no targets: rank classification decodes labels) -> (the rows'
+  `ENCODER_ROW_FEATURES`, the examples of each row in segment order, `pack_rows`)."""
+  n = len(tokens)
+  no_targets = np.zeros((n, 0), np.int32)
+  packed = pack_batch({'encoder_input_tokens': tokens, 'decoder_target_tokens': no_targets,
+                       TASK_INDEX: task_index}, packing)
+  rows = pack_rows(example_lengths(tokens), np.zeros(n, np.int64), packing)
+  return {k: packed[k] for k in ENCODER_ROW_FEATURES if k in packed}, rows
+
+
 def train_batches(settings: DataSettings, *, start_step: int = 0,
                   window_batches: int = WINDOW_BATCHES,
                   task_index: Optional[Mapping[str, int]] = None,

@@ -41,7 +41,8 @@ def evaluate(run: RunSettings, *, save_config: Optional[Callable[[str], None]] =
   evaluator = evaluation.Evaluator(run.model, task_name, s.lengths, settings,
                                    class_labels=run.prompt.class_labels, mesh=s.mesh,
                                    length_buckets=run.data.length_buckets,
-                                   task_index=s.task_index, target_sentinel=s.target_sentinel)
+                                   task_index=s.task_index, target_sentinel=s.target_sentinel,
+                                   packing=run_setup.packing(s, training=False))
   params, step = run_setup.trained_params(s)
   source = run.prompt.file if step is None else f'{run.model_dir} step {step}'
   step = step or 0

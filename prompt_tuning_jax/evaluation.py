@@ -13,6 +13,11 @@ Three model functions feed seqio's metrics:
 - score metrics of a task (e.g. the `_rank` task variants) get the summed
   log-likelihood of each example's targets.
 
+With PACK_LENGTHS (`packing`), rank classification packs each batch's examples into rows as
+training does (`data.pack_batch`: a prompt per example, segment ids keep them apart) and ranks
+them with `scoring.rank_classify_packed`: the same scores as one example a row, with less
+padding in the encoder. Decoding and scoring the targets stay one example a row.
+
 Each task of a mixture is evaluated on its own, its examples with its TASK_INDEX
 (`MethodInputs.task_index`: what selects a multi-task prompt). With TARGET_SENTINEL
 (`target_sentinel`, the id of <extra_id_0>) a leading sentinel is stripped from decoded
@@ -28,6 +33,7 @@ process 0 writes them once.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -96,8 +102,10 @@ class Evaluator:
                mesh: Optional[jax.sharding.Mesh] = None,
                length_buckets: Optional[Mapping[str, Sequence[int]]] = None,
                task_index: Optional[Mapping[str, int]] = None,
-               target_sentinel: Optional[int] = None):
-    """`task_index`: {task: its examples' TASK_INDEX} (None: `data.task_index_of`)."""
+               target_sentinel: Optional[int] = None,
+               packing: Optional[data_lib.Packing] = None):
+    """`task_index`: {task: its examples' TASK_INDEX} (None: `data.task_index_of`).
+    `packing` (PACK_LENGTHS, `run_setup.packing`): rank classification runs on packed rows."""
     self.model = model
     self.length_buckets = length_buckets
     self.target_sentinel = target_sentinel
@@ -106,6 +114,9 @@ class Evaluator:
     # Batches are padded to a multiple of the data-parallel devices.
     replicas = mesh.shape[partitioning.DATA] if mesh is not None else 1
     self._padded_size = -(-settings.batch_size // replicas) * replicas
+    # Packed rows are split over the data axis only (eval has no micro-batches).
+    self.packing = (None if packing is None
+                    else dataclasses.replace(packing, row_multiple=replicas))
     self.task_feature_lengths = dict(task_feature_lengths)
     self.max_decode_length = int(task_feature_lengths['targets'])
     tasks = data_lib.sub_tasks(mixture_or_task_name)
@@ -189,6 +200,19 @@ class Evaluator:
       return out
     return predict
 
+  def _ranked_packed(self, params, task_name: str, tokens: np.ndarray,
+                     label_ids: np.ndarray) -> np.ndarray:
+    """The best label [n] of each of the examples `tokens` [n, L], ranked in packed rows."""
+    packed, rows = data_lib.pack_encoder_rows(
+        tokens, np.full(len(tokens), self.task_index[task_name], np.int32), self.packing)
+    best, _ = self._gather(scoring.jit_rank_classify_packed(
+        self.model, params, {k: self._place(v) for k, v in packed.items()},
+        jnp.asarray(label_ids), members=max(len(row) for row in rows)))
+    out = np.zeros(len(tokens), np.int32)
+    for r, row in enumerate(rows):
+      out[row] = best[r, :len(row)]
+    return out
+
   def rank_fn(self, params, task_name: str, label_ids: np.ndarray
               ) -> Callable[[tf.data.Dataset], list]:
     inputs = self._method_inputs(task_name)
@@ -196,9 +220,12 @@ class Evaluator:
     def predict(ds):
       out = []
       for index, tokens, _ in self._model_batches(ds):
-        best, _ = self._gather(scoring.jit_rank_classify(
-            self.model, params, self._place(tokens), jnp.asarray(label_ids),
-            method_inputs=inputs))
+        if self.packing is not None:
+          best = self._ranked_packed(params, task_name, tokens[:len(index)], label_ids)
+        else:
+          best, _ = self._gather(scoring.jit_rank_classify(
+              self.model, params, self._place(tokens), jnp.asarray(label_ids),
+              method_inputs=inputs))
         predicted = label_ids[best]  # The chosen labels' tokens, sentinel stripped.
         if self.target_sentinel is not None:
           predicted = sentinel_lib.strip_leading(predicted, self.target_sentinel)

@@ -119,9 +119,10 @@ def setup(run: RunSettings, *, batch_size: Optional[int] = None) -> Setup:
   return Setup(run, mesh, abstract, vocabularies, task_index, sentinel)
 
 
-def packing(s: Setup) -> Optional[data_lib.Packing]:
-  """How a run packs its training batches (PACK_LENGTHS), or None; refuses, with one line,
-  a run whose model, method or loss cannot keep packed examples apart."""
+def packing(s: Setup, *, training: bool = True) -> Optional[data_lib.Packing]:
+  """How a run packs its training batches and its rank classification (PACK_LENGTHS), or
+  None; refuses, with one line, a run whose model, method or (`training`) loss cannot keep
+  packed examples apart."""
   run = s.run
   lengths = run.data.pack_lengths
   if lengths is None:
@@ -130,7 +131,7 @@ def packing(s: Setup) -> Optional[data_lib.Packing]:
   if isinstance(run.model.config, models.DecoderOnlyConfig):
     raise UsageError('PACK_LENGTHS packs the rows of an encoder-decoder T5; a decoder-only LM '
                      'trains with PACK_LENGTHS=None.')
-  if run.optimizer.loss != settings_lib.TOKEN_CROSS_ENTROPY:
+  if training and run.optimizer.loss != settings_lib.TOKEN_CROSS_ENTROPY:
     raise UsageError(f'LOSS={run.optimizer.loss!r} scores the labels of one example in one '
                      "decoder row (a packing of its own): use PACK_LENGTHS=None, or LOSS="
                      f"'{settings_lib.TOKEN_CROSS_ENTROPY}'.")

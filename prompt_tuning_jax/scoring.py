@@ -4,8 +4,10 @@
 positions. `rank_classify` scores every candidate label for every example and
 picks the best; it runs the encoder once per example and one decoder row per
 example holding all its labels (`pack_labels`), so its cost is one encoder pass
-plus one decoder pass. Training over the label set (objectives.py) scores the
-labels through the same rows. A decoder-only LM prefills its cache with each
+plus one decoder pass. `rank_classify_packed` does the same for packed encoder rows
+(PACK_LENGTHS): one encoder pass a row of several examples, one decoder row a packed row.
+Training over the label set (objectives.py) scores the labels through `pack_labels`' rows.
+A decoder-only LM prefills its cache with each
 example's prefix (BOS, the prompt, the inputs) once, repeats it per label and feeds
 every label as one block after it (`decoding.start`): one prefix pass plus one pass
 over the labels' tokens.
@@ -18,7 +20,7 @@ and average `label_scores` over the prompt axis.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -130,10 +132,51 @@ def rank_classify(model: nn.Module, params, encoder_input_tokens: Array,
   return _pick(scores, label_token_ids, normalize)
 
 
+def rank_classify_packed(model: nn.Module, params, rows: Mapping[str, Array],
+                         label_token_ids: Array, *, members: int,
+                         normalize: bool = False) -> tuple[Array, Array]:
+  """`rank_classify` of packed encoder rows (`data.pack_batch`): several examples a row,
+  each with its prompt slots and segment id, encoded in one pass.
+
+  The decoder row of encoder row r holds every label of each of its `members` examples
+  (member j is segment j + 1; label k of member j the decoder segment j * labels + k + 1),
+  each label's positions reading only member j's encoder segment (`cross_segment_ids`).
+
+  Args:
+    rows: encoder_input_tokens, encoder_segment_ids [r, R] and the method inputs of the
+      rows (task_index, prompt_slots [r, R]).
+    members: the most examples any row holds (static); a row's entries past its own
+      examples are meaningless.
+
+  Returns:
+    label_index [r, members] int32 and label_scores [r, members, labels], as `rank_classify`.
+  """
+  _check_labels(label_token_ids)
+  label_token_ids = jnp.asarray(label_token_ids, jnp.int32)
+  num_labels, d = label_token_ids.shape
+  method_inputs = MethodInputs.from_batch(rows)
+  segments = rows['encoder_segment_ids']
+  encoded, encoder_valid = model.apply({'params': params}, rows['encoder_input_tokens'],
+                                       encoder_segment_ids=segments, method=model.encode,
+                                       method_inputs=method_inputs)  # [r, R, emb]
+  labels = jnp.tile(label_token_ids, (1, members, 1))  # [1, members * labels, d]
+  decoder = pack_labels(labels)  # one row, [1, members * labels * d]
+  member = jnp.repeat(jnp.arange(1, members + 1, dtype=jnp.int32), num_labels * d)
+  each_row = lambda x: jnp.broadcast_to(x, (encoded.shape[0], x.shape[-1]))
+  targets = each_row(decoder['decoder_target_tokens'])
+  logits = model.apply({'params': params}, encoded, encoder_valid,
+                       each_row(decoder['decoder_input_tokens']), targets,
+                       decoder_segment_ids=each_row(decoder['decoder_segment_ids']),
+                       encoder_segment_ids=segments, cross_segment_ids=each_row(member),
+                       method=model.decode, method_inputs=method_inputs)
+  scores = packed_label_scores(logits, targets, members * num_labels)
+  return _pick(scores.reshape(-1, members, num_labels), label_token_ids, normalize)
+
+
 def _pick(scores: Array, label_token_ids: Array, normalize) -> tuple[Array, Array]:
-  """(the best label [b], the scores [b, labels]) from summed log-likelihoods."""
+  """(the best label [...], the scores [..., labels]) from summed log-likelihoods."""
   lengths = jnp.sum(label_token_ids > 0, axis=-1)  # [labels]
-  scores = jnp.where(normalize, scores / lengths[None, :], scores)
+  scores = jnp.where(normalize, scores / lengths, scores)
   return jnp.argmax(scores, axis=-1).astype(jnp.int32), scores
 
 
@@ -204,6 +247,7 @@ def encode_labels(vocabulary, label_words: Sequence[str],
 
 jit_score_targets = jax.jit(score_targets, static_argnames=('model',))
 _jit_rank_classify = jax.jit(rank_classify, static_argnames=('model',))
+jit_rank_classify_packed = jax.jit(rank_classify_packed, static_argnames=('model', 'members'))
 
 
 def jit_rank_classify(model: nn.Module, params, encoder_input_tokens: Array,

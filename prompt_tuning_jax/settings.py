@@ -80,7 +80,8 @@ class DataSettings:
   length_buckets: Union[None, str, Mapping[str, Sequence[int]]] = None
   # PACK_LENGTHS: None (one example a row), or {'inputs': R, 'targets': D}: each batch's
   # examples packed into rows of R encoder positions (each example's prompt included) and D
-  # decoder positions (`data.pack_batch`).
+  # decoder positions (`data.pack_batch`); eval's rank classification packs its batches'
+  # inputs into rows of R too (`scoring.rank_classify_packed`).
   pack_lengths: Optional[Mapping[str, int]] = None
   # TARGET_SENTINEL: every target starts with the vocabulary's first sentinel,
   # <extra_id_0> (`sentinel.py`). Off in runs saved before it existed.

@@ -96,7 +96,8 @@ def train(run: RunSettings, *, save_config: Optional[Callable[[str], None]] = No
     evaluator = evaluation.Evaluator(run.model, run.data.mixture_or_task_name, s.lengths,
                                      run.evaluation, class_labels=run.prompt.class_labels,
                                      mesh=s.mesh, length_buckets=run.data.length_buckets,
-                                     task_index=s.task_index, target_sentinel=s.target_sentinel)
+                                     task_index=s.task_index, target_sentinel=s.target_sentinel,
+                                     packing=packing)
   # Checked now (the text fits the method's prompts); built once the embedding is loaded.
   wayward_ids = (wayward.text_ids(s.vocabularies['inputs'], opt.wayward_text, s.prompt_shapes)
                  if opt.wayward_weight else None)

@@ -121,6 +121,7 @@ def test_workload_tiny_every_side_same_examples(in_process_workers, monkeypatch,
   out = tmp_path / 'workload.json'
   workload.main(['--tasks', 'rte', '--size', 'tiny', '--batch', '4', '--prompt_len', '4',
                  '--steps', '2', '--rounds', '1', '--eval', '--eval_examples', '8',
+                 '--eval_batch', '4',
                  '--shared', str(shared), '--json', str(out)])
   report = json.loads(out.read_text())
   sides = report['tasks']['rte']['sides']
@@ -137,8 +138,12 @@ def test_workload_tiny_every_side_same_examples(in_process_workers, monkeypatch,
       'bucketed_over_ours_fixed', 'bucketed_over_peft', 'bucketed_over_peft_grouped',
       'packed_over_ours_bucketed', 'packed_over_peft', 'packed_over_peft_grouped'}
   eval_rows = report['eval_sst2_dev']
-  assert eval_rows['fixed']['examples'] == eval_rows['bucketed']['examples'] == 8
+  assert (eval_rows['fixed']['examples'] == eval_rows['bucketed']['examples']
+          == eval_rows['packed']['examples'] == 8)
   assert eval_rows['bucketed']['shapes'] >= 1 and eval_rows['bucketed_over_fixed'] > 0
+  assert eval_rows['packed_over_fixed'] > 0
+  positions = {k: eval_rows[k]['encoder_positions_per_example'] for k in ('fixed', 'packed')}
+  assert positions['fixed'] == 4 + 512 and positions['packed'] < positions['fixed'], positions
 
 
 def test_time_to_accuracy_tiny(in_process_workers, monkeypatch, tmp_path):

@@ -20,6 +20,7 @@ import seqio
 import tensorflow as tf
 from conftest import small_config
 
+from prompt_tuning_jax import data
 from prompt_tuning_jax import evaluation
 from prompt_tuning_jax import logging_utils
 from prompt_tuning_jax import scoring
@@ -179,11 +180,12 @@ def case():
 
 
 def evaluator(decoder='greedy', beam_size=1, methods=('decode', 'rank_classification'),
-              length_buckets=None):
+              length_buckets=None, packing=None, batch_size=4):
   settings = EvalSettings(split='validation', methods=methods, decoder=decoder,
-                          beam_size=beam_size, batch_size=4, num_examples=None,
+                          beam_size=beam_size, batch_size=batch_size, num_examples=None,
                           best_metric='accuracy', alpha=ALPHA)
-  return evaluation.Evaluator(MODEL, MIXTURE, LENGTHS, settings, length_buckets=length_buckets)
+  return evaluation.Evaluator(MODEL, MIXTURE, LENGTHS, settings, length_buckets=length_buckets,
+                              packing=packing)
 
 
 def test_greedy_rank_and_score_metrics_equal_the_references(case):
@@ -239,6 +241,42 @@ def test_length_buckets_give_the_same_metrics(case, monkeypatch):
   assert bucketed.keys() == fixed.keys()
   for key, value in fixed.items():
     assert bucketed[key] == pytest.approx(value, abs=1e-4), key
+
+
+def test_packed_rank_classification_gives_the_same_predictions_and_metrics(case, monkeypatch):
+  """PACK_LENGTHS: rank classification on packed rows (several examples and prompts a row)
+  predicts every example's label as one example a row does, so the metrics are equal."""
+  members = []
+  jit_packed = scoring.jit_rank_classify_packed
+
+  def recording(model, params, rows, label_ids, **kwargs):
+    members.append(kwargs['members'])
+    return jit_packed(model, params, rows, label_ids, **kwargs)
+
+  monkeypatch.setattr(scoring, 'jit_rank_classify_packed', recording)
+  results = []
+  # Two examples a row: here rows that pair examples ranked '+' and '-', so a mix-up shows.
+  for packing in (None, data.Packing({'inputs': 2 * (3 + 64), 'targets': 2}, 3)):
+    ev = evaluator(methods=('rank_classification',), packing=packing, batch_size=8)
+    predictions = {}
+    rank_fn = ev.rank_fn
+
+    def recorded(*args, rank_fn=rank_fn, predictions=predictions):
+      predict = rank_fn(*args)
+
+      def run(ds):
+        out = predict(ds)
+        predictions.update((i, tuple(row)) for i, row in out)
+        return out
+      return run
+
+    ev.rank_fn = recorded
+    results.append((ev.evaluate(case['params'], step=7), predictions))
+  (one_a_row, expected), (packed, predicted) = results
+  assert max(members) == 2  # rows held several examples
+  assert len(expected) == NUM_EXAMPLES and predicted == expected
+  assert len(set(expected.values())) == 2  # both labels predicted: a mix-up would show
+  assert packed == one_a_row
 
 
 def test_beam_eval_equals_the_exhaustive_best_output(case):

@@ -16,6 +16,7 @@ from prompt_tuning_jax import models
 from prompt_tuning_jax import optim
 from prompt_tuning_jax import partitioning
 from prompt_tuning_jax import run_setup
+from prompt_tuning_jax import scoring
 from prompt_tuning_jax import train_step
 from prompt_tuning_jax.errors import UsageError
 from prompt_tuning_jax.methods import (IA3, MethodInputs, ModelTuning, MultiTaskPrompts,
@@ -226,6 +227,9 @@ def test_packing_of_a_run():
   assert run_setup.packing(_setup(ModelTuning(), {'inputs': 64, 'targets': 12})).prompt_length == 0
   cross_only = PrefixTuning(2, blocks=('encoder_decoder_attention',))
   assert run_setup.packing(_setup(cross_only, {'inputs': 64, 'targets': 12})) is not None
+  # Eval packs its rank classification whatever the training loss.
+  hinge = _setup(PromptTuning(3), {'inputs': 134, 'targets': 12}, loss='hinge')
+  assert run_setup.packing(hinge, training=False).lengths == {'inputs': 134, 'targets': 12}
 
 
 @pytest.mark.parametrize('kwargs, message', [
@@ -301,3 +305,76 @@ def test_the_padding_metric_counts_no_prompt_slot_as_text_or_padding():
   assert slots == 3 * BATCH
   assert rows.positions == (packed['encoder_input_tokens'].size
                             + packed['decoder_target_tokens'].size - slots)
+
+
+@pytest.mark.parametrize('name', ['prompt_tuning', 'multi_task',
+                                  'ia3', 'cross_attention_prefix'])
+def test_packed_rank_classification_scores_what_one_example_a_row_scores(name):
+  """Rank classification of packed rows (a prompt per example, tasks mixed in a row) scores
+  every example's labels as one example a row does: in float64 (1e-9 as above), with labels
+  of unequal lengths, so a label reading another example or another label shows."""
+  method, _ = METHODS[name]
+  model = models.T5(small_config(vocab_size=smoke.VOCABULARY.vocab_size, dtype=jnp.float64),
+                    method=method)
+  batch = unpacked_batch([0, 1, 1, 0, 1, 0, 0, 1] if name == 'multi_task' else None)
+  p = method.added_positions
+  packing = data.Packing({'inputs': 3 * (p + 40), 'targets': 24}, p,
+                         getattr(method, 'placement', 'prefix'))
+  packed = data.pack_batch(batch, packing)
+  rows = data.pack_rows(data.example_lengths(batch['encoder_input_tokens']),
+                        data.example_lengths(batch['decoder_target_tokens']), packing)
+  members = max(len(r) for r in rows)
+  assert members >= 2 and len(rows) < BATCH
+  labels = np.array([[7, 9, 1], [12, 1, 0], [5, 30, 1]], np.int32)
+  with jax.enable_x64(True):
+    params = model.init(jax.random.PRNGKey(0), batch['encoder_input_tokens'][:1],
+                        batch['decoder_input_tokens'][:1], batch['decoder_target_tokens'][:1],
+                        method_inputs=MethodInputs(task_index=batch[data.TASK_INDEX][:1]),
+                        enable_dropout=False)['params']
+    scale = 1.0 if name in ('ia3', 'cross_attention_prefix') else 4.0
+    params = jax.tree.map(lambda x: x.astype(jnp.float64) * scale, params)
+    _, one_a_row = scoring.rank_classify(
+        model, params, batch['encoder_input_tokens'], labels,
+        method_inputs=MethodInputs(task_index=batch[data.TASK_INDEX]))
+    best, by_row = scoring.jit_rank_classify_packed(
+        model, params, {k: packed[k] for k in (
+            'encoder_input_tokens', 'encoder_segment_ids', data.TASK_INDEX, data.PROMPT_SLOTS)
+            if k in packed}, labels, members=members)
+  one_a_row = np.asarray(one_a_row)
+  assert np.ptp(one_a_row, axis=0).min() > 0.1  # the examples' scores differ
+  by_example = np.zeros_like(one_a_row)
+  for r, row in enumerate(rows):
+    for j, i in enumerate(row):
+      by_example[i] = by_row[r, j]
+      assert best[r, j] == np.argmax(by_row[r, j])
+  np.testing.assert_allclose(by_example, one_a_row, rtol=1e-9)
+
+
+def test_ptj_eval_with_pack_lengths_reports_the_metrics_of_one_example_a_row(
+    tmp_path, monkeypatch, restore_ptj_global_state):
+  """`ptj eval` of a prompt file, rank classification with and without PACK_LENGTHS (rows of
+  two or more examples): the same metrics, from packed rows in the packed run only."""
+  from prompt_tuning_jax import cli  # pylint: disable=g-import-not-at-top
+  from prompt_tuning_jax.checkpoints import prompt_io  # pylint: disable=g-import-not-at-top
+  prompt = tmp_path / 'prompt.npy'
+  prompt_io.save_prompt(str(prompt), np.random.default_rng(0).normal(size=(10, 64)) * 4)
+  members = []
+  jit_packed = scoring.jit_rank_classify_packed
+
+  def recording(*args, **kwargs):
+    members.append(kwargs['members'])
+    return jit_packed(*args, **kwargs)
+
+  monkeypatch.setattr(scoring, 'jit_rank_classify_packed', recording)
+  summaries = []
+  for name, packed in (('one_a_row', []), ('packed', ["--gin.PACK_LENGTHS={'inputs': 148, "
+                                                      "'targets': 12}"])):
+    model_dir = tmp_path / name
+    assert cli.main(['eval', '--gin_file=runs/smoke.gin', f'--gin.MODEL_DIR={model_dir}',
+                     f'--gin.PROMPT_FILE={prompt}', "--gin.EVAL_METHODS=('rank_classification',)",
+                     '--gin.NUM_EVAL_EXAMPLES=100', *packed]) == 0
+    summaries.append((model_dir / 'eval' / 'summary.txt').read_text())
+    assert bool(members) == bool(packed)
+  assert min(members) >= 2
+  assert 'rank_classification/accuracy' in summaries[0]
+  assert summaries[1] == summaries[0]

@@ -97,6 +97,23 @@ def _check_float64_train_step(results: dict) -> None:
   results['packed_prompt_max_abs_diff'] = float(np.max(np.abs(
       np.asarray(new_state1.trainable['encoder']['prompt']['prompt']['prompt'])
       - np.asarray(packed_state.trainable['encoder']['prompt']['prompt']['prompt']))))
+  # Rank classification of the packed rows on the mesh (eval with PACK_LENGTHS) vs one example
+  # a row on one device.
+  from prompt_tuning_jax import scoring  # pylint: disable=g-import-not-at-top
+  labels = np.array([[5, 9, 1], [12, 1, 0], [7, 1, 0]], np.int32)
+  _, one_a_row = scoring.rank_classify(model, params, batch['encoder_input_tokens'], labels)
+  _, by_row = scoring.jit_rank_classify_packed(
+      model, jax.device_put(params, pt.param_shardings(params, mesh)),
+      pt.global_batch({k: packed[k] for k in ('encoder_input_tokens', 'encoder_segment_ids',
+                                              data.TASK_INDEX, data.PROMPT_SLOTS)}, mesh),
+      labels, members=2)
+  rows = data.pack_rows(data.example_lengths(batch['encoder_input_tokens']), np.zeros(8, int),
+                        data.Packing({'inputs': 22, 'targets': 10}, 4))
+  by_example = np.zeros_like(np.asarray(one_a_row))
+  for r, row in enumerate(rows):
+    by_example[row] = np.asarray(by_row)[r, :len(row)]
+  results['packed_rank_max_rel_diff'] = float(np.max(np.abs(by_example - one_a_row)
+                                                     / np.abs(one_a_row)))
   results['prompt_changed'] = bool(np.any(
       np.asarray(new_state.trainable['encoder']['prompt']['prompt']['prompt'])
       != np.asarray(trainable['encoder']['prompt']['prompt']['prompt'])))
@@ -242,6 +259,12 @@ def test_packed_rows_on_the_mesh_match_one_example_a_row_on_one_device(eight_dev
   assert abs(eight_devices['packed_loss'] - loss_one) <= 1e-10 * max(1.0, abs(loss_one))
   assert (eight_devices['packed_prompt_max_abs_diff']
           <= 1e-10 * eight_devices['prompt_update_max_abs'])
+
+
+def test_packed_rank_classification_on_the_mesh_scores_one_example_a_row(eight_devices):
+  """Eval with PACK_LENGTHS: the 8 examples' label scores from 4 packed rows on the 2x4 mesh
+  equal one example a row on one device, in float64 (~1e-15 apart; 1e-10 as above)."""
+  assert eight_devices['packed_rank_max_rel_diff'] <= 1e-10
 
 
 def test_parameters_are_sharded_over_model(eight_devices):

@@ -447,8 +447,13 @@ class Decoder(nn.Module):
                decode: bool = False, max_decode_length: Optional[int] = None,
                segment_ids: Optional[Array] = None,
                encoder_segment_ids: Optional[Array] = None,
+               cross_segment_ids: Optional[Array] = None,
                inputs: MethodInputs = MethodInputs()) -> Array:
-    """-> float32 logits [b, d, vocab]. In decode mode d = 1 (one step)."""
+    """-> float32 logits [b, d, vocab]. In decode mode d = 1 (one step).
+
+    `cross_segment_ids` [b, d]: the encoder segment each position reads, where it is not its
+    own decoder segment (default `segment_ids`).
+    """
     cfg = self.config
     relpos = RelativePositionBiases(
         cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance,
@@ -466,9 +471,11 @@ class Decoder(nn.Module):
                    + relpos(length, length, bidirectional=False, prefix=prefix))
       query_valid = decoder_target_tokens > 0
     cross_mask = masks_lib.make_attention_mask(query_valid, encoder_valid)
-    if segment_ids is not None and encoder_segment_ids is not None:
+    if cross_segment_ids is None:
+      cross_segment_ids = segment_ids
+    if cross_segment_ids is not None and encoder_segment_ids is not None:
       cross_mask = masks_lib.combine_masks(
-          cross_mask, masks_lib.make_segment_mask(segment_ids, encoder_segment_ids))
+          cross_mask, masks_lib.make_segment_mask(cross_segment_ids, encoder_segment_ids))
     cross_bias = masks_lib.mask_to_bias(
         masks_lib.with_visible_prefix(cross_mask, self.cross_prefix_length))
 
@@ -547,14 +554,21 @@ class T5(nn.Module):
              decode: bool = False, max_decode_length: Optional[int] = None,
              decoder_segment_ids: Optional[Array] = None,
              encoder_segment_ids: Optional[Array] = None,
+             cross_segment_ids: Optional[Array] = None,
              method_inputs: MethodInputs = MethodInputs()) -> Array:
-    """-> float32 logits [b, d, vocab]; `decode=True` runs one cached step."""
+    """-> float32 logits [b, d, vocab]; `decode=True` runs one cached step.
+
+    `cross_segment_ids` [b, d]: the encoder segment each decoder position reads, where a row
+    keeps more segments apart in the decoder than in the encoder (rank classification of
+    packed rows: a segment per label, each reading its example's; default
+    `decoder_segment_ids`).
+    """
     self._check_packing(decoder_segment_ids, hooks_lib.DECODER, method_inputs)
     return self.decoder(encoded, encoder_valid, decoder_input_tokens, decoder_target_tokens,
                         deterministic=not enable_dropout, decode=decode,
                         max_decode_length=max_decode_length, segment_ids=decoder_segment_ids,
                         encoder_segment_ids=encoder_segment_ids,
-                        inputs=method_inputs)
+                        cross_segment_ids=cross_segment_ids, inputs=method_inputs)
 
   def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
                decoder_target_tokens: Array, encoder_segment_ids: Optional[Array] = None,
