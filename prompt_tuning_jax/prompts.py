@@ -272,6 +272,20 @@ class Prompt(nn.Module):
     return self.param('prompt', self.init, (self.length, emb_dim), jnp.float32)
 
 
+def _batch_prompts(length: int, b: int, h: int, prompts: Optional[Array],
+                   prompt_mask: Optional[Array]) -> tuple[Array, Array]:
+  """The prompts of a batch [b, P, H] and their mask [b, P]: given ones (checked), else the
+  learned `prompt` of the calling module (created here, so its path is `<caller>/prompt`)."""
+  if prompts is None:
+    learned = Prompt(length, name='prompt')(h)  # [P, H]
+    prompts = jnp.broadcast_to(learned, (b,) + learned.shape)
+  elif prompts.ndim != 3 or prompts.shape[0] != b or prompts.shape[2] != h:
+    raise ValueError(f'prompts must be [batch={b}, P, emb={h}], got {prompts.shape}.')
+  if prompt_mask is None:
+    prompt_mask = jnp.ones(prompts.shape[:2], bool)
+  return prompts, prompt_mask
+
+
 class PromptInput(nn.Module):
   """The encoder's prompt hook: broadcast the learned prompt (or take given ones) and place it."""
   length: int
@@ -294,13 +308,7 @@ class PromptInput(nn.Module):
         raise ValueError('Per-example prompts cannot fill packed rows (prompt_slots).')
       learned = Prompt(self.length, name='prompt')(h)  # [P, H]
       return fill_prompt_slots(embedded, learned[None], prompt_slots), valid
-    if prompts is None:
-      learned = Prompt(self.length, name='prompt')(h)  # [P, H]
-      prompts = jnp.broadcast_to(learned, (b,) + learned.shape)
-    elif prompts.ndim != 3 or prompts.shape[0] != b or prompts.shape[2] != h:
-      raise ValueError(f'prompts must be [batch={b}, P, emb={h}], got {prompts.shape}.')
-    if prompt_mask is None:
-      prompt_mask = jnp.ones(prompts.shape[:2], bool)
+    prompts, prompt_mask = _batch_prompts(self.length, b, h, prompts, prompt_mask)
     return place_prompt(embedded, valid, prompts, prompt_mask.astype(bool), self.placement)
 
 
@@ -326,13 +334,7 @@ class PromptSequence(nn.Module):
       raise ValueError(f'Unknown decoder-only prompt placement {self.placement!r}; expected '
                        f'one of {DECODER_ONLY_PLACEMENTS}.')
     b, _, h = embedded.shape
-    if prompts is None:
-      learned = Prompt(self.length, name='prompt')(h)  # [P, H]
-      prompts = jnp.broadcast_to(learned, (b,) + learned.shape)
-    elif prompts.ndim != 3 or prompts.shape[0] != b or prompts.shape[2] != h:
-      raise ValueError(f'prompts must be [batch={b}, P, emb={h}], got {prompts.shape}.')
-    if prompt_mask is None:
-      prompt_mask = jnp.ones(prompts.shape[:2], bool)
+    prompts, prompt_mask = _batch_prompts(self.length, b, h, prompts, prompt_mask)
     if self.placement == 'suffix':
       if prefix_length is None:
         raise ValueError("Prompt placement 'suffix' needs the inputs' extent "
