@@ -23,6 +23,7 @@ paper's claims with its measured difference and verdict) and OUT/reproduction.pn
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import dataclasses
 import json
 import os
@@ -490,9 +491,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                  help='LOSS of every run (token_cross_entropy, sequence_cross_entropy, ...)')
   p.add_argument('--prompt_lr', type=float, default=Setting.prompt_learning_rate,
                  help='initial learning rate of the prompt runs (decays linearly to 0)')
+  p.add_argument('--tasks', nargs='+', choices=sorted(TASKS),
+                 help="only these tasks (default: the setting's)")
+  p.add_argument('--seeds', nargs='+', type=int,
+                 help="seeds of the SST-2 runs (default: the setting's; the ensemble keeps "
+                      'its own seeds)')
+  p.add_argument('--jobs', type=int, default=1, help='runs at a time')
   args = p.parse_args(argv)
   setting = dataclasses.replace(TINY if args.tiny else QUICK if args.quick else Setting(),
                                 loss=args.loss, prompt_learning_rate=args.prompt_lr)
+  if args.tasks:
+    setting = dataclasses.replace(setting, tasks=tuple(args.tasks))
+  if args.seeds:
+    setting = dataclasses.replace(setting, main_seeds=tuple(args.seeds))
   checkpoints = dict(CHECKPOINTS)
   for spec in args.checkpoint:
     name, _, path = spec.partition('=')
@@ -502,13 +513,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   env = _env(args.shared)
   os.makedirs(args.out, exist_ok=True)
   runs = study_runs(setting)
-  results = []
   tick = time.time()
-  for i, run in enumerate(runs, 1):
+
+  def train(run: Run) -> dict[str, Any]:
     result = run_one(run, setting, args.out, env, checkpoints)
-    results.append(result)
-    print(f'[{i}/{len(runs)}] {run.name}: accuracy {_percent(result["accuracy"])} '
+    print(f'{run.name}: accuracy {_percent(result["accuracy"])} '
           f'({result["seconds"]}s; study {time.time() - tick:.0f}s)', flush=True)
+    return result
+  with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
+    results = list(pool.map(train, runs))
   report = {'setting': dataclasses.asdict(setting), 'checkpoints': checkpoints,
             'runs': results, 'summary': summarise(results, setting),
             'ensembles': {}, 'neighbors': {}}

@@ -112,9 +112,11 @@ def test_tiny_study_end_to_end_and_resumable(tmp_path, in_process_ptj):
   assert set(report['neighbors']['sst2']) >= {'label_share', 'random_label_share'}
   assert (out / 'reproduction.png').stat().st_size > 0
   assert '| sst2 |' in (out / 'reproduction_tables.md').read_text()
-  # Resumable: a second call finds every result and trains nothing.
+  # Resumable: a second call finds every result and trains nothing (naming TINY's own
+  # task and seeds, two runs at a time, selects the same runs).
   del in_process_ptj[:]
-  assert reproduction.main(['--out', str(out), '--tiny', '--shared', str(shared_path())]) == 0
+  assert reproduction.main(['--out', str(out), '--tiny', '--shared', str(shared_path()),
+                            '--tasks', 'sst2', '--seeds', '0', '--jobs', '2']) == 0
   assert in_process_ptj == []
 
 
