@@ -10,7 +10,8 @@ each in its own fresh process, alternated round by round:
 
 - `ours_fixed`: `data.train_batches` with LENGTH_BUCKETS=None: every batch
   padded to TASK_FEATURE_LENGTHS (512 + 16), as T5X and the original do;
-- `ours_bucketed`: LENGTH_BUCKETS='pow2' (inputs 16, 32, .., 512; targets 4, 8, 16);
+- `ours_bucketed`: LENGTH_BUCKETS=--buckets, by default 'pow2' (inputs 16, 32, .., 512;
+  targets 4, 8, 16); 'step16' cuts inputs at multiples of 16;
 - `ours_packed`: PACK_LENGTHS={'inputs': --pack_inputs, 'targets': --pack_targets}: each
   batch's examples (bucketed as above) packed into rows, every example with its own copy of
   the prompt (`data.pack_batch`); the rows must hold the prompt plus 512 input tokens;
@@ -301,8 +302,8 @@ def payloads(args: argparse.Namespace, task: str, shape: dict, texts) -> dict[st
   vocab = os.path.join(args.shared, 'vocab', 't5', 'spiece.model')
   return {
       'ours_fixed': {**common_fields, 'kind': 'ours_train', 'buckets': None},
-      'ours_bucketed': {**common_fields, 'kind': 'ours_train', 'buckets': 'pow2'},
-      'ours_packed': {**common_fields, 'kind': 'ours_train', 'buckets': 'pow2',
+      'ours_bucketed': {**common_fields, 'kind': 'ours_train', 'buckets': args.buckets},
+      'ours_packed': {**common_fields, 'kind': 'ours_train', 'buckets': args.buckets,
                       'pack_lengths': {'inputs': args.pack_inputs,
                                        'targets': args.pack_targets}},
       'peft': {**common_fields, 'kind': 'peft_train', 'grouped': False, 'texts': texts,
@@ -344,8 +345,8 @@ def run(args: argparse.Namespace, worker=common.run_worker) -> dict:
   if args.eval:
     rows = {}
     pack_lengths = {'inputs': args.pack_inputs, 'targets': args.pack_targets}
-    for buckets, name, packed in ((None, 'fixed', None), ('pow2', 'bucketed', None),
-                                  ('pow2', 'packed', pack_lengths)):
+    for buckets, name, packed in ((None, 'fixed', None), (args.buckets, 'bucketed', None),
+                                  (args.buckets, 'packed', pack_lengths)):
       rows[name] = worker(MODULE, {'kind': 'ours_eval', 'task': TASKS['sst2'], 'shape': shape,
                                    'batch': args.eval_batch, 'prompt_len': args.prompt_len,
                                    'buckets': buckets, 'shared': args.shared,
@@ -409,6 +410,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
   parser.add_argument('--size', default='small', choices=tuple(common.SIZES))
   parser.add_argument('--batch', type=int, default=32)
   parser.add_argument('--prompt_len', type=int, default=100)
+  parser.add_argument('--buckets', default='pow2',
+                      help="LENGTH_BUCKETS of the bucketed and packed sides ('pow2', 'step16', ..)")
   parser.add_argument('--pack_inputs', type=int, default=None,
                       help='ours_packed: encoder row length, prompts included (default: '
                            'prompt_len + 512, the least that holds every example)')

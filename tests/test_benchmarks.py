@@ -121,7 +121,7 @@ def test_workload_tiny_every_side_same_examples(in_process_workers, monkeypatch,
   out = tmp_path / 'workload.json'
   workload.main(['--tasks', 'rte', '--size', 'tiny', '--batch', '4', '--prompt_len', '4',
                  '--steps', '2', '--rounds', '1', '--eval', '--eval_examples', '8',
-                 '--eval_batch', '4',
+                 '--eval_batch', '4', '--buckets', 'step16',
                  '--shared', str(shared), '--json', str(out)])
   report = json.loads(out.read_text())
   sides = report['tasks']['rte']['sides']
@@ -134,6 +134,11 @@ def test_workload_tiny_every_side_same_examples(in_process_workers, monkeypatch,
   assert sides['ours_fixed']['input_positions_per_example'] == 512
   for side in ('ours_bucketed', 'ours_packed', 'peft', 'peft_grouped'):
     assert real['peft'] <= sides[side]['input_positions_per_example'] < 512, side
+  # --buckets step16: each batch padded to the next multiple of 16 over the longest example
+  # it holds, where PEFT grouped (the same grouping) pads to that longest example.
+  padding = (sides['ours_bucketed']['input_positions_per_example']
+             - sides['peft_grouped']['input_positions_per_example'])
+  assert 0 <= padding < 16, padding
   assert set(report['tasks']['rte']['ratios']) == {
       'bucketed_over_ours_fixed', 'bucketed_over_peft', 'bucketed_over_peft_grouped',
       'packed_over_ours_bucketed', 'packed_over_peft', 'packed_over_peft_grouped'}
