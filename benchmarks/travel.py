@@ -2,6 +2,7 @@
 
   python -m benchmarks.travel --out /tmp/travel            # every part, resumable
   python -m benchmarks.travel --out /tmp/travel --part recycling   # one part
+  python -m benchmarks.travel --out /tmp/travel --part recycling --recycling_tasks smoke
 
 Three follow-ups of prompt tuning, each as ordinary `ptj` commands (every run its own
 MODEL_DIR under OUT/runs: rerun the command to resume; finished runs are skipped):
@@ -297,9 +298,9 @@ def _seeds(recipe: str, model: str) -> tuple[int, ...]:
   return FIRST_VERSION_SST2_SEEDS if (recipe, model) == ('sst2', 'first_lm_adapted') else SEEDS
 
 
-def source_runs() -> list[Run]:
+def source_runs(tasks: Sequence[str] = RECYCLING_TASKS) -> list[Run]:
   """Prompts on each frozen model (recycling's sources, targets and step-0 baselines)."""
-  return [Run(recipe, model, seed) for recipe in RECYCLING_TASKS
+  return [Run(recipe, model, seed) for recipe in tasks
           for model in ('lm_adapted', 'span_corruption', 'first_lm_adapted')
           for seed in _seeds(recipe, model)]
 
@@ -647,6 +648,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   p.add_argument('--part', choices=(*PARTS, 'all'), default='all',
                  help='one part (parts may run at the same time, as separate processes)')
   p.add_argument('--jobs', type=int, default=1, help='training runs at a time')
+  p.add_argument('--recycling_tasks', nargs='+', choices=RECYCLING_TASKS,
+                 default=list(RECYCLING_TASKS),
+                 help='recycling: train the source prompts of these tasks only')
   p.add_argument('--finished_only', action='store_true',
                  help='train nothing: recycling and wayward measure the runs that finished')
   args = p.parse_args(argv)
@@ -655,7 +659,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parts = PARTS[:3] if args.part == 'all' else (args.part,)
   for part in parts:
     if part == 'recycling':
-      sources = run_all(source_runs(), args.out, env, models, args.jobs, args.finished_only)
+      sources = run_all(source_runs(args.recycling_tasks), args.out, env, models, args.jobs,
+                        args.finished_only)
       recycled = recycle_prompts(sources, args.out, models)
       zero = zero_shot(sources, recycled, args.out, env, models)
       continued = run_all(steps_saved_runs(recycled), args.out, env, models, args.jobs,

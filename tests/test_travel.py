@@ -24,6 +24,7 @@ def _settings(run: travel.Run):
 def test_the_plan_lists_each_run_once():
   sources = travel.source_runs()
   assert len(sources) == len(set(r.name for r in sources)) == 2 * 3 * 3 - 2
+  assert travel.source_runs(('smoke',)) == [r for r in sources if r.recipe == 'smoke'] != []
   library = {run: {'prompt_file': f'/lib/{run.recipe}.npy'} for run in travel.spot_library_runs()}
   rankings = {f'{t}/average_tokens': {'trained': [('spot_rte', 0.9), ('spot_cb', 0.1)]}
               for t in travel.SPOT_TARGETS}
