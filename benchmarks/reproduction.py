@@ -321,8 +321,10 @@ class Claim:
 
   @property
   def verdict(self) -> str:
-    """'held' / 'not held', 'within noise' when under two standard errors."""
-    verdict = 'held' if self.difference >= 0 else 'not held'
+    """'held' / 'not held' / 'tied' (equal means), 'within noise' when under two standard
+    errors."""
+    verdict = ('held' if self.difference > 0 else 'not held' if self.difference < 0
+               else 'tied')
     if self.noise is None:
       return verdict + ' (one run a side: no error bar)'
     if abs(self.difference) < 2 * self.noise:

@@ -157,6 +157,10 @@ def test_claims_verdicts_weigh_the_difference_against_its_noise():
                'random vectors'].difference == 10.0
   table = reproduction.claims_table(report)
   assert '| sst2 | 75.0 | 56.0 | +19.0 ± 1.0 | held |' in table
+  # Equal means: neither held nor not held.
+  summary['random_weights'] = _stat(56.0, 1.0)
+  tie = [c for c in reproduction.claims(report) if 'random weights' in c.claim][0]
+  assert tie.difference == 0.0 and tie.verdict == 'tied, within noise'
   # A comparison the study did not run is left out, not reported as held.
   summary['model_tuning'] = summary['random_weights'] = _stat(None, None, 0)
   claims = [c.claim for c in reproduction.claims(report)]
