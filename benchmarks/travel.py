@@ -402,7 +402,7 @@ def recycling_report(sources, recycled, zero, continued) -> dict[str, Any]:
                              + sources[Run('smoke', 'lm_adapted', seed)]['curve']
                              for seed in SEEDS]}
   for run, result in continued.items():
-    source, recycler = run.init.removeprefix('from-').rsplit('-', 1)
+    source, recycler = _recycled_start(run)
     member = f'{source}-{recycler}' if f'{source}-{recycler}-s0' in start else f'{source}-as_is'
     curves.setdefault(run.init, []).append([(0, start[f'{member}-s{run.seed}'])]
                                            + result['curve'])
@@ -411,6 +411,13 @@ def recycling_report(sources, recycled, zero, continued) -> dict[str, Any]:
   steps = {init: [steps_to_reach(c, level) for c in runs] for init, runs in curves.items()}
   return {'tasks': measured_tasks(sources), 'zero_shot': cells, 'fits': fits,
           'curves': curves, 'level': level, 'steps_to_level': steps}
+
+
+def _recycled_start(run: Run) -> tuple[str, str]:
+  """(source model, recycler) of a steps-saved run ('from-<source>-<recycler>'; recycler
+  names hold dashes)."""
+  recycler = next(r for r in RECYCLERS if run.init.endswith(f'-{r}'))
+  return run.init.removeprefix('from-').removesuffix(f'-{recycler}'), recycler
 
 
 def steps_to_reach(curve: Sequence[tuple[int, float]], level: float) -> Optional[int]:

@@ -142,3 +142,30 @@ def test_the_permuted_control_is_the_same_function_in_a_permuted_space(tmp_path)
     np.testing.assert_allclose(logits(str(tmp_path / 'permuted'), prompt[:, perm] * signs),
                                original, rtol=0, atol=1e-9 * np.abs(original).max())
     assert np.abs(logits(str(tmp_path / 'permuted'), prompt) - original).max() > 1e-3
+
+
+def test_steps_saved_curves_start_from_each_recycled_prompts_zero_shot_accuracy():
+  """A recycled start's step 0 is its prompt's zero-shot accuracy: v2v-lin's where the
+  tables differ, the prompt as it is where they are one (the recycler is the identity)."""
+  sources = {travel.Run('smoke', model, seed): {'curve': [(600, 80.0 + seed)]}
+             for model in ('lm_adapted', 'span_corruption', 'first_lm_adapted')
+             for seed in travel.SEEDS}
+  recycled = {('smoke', source, target, recycler, seed): {
+      'file': f'/r/{source}-{recycler}-{seed}.npy', 'r_squared': 0.5,
+      'identical_tables': {source, target} == {'span_corruption', 'lm_adapted'}}
+              for source, target in travel.PAIRS for recycler in travel.RECYCLERS
+              for seed in travel.SEEDS}
+  start = {}
+  for seed in travel.SEEDS:
+    start.update({f'class_labels-s{seed}': 47.5, f'span_corruption-as_is-s{seed}': 60.0 + seed,
+                  f'first_lm_adapted-as_is-s{seed}': 40.0,
+                  f'first_lm_adapted-v2v-lin-s{seed}': 50.0 + seed,
+                  f'first_lm_adapted-v2v-nn-s{seed}': 30.0})
+  continued = {run: {'curve': [(600, 81.0)]} for run in travel.steps_saved_runs(recycled)}
+  report = travel.recycling_report(sources, recycled, {'smoke/lm_adapted': start}, continued)
+  curves = report['curves']
+  assert [c[0] for c in curves['from-span_corruption-v2v-lin']] == [(0, 60.0), (0, 61.0),
+                                                                     (0, 62.0)]
+  assert [c[0] for c in curves['from-first_lm_adapted-v2v-lin']] == [(0, 50.0), (0, 51.0),
+                                                                      (0, 52.0)]
+  assert report['steps_to_level']['from-span_corruption-v2v-lin'] == [600, 600, 600]
